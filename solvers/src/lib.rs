@@ -1,0 +1,5 @@
+//! Explicit Runge–Kutta integrators for odeflow.
+
+mod real;
+
+pub use real::Real;

@@ -1,0 +1,3 @@
+//! odeflow: continuous normalizing flows and neural ODEs.
+
+pub use odeflow_solvers as solvers;
