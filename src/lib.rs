@@ -1,3 +1,5 @@
 //! odeflow: continuous normalizing flows and neural ODEs.
 
 pub use odeflow_solvers as solvers;
+
+pub mod io;
