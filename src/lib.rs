@@ -3,3 +3,4 @@
 pub use odeflow_solvers as solvers;
 
 pub mod io;
+pub mod plot;
