@@ -1,5 +1,54 @@
-//! Explicit Runge–Kutta integrators for odeflow.
+//! Explicit Runge–Kutta integrators for odeflow: adaptive step control, dense output and a
+//! reusable, allocation-free workspace, on one flat state buffer.
+//!
+//! # A guided tour
+//!
+//! 1. **The system.** Implement [`OdeSystem`] (or wrap a closure in [`FnSystem`]): it writes
+//!    `f(t, y)` into a caller buffer. A batch of B states of dimension d is one buffer of
+//!    B·d numbers. [`OdeSystem::error_components`] chooses which components the error norm
+//!    sees (a seminorm).
+//! 2. **The method.** [`Method`] selects Euler, midpoint, Heun, RK4 (fixed step) or
+//!    Bogacki–Shampine 3(2), Dormand–Prince 5(4), Tsitouras 5(4), DOP853 (adaptive); its
+//!    [`Tableau`] is public `const` data with a citation.
+//! 3. **The options.** [`SolveOptions`] (rtol, atol, first/min/max step, max steps, fixed
+//!    step) with `Default` and [`SolveOptions::validate`]. The error of a step is measured in
+//!    the mixed RMS norm `sqrt(mean_i (e_i / (atol_i + rtol·max(|y0_i|, |y1_i|)))²)` and the
+//!    step size chosen by the [`PiController`] (HNW I §II.4).
+//! 4. **The solve.** [`solve`] in one call, or an [`Integrator`] that owns every buffer and
+//!    integrates in place, forward or backward ([`Integrator::integrate`]), or at requested
+//!    output times through dense output ([`Integrator::integrate_at`]). An [`Observer`] sees
+//!    every accepted step through a [`StepView`] (end points, step size and the interpolant).
+//! 5. **The result.** [`Stats`] counts right-hand-side calls and accepted/rejected steps;
+//!    failures are a [`SolveError`] that carries the numbers (t, h, …), never a panic.
+//! 6. **Reference problems** with exact or reference solutions live in [`problems`].
+//!
+//! ```
+//! use odeflow_solvers::{Integrator, Method, NoObserver, SolveOptions, problems};
+//!
+//! // Arenstorf's orbit is periodic: after one period it returns to its start.
+//! let (mut sys, y0, period) = problems::arenstorf();
+//! let opts = SolveOptions { rtol: 1e-10, atol: 1e-10.into(), ..Default::default() };
+//! let mut integ = Integrator::new("dopri5".parse::<Method>().unwrap(), opts).unwrap();
+//! let mut y = y0;
+//! let stats = integ.integrate(&mut sys, 0.0, period, &mut y, &mut NoObserver).unwrap();
+//! let err = y.iter().zip(&y0).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+//! assert!(err < 1e-5, "orbit error {err}");
+//! assert_eq!(stats.n_rhs, 6 * stats.n_steps() + 2); // FSAL: 6 per step + f(y0) + h0 guess
+//! ```
 
+mod controller;
+mod integrator;
+mod observer;
+mod options;
+pub mod problems;
 mod real;
+mod system;
+pub mod tableau;
 
+pub use controller::{Decision, PiController, StepController};
+pub use integrator::{solve, solve_into, Integrator};
+pub use observer::{FnObserver, NoObserver, Observer, StepView};
+pub use options::{Atol, SolveError, SolveOptions, Stats};
 pub use real::Real;
+pub use system::{FnSystem, OdeSystem};
+pub use tableau::{DenseOutput, ErrorEstimator, Method, ParseMethodError, Tableau};

@@ -1,0 +1,862 @@
+//! The reusable integrator: one workspace, any number of solves.
+
+use std::ops::Range;
+
+use crate::observer::{hairer_eval, poly_eval, DenseRows};
+use crate::{
+    Atol, DenseOutput, ErrorEstimator, Method, NoObserver, Observer, OdeSystem, PiController, Real,
+    SolveError, SolveOptions, Stats, StepController, StepView, Tableau,
+};
+
+/// Largest number of stages of any tableau (DOP853 with its dense-output stages).
+const MAX_STAGES: usize = 16;
+
+/// Nonzero coefficients of one linear combination: `(stage index, coefficient)`.
+type Comb<T> = Vec<(usize, T)>;
+
+/// The tableau converted to `T` once, with zero coefficients dropped.
+#[derive(Debug, Clone)]
+struct Coeffs<T> {
+    stages: usize,
+    total_stages: usize,
+    c: Vec<T>,
+    a: Vec<Comb<T>>,
+    b: Comb<T>,
+    e: Comb<T>,
+    e3: Comb<T>,
+    blended: bool,
+    /// Rows of the dense output: Hairer `d_m` rows, or polynomial coefficients per power.
+    dense_rows: Vec<Comb<T>>,
+    poly: bool,
+    fsal: bool,
+    /// FSAL stage evaluated only after acceptance (its error coefficient is zero).
+    lazy_last: bool,
+    order: u8,
+    error_order: Option<u8>,
+}
+
+fn comb<T: Real>(v: &[f64]) -> Comb<T> {
+    v.iter()
+        .enumerate()
+        .filter(|(_, x)| x.abs() > 0.0)
+        .map(|(j, &x)| (j, T::from_f64c(x)))
+        .collect()
+}
+
+impl<T: Real> Coeffs<T> {
+    fn new(tab: &Tableau) -> Self {
+        let stages = tab.stages();
+        let (e, e3, blended) = match tab.error {
+            ErrorEstimator::None => (Vec::new(), Vec::new(), false),
+            ErrorEstimator::Embedded { e } => (comb(e), Vec::new(), false),
+            ErrorEstimator::Blended53 { e5, e3 } => (comb(e5), comb(e3), true),
+        };
+        let (dense_rows, poly, total_stages) = match tab.dense {
+            DenseOutput::Hairer { d } => {
+                let used = d
+                    .iter()
+                    .flat_map(|row| row.iter().enumerate().filter(|(_, x)| x.abs() > 0.0))
+                    .map(|(j, _)| j + 1)
+                    .max()
+                    .unwrap_or(0)
+                    .max(stages);
+                (d.iter().map(|r| comb(r)).collect(), false, used)
+            }
+            DenseOutput::Polynomial { coeffs } => {
+                let deg = coeffs.iter().map(|r| r.len()).max().unwrap_or(0);
+                let rows = (0..deg)
+                    .map(|p| {
+                        let col: Vec<f64> =
+                            coeffs.iter().map(|r| r.get(p).copied().unwrap_or(0.0)).collect();
+                        comb(&col)
+                    })
+                    .collect();
+                (rows, true, stages)
+            }
+        };
+        let last = stages - 1;
+        let lazy_last =
+            tab.fsal && !e.iter().any(|&(j, _)| j == last) && !e3.iter().any(|&(j, _)| j == last);
+        Coeffs {
+            stages,
+            total_stages,
+            c: tab.c.iter().map(|&x| T::from_f64c(x)).collect(),
+            a: tab.a.iter().map(|r| comb(r)).collect(),
+            b: comb(tab.b),
+            e,
+            e3,
+            blended,
+            dense_rows,
+            poly,
+            fsal: tab.fsal,
+            lazy_last,
+            order: tab.order,
+            error_order: tab.error_order,
+        }
+    }
+
+    /// Number of dense rows of `dim` values.
+    fn n_dense_rows(&self) -> usize {
+        if self.poly {
+            self.dense_rows.len() + 1
+        } else {
+            4 + self.dense_rows.len()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Workspace<T> {
+    dim: usize,
+    k: Vec<T>,
+    y: Vec<T>,
+    y_new: Vec<T>,
+    y_stage: Vec<T>,
+    err: Vec<T>,
+    err3: Vec<T>,
+    f_new: Vec<T>,
+    dense: Vec<T>,
+}
+
+/// `out = base + Σ c_j x_j` (or `out = Σ c_j x_j` without a base), four streams per pass.
+#[inline]
+fn lincomb<T: Real>(out: &mut [T], base: Option<&[T]>, terms: &[(T, &[T])]) {
+    let n = out.len();
+    match base {
+        Some(y) => out.copy_from_slice(&y[..n]),
+        None => out.iter_mut().for_each(|o| *o = T::zero()),
+    }
+    for chunk in terms.chunks(4) {
+        match *chunk {
+            [(c0, x0)] => {
+                let x0 = &x0[..n];
+                for i in 0..n {
+                    out[i] += c0 * x0[i];
+                }
+            }
+            [(c0, x0), (c1, x1)] => {
+                let (x0, x1) = (&x0[..n], &x1[..n]);
+                for i in 0..n {
+                    out[i] += c0 * x0[i] + c1 * x1[i];
+                }
+            }
+            [(c0, x0), (c1, x1), (c2, x2)] => {
+                let (x0, x1, x2) = (&x0[..n], &x1[..n], &x2[..n]);
+                for i in 0..n {
+                    out[i] += c0 * x0[i] + c1 * x1[i] + c2 * x2[i];
+                }
+            }
+            [(c0, x0), (c1, x1), (c2, x2), (c3, x3)] => {
+                let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
+                for i in 0..n {
+                    out[i] += (c0 * x0[i] + c1 * x1[i]) + (c2 * x2[i] + c3 * x3[i]);
+                }
+            }
+            _ => unreachable!("chunks(4) yields 1..=4 terms"),
+        }
+    }
+}
+
+/// `out = base + h Σ coef_j k_j` over the nonzero coefficients, reading stages from `k`.
+#[inline]
+fn stage_comb<T: Real>(
+    out: &mut [T],
+    base: Option<&[T]>,
+    h: T,
+    coefs: &[(usize, T)],
+    k: &[T],
+    dim: usize,
+) {
+    let mut terms: [(T, &[T]); MAX_STAGES] = [(T::zero(), &[]); MAX_STAGES];
+    for (slot, &(j, a)) in terms.iter_mut().zip(coefs) {
+        *slot = (h * a, &k[j * dim..(j + 1) * dim]);
+    }
+    lincomb(out, base, &terms[..coefs.len()]);
+}
+
+/// Exact equality without tripping `clippy::float_cmp` (intended: landing on requested times).
+#[inline]
+fn same<T: Real>(a: T, b: T) -> bool {
+    a.partial_cmp(&b) == Some(std::cmp::Ordering::Equal)
+}
+
+/// The scale `sk_i = atol_i + rtol·max(|y0_i|, |y1_i|)` and the RMS of `e_i/sk_i` over
+/// `range` (HNW I, eq. (4.11)); with `e3`, Hairer's blended DOP853 norm.
+fn error_norm<T: Real>(
+    e: &[T],
+    e3: Option<&[T]>,
+    y0: &[T],
+    y1: &[T],
+    range: Range<usize>,
+    rtol: T,
+    atol: &Atol<T>,
+) -> T {
+    let n = range.len();
+    if n == 0 {
+        return T::zero();
+    }
+    let (e, y0, y1) = (&e[range.clone()], &y0[range.clone()], &y1[range.clone()]);
+    let mut s5 = T::zero();
+    let mut s3 = T::zero();
+    match (atol, e3) {
+        (Atol::Scalar(a), None) => {
+            for i in 0..n {
+                let sk = *a + rtol * y0[i].abs().max(y1[i].abs());
+                let r = e[i] / sk;
+                s5 += r * r;
+            }
+        }
+        (Atol::PerComponent(a), None) => {
+            let a = &a[range.clone()];
+            for i in 0..n {
+                let sk = a[i] + rtol * y0[i].abs().max(y1[i].abs());
+                let r = e[i] / sk;
+                s5 += r * r;
+            }
+        }
+        (atol, Some(e3)) => {
+            let e3 = &e3[range.clone()];
+            for i in 0..n {
+                let ai = match atol {
+                    Atol::Scalar(a) => *a,
+                    Atol::PerComponent(a) => a[range.start + i],
+                };
+                let sk = ai + rtol * y0[i].abs().max(y1[i].abs());
+                let r = e[i] / sk;
+                s5 += r * r;
+                let r3 = e3[i] / sk;
+                s3 += r3 * r3;
+            }
+        }
+    }
+    let nf = T::from_f64c(n as f64);
+    if e3.is_some() {
+        let mut deno = s5 + T::from_f64c(0.01) * s3;
+        if deno <= T::zero() {
+            deno = T::one();
+        }
+        s5 / (nf * deno).sqrt()
+    } else {
+        (s5 / nf).sqrt()
+    }
+}
+
+/// A reusable explicit Runge–Kutta integrator. It owns every buffer a solve touches (stages
+/// `s × dim`, candidate, error, dense-output rows), sized on the first solve and reused.
+///
+/// ```
+/// use odeflow_solvers::{FnSystem, Integrator, Method, NoObserver, SolveOptions};
+/// let mut sys = FnSystem::new(1, |_t: f64, y: &[f64], dy: &mut [f64]| dy[0] = -y[0]);
+/// let mut integ = Integrator::new(Method::Dopri5, SolveOptions::tol(1e-8, 1e-10)).unwrap();
+/// let mut y = [1.0];
+/// let stats = integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver).unwrap();
+/// assert!((y[0] - (-1.0f64).exp()).abs() < 1e-8);
+/// assert!(stats.n_accepted > 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Integrator<T: Real = f64, C: StepController<T> = PiController<T>> {
+    method: Method,
+    ctrl: C,
+    opts: SolveOptions<T>,
+    co: Coeffs<T>,
+    ws: Workspace<T>,
+}
+
+impl<T: Real> Integrator<T, PiController<T>> {
+    /// An integrator for `method` with the default [`PiController`]. Validates `opts`.
+    pub fn new(method: Method, opts: SolveOptions<T>) -> Result<Self, SolveError> {
+        Self::with_controller(method, PiController::default(), opts)
+    }
+}
+
+impl<T: Real, C: StepController<T>> Integrator<T, C> {
+    /// An integrator with a custom step-size controller. Validates `opts`; a fixed-step method
+    /// without `opts.h_fixed` is an error.
+    pub fn with_controller(
+        method: Method,
+        ctrl: C,
+        opts: SolveOptions<T>,
+    ) -> Result<Self, SolveError> {
+        opts.validate()?;
+        if !method.is_adaptive() && opts.h_fixed.is_none() {
+            return Err(SolveError::MissingStepSize { method: method.name() });
+        }
+        Ok(Integrator {
+            method,
+            ctrl,
+            opts,
+            co: Coeffs::new(method.tableau()),
+            ws: Workspace::default(),
+        })
+    }
+
+    /// The method.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SolveOptions<T> {
+        &self.opts
+    }
+
+    /// Replaces the options (validated; the workspace is kept).
+    pub fn set_options(&mut self, opts: SolveOptions<T>) -> Result<(), SolveError> {
+        opts.validate()?;
+        if !self.method.is_adaptive() && opts.h_fixed.is_none() {
+            return Err(SolveError::MissingStepSize { method: self.method.name() });
+        }
+        self.opts = opts;
+        Ok(())
+    }
+
+    /// The step-size controller.
+    pub fn controller_mut(&mut self) -> &mut C {
+        &mut self.ctrl
+    }
+
+    /// Sizes the workspace for states of length `dim` now (otherwise the first solve does).
+    pub fn reserve(&mut self, dim: usize) {
+        let co = &self.co;
+        let ws = &mut self.ws;
+        if ws.dim == dim && !ws.y.is_empty() {
+            return;
+        }
+        ws.dim = dim;
+        ws.k.resize(co.total_stages * dim, T::zero());
+        ws.y.resize(dim, T::zero());
+        ws.y_new.resize(dim, T::zero());
+        ws.y_stage.resize(dim, T::zero());
+        ws.err.resize(dim, T::zero());
+        ws.err3.resize(if co.blended { dim } else { 0 }, T::zero());
+        ws.f_new.resize(dim, T::zero());
+        ws.dense.resize(co.n_dense_rows() * dim, T::zero());
+    }
+
+    /// Integrates `y` from `t0` to `t1` in place (`t1 < t0` runs backward), calling `obs`
+    /// after each accepted step. If the observer breaks, `y` is the state at the end of that
+    /// step and the statistics so far are returned.
+    pub fn integrate<S, O>(
+        &mut self,
+        sys: &mut S,
+        t0: T,
+        t1: T,
+        y: &mut [T],
+        obs: &mut O,
+    ) -> Result<Stats, SolveError>
+    where
+        S: OdeSystem<T> + ?Sized,
+        O: Observer<T> + ?Sized,
+    {
+        if same(t0, t1) {
+            return Err(SolveError::EmptyInterval { t: t0.to_f64c() });
+        }
+        self.run(sys, t0, t1, y, obs, &[], &mut [])
+    }
+
+    /// Integrates from `t0` through the output times `times` (monotone in the direction of
+    /// integration, none before `t0`), writing the state at `times[i]` into
+    /// `out[i*dim..(i+1)*dim]` through dense output; `y` ends at the last time.
+    pub fn integrate_at<S>(
+        &mut self,
+        sys: &mut S,
+        t0: T,
+        times: &[T],
+        y: &mut [T],
+        out: &mut [T],
+    ) -> Result<Stats, SolveError>
+    where
+        S: OdeSystem<T> + ?Sized,
+    {
+        let dim = y.len();
+        let Some(&t_end) = times.last() else {
+            return Err(SolveError::EmptyInterval { t: t0.to_f64c() });
+        };
+        if out.len() != times.len() * dim {
+            return Err(SolveError::DimensionMismatch {
+                expected: times.len() * dim,
+                found: out.len(),
+            });
+        }
+        if same(t_end, t0) {
+            // Every time equals t0 (monotonicity): the answer is y0.
+            if sys.dim() != dim {
+                return Err(SolveError::DimensionMismatch { expected: sys.dim(), found: dim });
+            }
+            if let Some(&t) = times.iter().find(|&&t| !same(t, t0)) {
+                return Err(SolveError::InvalidTime { t: t.to_f64c() });
+            }
+            for chunk in out.chunks_exact_mut(dim.max(1)) {
+                chunk.copy_from_slice(y);
+            }
+            return Ok(Stats::default());
+        }
+        let dir = (t_end - t0).signum();
+        let mut prev = t0;
+        for &t in times {
+            if !t.is_finite() || (t - prev) * dir < T::zero() {
+                return Err(SolveError::InvalidTime { t: t.to_f64c() });
+            }
+            prev = t;
+        }
+        self.run(sys, t0, t_end, y, &mut NoObserver, times, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run<S, O>(
+        &mut self,
+        sys: &mut S,
+        t0: T,
+        t1: T,
+        y_io: &mut [T],
+        obs: &mut O,
+        times: &[T],
+        out: &mut [T],
+    ) -> Result<Stats, SolveError>
+    where
+        S: OdeSystem<T> + ?Sized,
+        O: Observer<T> + ?Sized,
+    {
+        // ---- checks ----
+        let dim = sys.dim();
+        if y_io.len() != dim {
+            return Err(SolveError::DimensionMismatch { expected: dim, found: y_io.len() });
+        }
+        if let Atol::PerComponent(a) = &self.opts.atol {
+            if a.len() != dim {
+                return Err(SolveError::DimensionMismatch { expected: dim, found: a.len() });
+            }
+        }
+        let range = sys.error_components();
+        if range.start > range.end || range.end > dim {
+            return Err(SolveError::InvalidErrorComponents {
+                start: range.start,
+                end: range.end,
+                dim,
+            });
+        }
+        if !t0.is_finite() {
+            return Err(SolveError::InvalidTime { t: t0.to_f64c() });
+        }
+        if !t1.is_finite() {
+            return Err(SolveError::InvalidTime { t: t1.to_f64c() });
+        }
+        if y_io.iter().any(|x| !x.is_finite()) {
+            return Err(SolveError::NonFinite { t: t0.to_f64c() });
+        }
+        self.reserve(dim);
+
+        let Integrator { ctrl, opts, co, ws, .. } = self;
+        let co: &Coeffs<T> = co;
+        let opts: &SolveOptions<T> = opts;
+        let s = co.stages;
+        let dir = (t1 - t0).signum();
+        let span = (t1 - t0).abs();
+        let h_max = opts.h_max.unwrap_or(span).min(span);
+        let eps = T::epsilon();
+        let mut stats = Stats::default();
+        let mut out_idx = 0usize;
+        let wants_dense = obs.wants_dense();
+        let fixed = opts.h_fixed.is_some() || co.error_order.is_none();
+
+        ws.y.copy_from_slice(y_io);
+        // Outputs requested at t0 itself.
+        while out_idx < times.len() && same(times[out_idx], t0) {
+            out[out_idx * dim..(out_idx + 1) * dim].copy_from_slice(&ws.y);
+            out_idx += 1;
+        }
+
+        // f(t0, y0) into stage 0.
+        sys.rhs(t0, &ws.y, &mut ws.k[..dim]);
+        stats.n_rhs += 1;
+        if ws.k[..dim].iter().any(|x| !x.is_finite()) {
+            return Err(SolveError::NonFinite { t: t0.to_f64c() });
+        }
+
+        // ---- step size ----
+        let n_fixed: usize;
+        let mut h: T;
+        let mut h_fix = T::zero();
+        if fixed {
+            let hf = opts.h_fixed.unwrap_or(span).min(span);
+            let ratio = (span / hf).to_f64c();
+            // Steps of exactly hf; the last is shortened to land on t1 (a ratio within
+            // round-off of an integer counts as that integer).
+            let n = (ratio * (1.0 - 8.0 * f64::EPSILON)).ceil().max(1.0);
+            if n > opts.max_steps as f64 {
+                return Err(SolveError::TooManySteps {
+                    t: t0.to_f64c(),
+                    max_steps: opts.max_steps,
+                });
+            }
+            n_fixed = n as usize;
+            h_fix = hf * dir;
+            h = h_fix;
+        } else {
+            n_fixed = 0;
+            h = match opts.h0 {
+                Some(h0) => h0.min(h_max) * dir,
+                None => {
+                    let h = initial_step(sys, co, ws, &range, opts, t0, dir, h_max);
+                    stats.n_rhs += 1;
+                    h
+                }
+            };
+        }
+        ctrl.reset();
+
+        let mut t = t0;
+        let mut k0_valid = true;
+        let mut last = false;
+        let mut n_attempts = 0usize;
+        let mut saw_nonfinite = false;
+        let k_order = co.error_order.map_or(co.order, |q| q + 1);
+
+        loop {
+            // ---- choose this step ----
+            let t_next: T;
+            if fixed {
+                let i = stats.n_accepted;
+                if i + 1 >= n_fixed {
+                    t_next = t1;
+                    last = true;
+                } else {
+                    t_next = t0 + T::from_f64c((i + 1) as f64) * h_fix;
+                }
+                h = t_next - t;
+            } else {
+                if n_attempts >= opts.max_steps {
+                    return Err(SolveError::TooManySteps {
+                        t: t.to_f64c(),
+                        max_steps: opts.max_steps,
+                    });
+                }
+                if h.abs() > h_max {
+                    h = h_max * dir;
+                }
+                if (t + T::from_f64c(1.01) * h - t1) * dir >= T::zero() {
+                    h = t1 - t;
+                    last = true;
+                }
+                let tiny = T::from_f64c(0.1) * h.abs() <= eps * t.abs();
+                if tiny || (!last && h.abs() < opts.h_min) || h.abs() <= T::min_positive_value() {
+                    if saw_nonfinite {
+                        return Err(SolveError::NonFinite { t: t.to_f64c() });
+                    }
+                    return Err(SolveError::StepSizeUnderflow { t: t.to_f64c(), h: h.to_f64c() });
+                }
+                t_next = if last { t1 } else { t + h };
+            }
+            n_attempts += 1;
+
+            // ---- stages ----
+            if !k0_valid {
+                sys.rhs(t, &ws.y, &mut ws.k[..dim]);
+                stats.n_rhs += 1;
+                k0_valid = true;
+            }
+            let n_eval = if co.fsal && !co.lazy_last {
+                s
+            } else if co.fsal {
+                s - 1
+            } else {
+                s
+            };
+            for i in 1..n_eval {
+                let (done, rest) = ws.k.split_at_mut(i * dim);
+                let target: &mut [T] =
+                    if co.fsal && i == s - 1 { &mut ws.y_new } else { &mut ws.y_stage };
+                stage_comb(target, Some(&ws.y), h, &co.a[i], done, dim);
+                let ti = if co.fsal && i == s - 1 { t_next } else { t + co.c[i] * h };
+                sys.rhs(ti, target, &mut rest[..dim]);
+            }
+            stats.n_rhs += n_eval - 1;
+            if !co.fsal || co.lazy_last {
+                stage_comb(&mut ws.y_new, Some(&ws.y), h, &co.b, &ws.k, dim);
+            }
+
+            // ---- error ----
+            let finite = ws.y_new.iter().all(|x| x.is_finite());
+            let accept: bool;
+            let mut h_next = h.abs();
+            if fixed {
+                if !finite {
+                    return Err(SolveError::NonFinite { t: t.to_f64c() });
+                }
+                accept = true;
+            } else {
+                let err = if !finite {
+                    T::nan()
+                } else {
+                    stage_comb(&mut ws.err, None, h, &co.e, &ws.k, dim);
+                    let e3 = if co.blended {
+                        stage_comb(&mut ws.err3, None, h, &co.e3, &ws.k, dim);
+                        Some(&ws.err3[..])
+                    } else {
+                        None
+                    };
+                    error_norm(&ws.err, e3, &ws.y, &ws.y_new, range.clone(), opts.rtol, &opts.atol)
+                };
+                if !err.is_finite() {
+                    saw_nonfinite = true;
+                }
+                match ctrl.decide(err, h, k_order) {
+                    crate::Decision::Accept { h_next: hn } => {
+                        accept = true;
+                        h_next = hn;
+                    }
+                    crate::Decision::Reject { h_retry } => {
+                        accept = false;
+                        h_next = h_retry;
+                    }
+                }
+            }
+
+            if !accept {
+                stats.n_rejected += 1;
+                h = h_next * dir;
+                last = false;
+                continue;
+            }
+            stats.n_accepted += 1;
+            saw_nonfinite = false;
+
+            // ---- accepted: f(t_next, y_new) ----
+            let pending_inside =
+                out_idx < times.len() && (times[out_idx] - t_next) * dir < T::zero();
+            let need_dense = wants_dense || pending_inside;
+            if co.fsal && co.lazy_last {
+                let (_, rest) = ws.k.split_at_mut((s - 1) * dim);
+                sys.rhs(t_next, &ws.y_new, &mut rest[..dim]);
+                stats.n_rhs += 1;
+            }
+            let mut have_f_new = co.fsal;
+            if !co.fsal && need_dense {
+                sys.rhs(t_next, &ws.y_new, &mut ws.f_new);
+                stats.n_rhs += 1;
+                have_f_new = true;
+            }
+
+            // ---- dense output ----
+            let dense = if need_dense {
+                stats.n_rhs += build_dense(sys, co, ws, t, h, dim);
+                if co.poly {
+                    DenseRows::Poly(&ws.dense[..])
+                } else {
+                    DenseRows::Hairer(&ws.dense[..])
+                }
+            } else {
+                DenseRows::None
+            };
+
+            // ---- outputs ----
+            while out_idx < times.len() && (times[out_idx] - t_next) * dir <= T::zero() {
+                let slot = &mut out[out_idx * dim..(out_idx + 1) * dim];
+                let tau = times[out_idx];
+                if same(tau, t_next) {
+                    slot.copy_from_slice(&ws.y_new);
+                } else {
+                    let theta = (tau - t) / h;
+                    match dense {
+                        DenseRows::Hairer(r) => hairer_eval(r, dim, theta, slot),
+                        DenseRows::Poly(r) => poly_eval(r, dim, theta, slot),
+                        DenseRows::None => unreachable!("dense output computed when needed"),
+                    }
+                }
+                out_idx += 1;
+            }
+
+            let view =
+                StepView { t_start: t, t_end: t_next, h, y_start: &ws.y, y_end: &ws.y_new, dense };
+            let flow = obs.on_step(&view);
+
+            // ---- advance ----
+            std::mem::swap(&mut ws.y, &mut ws.y_new);
+            t = t_next;
+            if have_f_new {
+                if co.fsal {
+                    ws.k.copy_within((s - 1) * dim..s * dim, 0);
+                } else {
+                    ws.k[..dim].copy_from_slice(&ws.f_new);
+                }
+                k0_valid = true;
+            } else {
+                k0_valid = false;
+            }
+            if last || flow.is_break() {
+                break;
+            }
+            if !fixed {
+                h = h_next * dir;
+            }
+        }
+        y_io.copy_from_slice(&ws.y);
+        Ok(stats)
+    }
+}
+
+/// Fills `ws.dense` for the accepted step (t, h) with `ws.y` = y0 and `ws.y_new` = y1, and
+/// f(t+h, y1) in the FSAL stage or `ws.f_new`. Returns the number of extra RHS calls.
+fn build_dense<T: Real, S: OdeSystem<T> + ?Sized>(
+    sys: &mut S,
+    co: &Coeffs<T>,
+    ws: &mut Workspace<T>,
+    t: T,
+    h: T,
+    dim: usize,
+) -> usize {
+    let mut extra = 0;
+    // Dense-only stages (DOP853's 14–16).
+    for i in co.stages..co.total_stages {
+        let (done, rest) = ws.k.split_at_mut(i * dim);
+        stage_comb(&mut ws.y_stage, Some(&ws.y), h, &co.a[i], done, dim);
+        sys.rhs(t + co.c[i] * h, &ws.y_stage, &mut rest[..dim]);
+        extra += 1;
+    }
+    let d = &mut ws.dense;
+    if co.poly {
+        d[..dim].copy_from_slice(&ws.y);
+        for (p, row) in co.dense_rows.iter().enumerate() {
+            stage_comb(&mut d[(p + 1) * dim..(p + 2) * dim], None, h, row, &ws.k, dim);
+        }
+    } else {
+        let f0 = &ws.k[..dim];
+        let f1 =
+            if co.fsal { &ws.k[(co.stages - 1) * dim..co.stages * dim] } else { &ws.f_new[..] };
+        let (r1, rest) = d.split_at_mut(dim);
+        let (r2, rest) = rest.split_at_mut(dim);
+        let (r3, rest) = rest.split_at_mut(dim);
+        let (r4, rest) = rest.split_at_mut(dim);
+        for i in 0..dim {
+            let y0 = ws.y[i];
+            let delta = ws.y_new[i] - y0;
+            let bspl = h * f0[i] - delta;
+            r1[i] = y0;
+            r2[i] = delta;
+            r3[i] = bspl;
+            r4[i] = delta - h * f1[i] - bspl;
+        }
+        for (m, row) in co.dense_rows.iter().enumerate() {
+            stage_comb(&mut rest[m * dim..(m + 1) * dim], None, h, row, &ws.k, dim);
+        }
+    }
+    extra
+}
+
+/// Hairer's automatic initial step (HNW I, §II.4, "Starting step size"), in the RMS norm
+/// over the error components: `h0 = 0.01·‖y0‖/‖f0‖`, one explicit Euler step to estimate
+/// the second derivative, then `h1 = (0.01 / max(‖f0‖, ‖y''‖))^(1/p)` and
+/// `h = min(100·h0, h1, h_max)`. Uses one RHS call. Needs `f0` in stage 0.
+#[allow(clippy::too_many_arguments)]
+fn initial_step<T: Real, S: OdeSystem<T> + ?Sized>(
+    sys: &mut S,
+    co: &Coeffs<T>,
+    ws: &mut Workspace<T>,
+    range: &Range<usize>,
+    opts: &SolveOptions<T>,
+    t0: T,
+    dir: T,
+    h_max: T,
+) -> T {
+    let dim = ws.dim;
+    let n = range.len().max(1);
+    let nf = T::from_f64c(n as f64);
+    let sk = |i: usize, y: T| -> T {
+        let a = match &opts.atol {
+            Atol::Scalar(a) => *a,
+            Atol::PerComponent(v) => v[i],
+        };
+        a + opts.rtol * y.abs()
+    };
+    let (f0, rest) = ws.k.split_at_mut(dim);
+    let mut dnf = T::zero();
+    let mut dny = T::zero();
+    for i in range.clone() {
+        let s = sk(i, ws.y[i]);
+        dnf += (f0[i] / s) * (f0[i] / s);
+        dny += (ws.y[i] / s) * (ws.y[i] / s);
+    }
+    dnf = (dnf / nf).sqrt();
+    dny = (dny / nf).sqrt();
+    let small = T::from_f64c(1e-5);
+    let mut h = if dnf <= small || dny <= small {
+        T::from_f64c(1e-6)
+    } else {
+        T::from_f64c(0.01) * dny / dnf
+    };
+    h = h.min(h_max);
+    for ((ys, &y), &f) in ws.y_stage.iter_mut().zip(&ws.y).zip(f0.iter()) {
+        *ys = y + h * dir * f;
+    }
+    let f1 = &mut rest[..dim];
+    sys.rhs(t0 + h * dir, &ws.y_stage, f1);
+    let mut der2 = T::zero();
+    for i in range.clone() {
+        let s = sk(i, ws.y[i]);
+        let d = (f1[i] - f0[i]) / s;
+        der2 += d * d;
+    }
+    der2 = (der2 / nf).sqrt() / h;
+    let der12 = der2.abs().max(dnf);
+    let p = T::from_f64c(f64::from(co.order));
+    let h1 = if der12 <= T::from_f64c(1e-15) {
+        (h * T::from_f64c(1e-3)).max(T::from_f64c(1e-6))
+    } else {
+        (T::from_f64c(0.01) / der12).powf(T::one() / p)
+    };
+    let h = (T::from_f64c(100.0) * h).min(h1).min(h_max);
+    if h.is_finite() && h > T::zero() {
+        h * dir
+    } else {
+        T::from_f64c(1e-6).min(h_max) * dir
+    }
+}
+
+/// Solves `y(t1)` from `y(t0) = y0` in one call (allocates the state and a workspace; use an
+/// [`Integrator`] on hot paths).
+///
+/// ```
+/// use odeflow_solvers::{solve, FnSystem, Method, SolveOptions};
+/// let mut osc = FnSystem::new(2, |_t: f64, y: &[f64], dy: &mut [f64]| {
+///     dy[0] = y[1];
+///     dy[1] = -y[0];
+/// });
+/// let opts = SolveOptions::tol(1e-10, 1e-10);
+/// let (y, _stats) = solve(Method::Dop853, &mut osc, 0.0, std::f64::consts::PI, &[1.0, 0.0], &opts).unwrap();
+/// assert!((y[0] + 1.0).abs() < 1e-8 && y[1].abs() < 1e-8);
+/// ```
+pub fn solve<T: Real, S: OdeSystem<T> + ?Sized>(
+    method: Method,
+    sys: &mut S,
+    t0: T,
+    t1: T,
+    y0: &[T],
+    opts: &SolveOptions<T>,
+) -> Result<(Vec<T>, Stats), SolveError> {
+    let mut y = y0.to_vec();
+    let stats = solve_into(method, sys, t0, t1, &mut y, opts)?;
+    Ok((y, stats))
+}
+
+/// In-place twin of [`solve`]: integrates `y` from `t0` to `t1`.
+pub fn solve_into<T: Real, S: OdeSystem<T> + ?Sized>(
+    method: Method,
+    sys: &mut S,
+    t0: T,
+    t1: T,
+    y: &mut [T],
+    opts: &SolveOptions<T>,
+) -> Result<Stats, SolveError> {
+    let mut integ = Integrator::new(method, opts.clone())?;
+    integ.integrate(sys, t0, t1, y, &mut NoObserver)
+}
+
+/// Compile-time check that the public types are `Send + Sync`.
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<X: Send + Sync>() {}
+    is::<Integrator<f64>>();
+    is::<Integrator<f32>>();
+    is::<SolveError>();
+    is::<Stats>();
+}

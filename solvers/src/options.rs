@@ -1,0 +1,237 @@
+//! Options, statistics and errors of a solve.
+
+use std::ops::AddAssign;
+
+use crate::Real;
+
+/// Absolute tolerance: one value for every component, or one per component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Atol<T> {
+    /// The same `atol` for every component.
+    Scalar(T),
+    /// One `atol_i` per component (length must equal the system's `dim()`).
+    PerComponent(Vec<T>),
+}
+
+impl<T> From<T> for Atol<T> {
+    fn from(x: T) -> Self {
+        Atol::Scalar(x)
+    }
+}
+
+impl<T> From<Vec<T>> for Atol<T> {
+    fn from(v: Vec<T>) -> Self {
+        Atol::PerComponent(v)
+    }
+}
+
+/// Options of a solve. Build with struct-update syntax:
+/// `SolveOptions { rtol: 1e-8, atol: 1e-8.into(), ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SolveOptions<T> {
+    /// Relative tolerance; finite and > 0. Default `1e-6`.
+    pub rtol: T,
+    /// Absolute tolerance(s); finite and > 0. Default `Scalar(1e-9)`.
+    pub atol: Atol<T>,
+    /// First step size (its magnitude; the sign follows the direction of integration).
+    /// `None` (default): Hairer's automatic initial step (HNW I, §II.4).
+    pub h0: Option<T>,
+    /// Smallest allowed |h|; ≥ 0. Default 0 (only the round-off bound
+    /// `|h| ≤ 10·ε·|t|` applies). A step that must shrink below it fails with
+    /// [`SolveError::StepSizeUnderflow`].
+    pub h_min: T,
+    /// Largest allowed |h|; `None` (default) means |t1 − t0|.
+    pub h_max: Option<T>,
+    /// Maximum number of attempted steps (accepted + rejected) per solve; ≥ 1.
+    /// Default 100 000.
+    pub max_steps: usize,
+    /// Fixed step size (magnitude, > 0). Required for the fixed-step methods; when set for an
+    /// adaptive method the error estimate is ignored and every step has this size (the last
+    /// one is shortened to land on t1). Default `None`.
+    pub h_fixed: Option<T>,
+}
+
+impl<T: Real> Default for SolveOptions<T> {
+    fn default() -> Self {
+        SolveOptions {
+            rtol: T::from_f64c(1e-6),
+            atol: Atol::Scalar(T::from_f64c(1e-9)),
+            h0: None,
+            h_min: T::zero(),
+            h_max: None,
+            max_steps: 100_000,
+            h_fixed: None,
+        }
+    }
+}
+
+impl<T: Real> SolveOptions<T> {
+    /// Options with `rtol` and a scalar `atol`, the rest default.
+    pub fn tol(rtol: T, atol: T) -> Self {
+        SolveOptions { rtol, atol: Atol::Scalar(atol), ..Default::default() }
+    }
+
+    /// Options for a fixed step of size `h`, the rest default.
+    pub fn fixed(h: T) -> Self {
+        SolveOptions { h_fixed: Some(h), ..Default::default() }
+    }
+
+    /// Checks every field's range (the system's dimension is checked at `integrate`).
+    pub fn validate(&self) -> Result<(), SolveError> {
+        let pos = |x: T| x.is_finite() && x > T::zero();
+        if !pos(self.rtol) {
+            return Err(SolveError::InvalidTolerance { rtol: self.rtol.to_f64c(), atol: f64::NAN });
+        }
+        match &self.atol {
+            Atol::Scalar(a) => {
+                if !pos(*a) {
+                    return Err(SolveError::InvalidTolerance {
+                        rtol: self.rtol.to_f64c(),
+                        atol: a.to_f64c(),
+                    });
+                }
+            }
+            Atol::PerComponent(v) => {
+                if let Some(a) = v.iter().copied().find(|a| !pos(*a)) {
+                    return Err(SolveError::InvalidTolerance {
+                        rtol: self.rtol.to_f64c(),
+                        atol: a.to_f64c(),
+                    });
+                }
+            }
+        }
+        let bad = |name: &'static str, x: T| SolveError::InvalidOption { name, value: x.to_f64c() };
+        if let Some(h) = self.h0 {
+            if !pos(h) {
+                return Err(bad("h0", h));
+            }
+        }
+        if !(self.h_min.is_finite() && self.h_min >= T::zero()) {
+            return Err(bad("h_min", self.h_min));
+        }
+        if let Some(h) = self.h_max {
+            if !pos(h) || h < self.h_min {
+                return Err(bad("h_max", h));
+            }
+        }
+        if let Some(h) = self.h_fixed {
+            if !pos(h) {
+                return Err(bad("h_fixed", h));
+            }
+        }
+        if self.max_steps == 0 {
+            return Err(SolveError::InvalidOption { name: "max_steps", value: 0.0 });
+        }
+        Ok(())
+    }
+}
+
+/// Work statistics of a solve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Stats {
+    /// Number of right-hand-side evaluations (including those of the initial-step
+    /// heuristic and of dense output).
+    pub n_rhs: usize,
+    /// Number of accepted steps.
+    pub n_accepted: usize,
+    /// Number of rejected steps.
+    pub n_rejected: usize,
+}
+
+impl Stats {
+    /// Accepted plus rejected steps.
+    pub fn n_steps(&self) -> usize {
+        self.n_accepted + self.n_rejected
+    }
+}
+
+impl AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.n_rhs += o.n_rhs;
+        self.n_accepted += o.n_accepted;
+        self.n_rejected += o.n_rejected;
+    }
+}
+
+/// Why a solve failed. Times and step sizes are reported as `f64` whatever the scalar type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SolveError {
+    /// `rtol` or an `atol` is not finite or not positive (`atol` is NaN when `rtol` is at fault).
+    #[error("invalid tolerance: rtol = {rtol}, atol = {atol} (both must be finite and > 0)")]
+    InvalidTolerance {
+        /// The relative tolerance.
+        rtol: f64,
+        /// The offending absolute tolerance.
+        atol: f64,
+    },
+    /// Another option is out of range.
+    #[error("invalid option {name} = {value}")]
+    InvalidOption {
+        /// Field name in [`SolveOptions`].
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A fixed-step method was asked to run without `h_fixed`.
+    #[error("method {method} has no error estimate: set SolveOptions::h_fixed")]
+    MissingStepSize {
+        /// The method's name.
+        method: &'static str,
+    },
+    /// A buffer's length does not match.
+    #[error("dimension mismatch: expected {expected}, found {found}")]
+    DimensionMismatch {
+        /// Required length.
+        expected: usize,
+        /// Given length.
+        found: usize,
+    },
+    /// `error_components()` is not within `0..dim()`.
+    #[error("error components {start}..{end} out of range for dimension {dim}")]
+    InvalidErrorComponents {
+        /// Range start.
+        start: usize,
+        /// Range end.
+        end: usize,
+        /// The system's dimension.
+        dim: usize,
+    },
+    /// A time is not finite, or output times are not monotone in the direction of integration.
+    #[error("invalid time {t}")]
+    InvalidTime {
+        /// The offending time.
+        t: f64,
+    },
+    /// `t0 == t1` (no direction of integration), or no output times were requested.
+    #[error("empty interval at t = {t}")]
+    EmptyInterval {
+        /// The start time.
+        t: f64,
+    },
+    /// The state or its derivative became NaN or infinite.
+    #[error("non-finite state or derivative at t = {t}")]
+    NonFinite {
+        /// The time of the last good state.
+        t: f64,
+    },
+    /// The step size fell below `h_min` or the round-off limit.
+    #[error("step size underflow at t = {t}, h = {h}")]
+    StepSizeUnderflow {
+        /// The time reached.
+        t: f64,
+        /// The step size that was too small.
+        h: f64,
+    },
+    /// More than `max_steps` steps were attempted.
+    #[error("too many steps: reached t = {t} after {max_steps} steps")]
+    TooManySteps {
+        /// The time reached.
+        t: f64,
+        /// The limit.
+        max_steps: usize,
+    },
+    /// [`crate::StepView::interpolate`] was called but the observer declined dense output.
+    #[error("dense output was not computed (Observer::wants_dense returned false)")]
+    DenseOutputUnavailable,
+}

@@ -1,0 +1,74 @@
+//! The right-hand side of an ODE system `dy/dt = f(t, y)` on one flat buffer.
+
+use std::ops::Range;
+
+use crate::Real;
+
+/// `dy/dt = f(t, y)` on one flat buffer; a batch of B states of dimension d is one buffer of
+/// B·d numbers.
+pub trait OdeSystem<T: Real = f64> {
+    /// Length of the state.
+    fn dim(&self) -> usize;
+    /// Writes f(t, y) into `dy` (`y.len() == dy.len() == dim()`). Should not allocate: it is
+    /// called once per stage.
+    fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]);
+    /// The components the adaptive error norm sees (the rest are integrated but not
+    /// error-controlled: a seminorm, as the adjoint wants for its parameter cotangent).
+    /// Must lie within `0..dim()`.
+    fn error_components(&self) -> Range<usize> {
+        0..self.dim()
+    }
+}
+
+impl<T: Real, S: OdeSystem<T> + ?Sized> OdeSystem<T> for &mut S {
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        (**self).rhs(t, y, dy)
+    }
+    fn error_components(&self) -> Range<usize> {
+        (**self).error_components()
+    }
+}
+
+/// An [`OdeSystem`] from a closure `|t, y, dy| …`.
+///
+/// ```
+/// use odeflow_solvers::{FnSystem, OdeSystem};
+/// let mut decay = FnSystem::new(1, |_t: f64, y: &[f64], dy: &mut [f64]| dy[0] = -y[0]);
+/// let mut dy = [0.0];
+/// decay.rhs(0.0, &[2.0], &mut dy);
+/// assert_eq!(dy, [-2.0]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct FnSystem<F> {
+    dim: usize,
+    f: F,
+    error_components: Option<Range<usize>>,
+}
+
+impl<F> FnSystem<F> {
+    /// A system of dimension `dim` with right-hand side `f(t, y, dy)`.
+    pub fn new(dim: usize, f: F) -> Self {
+        FnSystem { dim, f, error_components: None }
+    }
+    /// Restricts the error norm to `range` (a seminorm); see [`OdeSystem::error_components`].
+    pub fn with_error_components(mut self, range: Range<usize>) -> Self {
+        self.error_components = Some(range);
+        self
+    }
+}
+
+impl<T: Real, F: FnMut(T, &[T], &mut [T])> OdeSystem<T> for FnSystem<F> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    #[inline]
+    fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        (self.f)(t, y, dy)
+    }
+    fn error_components(&self) -> Range<usize> {
+        self.error_components.clone().unwrap_or(0..self.dim)
+    }
+}
