@@ -1,0 +1,625 @@
+//! Continuous normalizing flows: log-densities, sampling, trajectories, density transport.
+//!
+//! A CNF block moves a point with dz/dt = f(t, z) for t ∈ [0, T] and tracks the change of
+//! log-density by the instantaneous change of variables (Chen et al. 2018, Thm. 1):
+//!
+//! ```text
+//! d log p(z(t))/dt = −tr(∂f/∂z)(t, z(t)).
+//! ```
+//!
+//! Conventions (FFJORD's, see `design.md`): time runs from 0 (data) to T (latent). For data x
+//! the augmented state s = (z, ℓ) starts at (x, 0) and follows
+//!
+//! ```text
+//! dz/dt = f(t, z),   dℓ/dt = −q(t, z),   q = tr(∂f/∂z)  or  εᵀ(∂f/∂z)ε  (Hutchinson),
+//! ```
+//!
+//! and log p(x) = log N(z(T); 0, I) − ℓ(T). Sampling draws z(T) ~ N(0, I) and integrates
+//! backward to t = 0. Blocks chain as FFJORD's `num_blocks`: block k runs over the global
+//! times [o_k, o_k + T_k] with o_k = T_0 + … + T_{k−1}, and ℓ accumulates across them.
+//!
+//! The whole batch is one ODE state `[z (B·d) | ℓ (B)]` with one shared step size
+//! ([`SolveMode::Batch`], as FFJORD), or every point is solved on its own with its own step
+//! size, in parallel ([`SolveMode::PerSample`]).
+//!
+//! ```
+//! use odeflow::cnf::{Cnf, CnfConfig};
+//! use odeflow::field::LinearField;
+//!
+//! // f(z) = −z contracts space: the density of z(0) = x is that of N(0, e^{−2T} I) ...
+//! let field = LinearField::new(&[-1.0, 0.0, 0.0, -1.0], &[0.0, 0.0]).unwrap();
+//! let cnf = Cnf::new(field, 1.0, CnfConfig { rtol: 1e-9, atol: 1e-9, ..Default::default() }).unwrap();
+//! let (logp, _stats) = cnf.log_prob(&[0.3, -0.2]).unwrap();
+//! // ... whose log-density at x is log N(x e^{−T}; 0, I) − 2T.
+//! let s = (-1.0f64).exp();
+//! let exact = -(2.0 * std::f64::consts::PI).ln() - 0.5 * (0.13 * s * s) - 2.0;
+//! assert!((logp[0] - exact).abs() < 1e-7);
+//! ```
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+use odeflow_solvers::{Integrator, Method, NoObserver, OdeSystem, SolveError, SolveOptions, Stats};
+
+use crate::error::{batch_size, check_finite, check_len, Error};
+use crate::field::{Divergence, FieldError, Real, VectorField};
+use crate::trace::TraceEstimator;
+
+/// How the points of a batch are integrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SolveMode {
+    /// One ODE state for the whole batch with one shared step size (FFJORD): every field
+    /// evaluation is a batched GEMM pass, but the stiffest point sets the step for all.
+    #[default]
+    Batch,
+    /// Each point is its own ODE with its own step size, solved in parallel over rayon:
+    /// fewer evaluations for easy points, but each evaluation is a batch of one.
+    PerSample,
+}
+
+/// The solver settings of a CNF.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CnfConfig<T> {
+    /// The Runge–Kutta method. Default: Dopri5 (FFJORD's).
+    pub method: Method,
+    /// Relative tolerance (> 0). Default: 1e-5 (FFJORD's toy experiments).
+    pub rtol: T,
+    /// Absolute tolerance (> 0). Default: 1e-5.
+    pub atol: T,
+    /// Other solver options (first step, step bounds, maximum steps, fixed step); their
+    /// `rtol`/`atol` are replaced by the two fields above. Default: the solver's defaults.
+    pub options: SolveOptions<T>,
+    /// The divergence estimator. Default: exact.
+    pub trace: TraceEstimator,
+    /// Shared or per-sample steps. Default: [`SolveMode::Batch`].
+    pub mode: SolveMode,
+    /// Seed of the Hutchinson noise for the methods that take no random generator
+    /// ([`Cnf::log_prob`]); the `_into` twins take one. Default: 0.
+    pub seed: u64,
+}
+
+impl<T: Real> Default for CnfConfig<T> {
+    fn default() -> Self {
+        CnfConfig {
+            method: Method::Dopri5,
+            rtol: T::from_f64c(1e-5),
+            atol: T::from_f64c(1e-5),
+            options: SolveOptions::default(),
+            trace: TraceEstimator::Exact,
+            mode: SolveMode::Batch,
+            seed: 0,
+        }
+    }
+}
+
+impl<T: Real> CnfConfig<T> {
+    /// The solver options these settings stand for (`options` with `rtol` and `atol` set).
+    pub fn solve_options(&self) -> SolveOptions<T> {
+        SolveOptions { rtol: self.rtol, atol: self.atol.into(), ..self.options.clone() }
+    }
+}
+
+/// One CNF block: a vector field and its integration time T.
+#[derive(Debug, Clone)]
+pub struct CnfBlock<T, F> {
+    /// The vector field f(t, z).
+    pub field: F,
+    /// The integration time T > 0 (learnable in training, as FFJORD's `train_T`).
+    pub t_end: T,
+}
+
+/// A continuous normalizing flow: one or more blocks, a standard normal base, a solver.
+#[derive(Debug, Clone)]
+pub struct Cnf<T, F> {
+    blocks: Vec<CnfBlock<T, F>>,
+    config: CnfConfig<T>,
+}
+
+/// States of a batch along the flow at requested times (from [`Cnf::trajectory`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory<T> {
+    /// The global times, in the order requested.
+    pub times: Vec<T>,
+    /// `states[i]` is the batch (`B × d`, sample-major) at `times[i]`.
+    pub states: Vec<Vec<T>>,
+    /// `delta_logp[i][b]` = ℓ_b(times[i]) − ℓ_b(start): the log-density change along the
+    /// path, so log p_{times[i]}(z_b(times[i])) = log p_{start}(z_b(start)) + delta_logp.
+    pub delta_logp: Vec<Vec<T>>,
+    /// Solver statistics.
+    pub stats: Stats,
+}
+
+/// log N(z; 0, I) of one point: −½ (d ln 2π + ‖z‖²).
+pub fn std_normal_log_prob<T: Real>(z: &[T]) -> T {
+    let d = T::from_usize(z.len()).unwrap_or_else(T::zero);
+    let sq = z.iter().fold(T::zero(), |s, &v| s + v * v);
+    -T::from_f64c(0.5) * (d * T::from_f64c((2.0 * std::f64::consts::PI).ln()) + sq)
+}
+
+impl<T: Real, F: VectorField<T>> Cnf<T, F> {
+    /// A single-block CNF integrating over [0, `t_end`].
+    pub fn new(field: F, t_end: T, config: CnfConfig<T>) -> Result<Self, Error> {
+        Self::chain(vec![CnfBlock { field, t_end }], config)
+    }
+
+    /// A CNF of several blocks applied in order (data → block 0 → … → latent).
+    pub fn chain(blocks: Vec<CnfBlock<T, F>>, config: CnfConfig<T>) -> Result<Self, Error> {
+        let Some(first) = blocks.first() else {
+            return Err(Error::InvalidConfig { name: "blocks", value: 0.0, expected: "at least one block" });
+        };
+        let dim = first.field.dim();
+        for (k, b) in blocks.iter().enumerate() {
+            if b.field.dim() != dim {
+                return Err(Error::BlockDimension { block: k, expected: dim, found: b.field.dim() });
+            }
+            check_t_end(b.t_end)?;
+        }
+        config.solve_options().validate().map_err(|source| Error::Solve { block: 0, source })?;
+        if !config.method.is_adaptive() && config.options.h_fixed.is_none() {
+            return Err(Error::Solve {
+                block: 0,
+                source: SolveError::MissingStepSize { method: config.method.name() },
+            });
+        }
+        Ok(Cnf { blocks, config })
+    }
+
+    /// The dimension d of a point.
+    pub fn dim(&self) -> usize {
+        self.blocks[0].field.dim()
+    }
+
+    /// The blocks, in order from data to latent.
+    pub fn blocks(&self) -> &[CnfBlock<T, F>] {
+        &self.blocks
+    }
+
+    /// The blocks, mutably (training updates their parameters and times). A time set here
+    /// to a non-positive or non-finite value makes the next solve return an error.
+    pub fn blocks_mut(&mut self) -> &mut [CnfBlock<T, F>] {
+        &mut self.blocks
+    }
+
+    /// The solver settings.
+    pub fn config(&self) -> &CnfConfig<T> {
+        &self.config
+    }
+
+    /// Replaces the solver settings (validated).
+    pub fn set_config(&mut self, config: CnfConfig<T>) -> Result<(), Error> {
+        config.solve_options().validate().map_err(|source| Error::Solve { block: 0, source })?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The total integration time Σ T_k.
+    pub fn total_time(&self) -> T {
+        self.blocks.iter().fold(T::zero(), |s, b| s + b.t_end)
+    }
+
+    /// log p(x) for each point of the batch `x` (`B × d`), with the solver statistics;
+    /// the Hutchinson noise (if any) comes from `config.seed`.
+    pub fn log_prob(&self, x: &[T]) -> Result<(Vec<T>, Stats), Error> {
+        let mut out = vec![T::zero(); batch_size(x.len(), self.dim())?];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let stats = self.log_prob_into(x, &mut out, &mut rng)?;
+        Ok((out, stats))
+    }
+
+    /// log p(x) into `out` (length B): log N(z(T)) − ℓ(T), noise drawn from `rng`.
+    pub fn log_prob_into<R: Rng + ?Sized>(&self, x: &[T], out: &mut [T], rng: &mut R) -> Result<Stats, Error> {
+        self.log_density_at_into(T::zero(), x, out, rng)
+    }
+
+    /// The log-density of the flow's marginal at global time `t` ∈ [0, Σ T_k] at the points
+    /// `y` (`B × d`): integrate y from t to the end, log p_t(y) = log N(z(T)) − ℓ(T).
+    /// At t = 0 this is [`Cnf::log_prob`]; at t = Σ T_k it is the base density.
+    pub fn log_density_at(&self, t: T, y: &[T]) -> Result<(Vec<T>, Stats), Error> {
+        let mut out = vec![T::zero(); batch_size(y.len(), self.dim())?];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let stats = self.log_density_at_into(t, y, &mut out, &mut rng)?;
+        Ok((out, stats))
+    }
+
+    /// In-place twin of [`Cnf::log_density_at`].
+    pub fn log_density_at_into<R: Rng + ?Sized>(
+        &self,
+        t: T,
+        y: &[T],
+        out: &mut [T],
+        rng: &mut R,
+    ) -> Result<Stats, Error> {
+        let d = self.dim();
+        let b = batch_size(y.len(), d)?;
+        check_len("out", out.len(), b)?;
+        let mut z = vec![T::zero(); y.len()];
+        let stats = self.transform_into(t, self.total_time(), y, &mut z, out, rng)?;
+        for (lp, zb) in out.iter_mut().zip(z.chunks_exact(d)) {
+            *lp = std_normal_log_prob(zb) - *lp;
+        }
+        Ok(stats)
+    }
+
+    /// Maps data to latent: z = z(Σ T_k) from z(0) = x, with Δℓ = ℓ(Σ T_k) (so
+    /// log p(x) = log N(z) − Δℓ). Returns (z, Δℓ, statistics).
+    pub fn forward(&self, x: &[T]) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
+        let mut z = vec![T::zero(); x.len()];
+        let mut dl = vec![T::zero(); batch_size(x.len(), self.dim())?];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let stats = self.transform_into(T::zero(), self.total_time(), x, &mut z, &mut dl, &mut rng)?;
+        Ok((z, dl, stats))
+    }
+
+    /// Maps latent to data: x = z(0) from z(Σ T_k) = z, with Δℓ = ℓ(0) − ℓ(Σ T_k) (so
+    /// log p(x) = log N(z) + Δℓ). Returns (x, Δℓ, statistics).
+    pub fn inverse(&self, z: &[T]) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
+        let mut x = vec![T::zero(); z.len()];
+        let mut dl = vec![T::zero(); batch_size(z.len(), self.dim())?];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let stats = self.transform_into(self.total_time(), T::zero(), z, &mut x, &mut dl, &mut rng)?;
+        Ok((x, dl, stats))
+    }
+
+    /// Draws `n` points from the flow: z ~ N(0, I) from `rng`, integrated back to t = 0.
+    /// Only the state is integrated (no divergence), a third of the work of
+    /// [`Cnf::sample_with_log_prob`] for the exact 2-D trace.
+    pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<(Vec<T>, Stats), Error> {
+        let d = self.dim();
+        let z: Vec<T> = (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
+        let mut x = vec![T::zero(); n * d];
+        let stats = self.transform(self.total_time(), T::zero(), &z, &mut x, None, rng)?;
+        Ok((x, stats))
+    }
+
+    /// Draws `n` points and their log-densities log p(x) = log N(z) + Δℓ in one solve.
+    pub fn sample_with_log_prob<R: Rng + ?Sized>(
+        &self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
+        let d = self.dim();
+        let z: Vec<T> = (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
+        let mut x = vec![T::zero(); n * d];
+        let mut logp = vec![T::zero(); n];
+        let stats = self.transform_into(self.total_time(), T::zero(), &z, &mut x, &mut logp, rng)?;
+        for (lp, zb) in logp.iter_mut().zip(z.chunks_exact(d)) {
+            *lp += std_normal_log_prob(zb);
+        }
+        Ok((x, logp, stats))
+    }
+
+    /// Integrates the batch `y` (`B × d`) from global time `t_from` to `t_to` (either
+    /// direction), writing the end states into `out` and ℓ(t_to) − ℓ(t_from) into
+    /// `delta_logp` (length B). The general form of every map above.
+    pub fn transform_into<R: Rng + ?Sized>(
+        &self,
+        t_from: T,
+        t_to: T,
+        y: &[T],
+        out: &mut [T],
+        delta_logp: &mut [T],
+        rng: &mut R,
+    ) -> Result<Stats, Error> {
+        self.transform(t_from, t_to, y, out, Some(delta_logp), rng)
+    }
+
+    /// [`Cnf::transform_into`], with the log-density left out when `delta_logp` is `None`.
+    fn transform<R: Rng + ?Sized>(
+        &self,
+        t_from: T,
+        t_to: T,
+        y: &[T],
+        out: &mut [T],
+        delta_logp: Option<&mut [T]>,
+        rng: &mut R,
+    ) -> Result<Stats, Error> {
+        let d = self.dim();
+        let b = batch_size(y.len(), d)?;
+        check_len("out", out.len(), y.len())?;
+        if let Some(dl) = &delta_logp {
+            check_len("delta_logp", dl.len(), b)?;
+        }
+        check_finite(y, d)?;
+        self.check_span(t_from)?;
+        self.check_span(t_to)?;
+        let track = delta_logp.is_some();
+        let eps = if track { self.draw_noise(b, rng) } else { Vec::new() };
+        let per_point = d + usize::from(track);
+        match self.config.mode {
+            SolveMode::Batch => {
+                let mut state = vec![T::zero(); b * per_point];
+                state[..b * d].copy_from_slice(y);
+                let stats = self.run(t_from, t_to, &mut state, track, &eps, &[], &mut [])?;
+                out.copy_from_slice(&state[..b * d]);
+                if let Some(dl) = delta_logp {
+                    dl.copy_from_slice(&state[b * d..]);
+                }
+                Ok(stats)
+            }
+            SolveMode::PerSample => {
+                let mut scratch;
+                let dl = match delta_logp {
+                    Some(dl) => dl,
+                    None => {
+                        scratch = vec![T::zero(); b];
+                        &mut scratch[..]
+                    }
+                };
+                self.run_per_sample(t_from, t_to, y, out, dl, track, &eps)
+            }
+        }
+    }
+
+    /// The states and log-density changes of the batch `x` at the global `times` (sorted,
+    /// all on one side of `t_start`, in the direction of integration), starting from
+    /// `x` at `t_start`. Uses dense output: the steps are those of the solve to the last
+    /// time, whatever the number of output times. Always solves the batch as one state.
+    pub fn trajectory(&self, t_start: T, x: &[T], times: &[T]) -> Result<Trajectory<T>, Error> {
+        let d = self.dim();
+        let b = batch_size(x.len(), d)?;
+        check_finite(x, d)?;
+        self.check_span(t_start)?;
+        for &t in times {
+            self.check_span(t)?;
+        }
+        let Some(&t_last) = times.last() else {
+            return Err(Error::InvalidConfig { name: "times", value: 0.0, expected: "at least one output time" });
+        };
+        let forward = t_last >= t_start;
+        let monotone = times.windows(2).all(|w| if forward { w[0] <= w[1] } else { w[0] >= w[1] });
+        let same_side = times.iter().all(|&t| if forward { t >= t_start } else { t <= t_start });
+        if !(monotone && same_side) {
+            return Err(Error::InvalidConfig {
+                name: "times",
+                value: t_last.to_f64c(),
+                expected: "sorted in the direction of integration, none before the start",
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let eps = self.draw_noise(b, &mut rng);
+        let n = b * (d + 1);
+        let mut state = vec![T::zero(); n];
+        state[..b * d].copy_from_slice(x);
+        let mut out = vec![T::zero(); times.len() * n];
+        let stats = self.run(t_start, t_last, &mut state, true, &eps, times, &mut out)?;
+        let (states, delta_logp) =
+            out.chunks_exact(n).map(|s| (s[..b * d].to_vec(), s[b * d..].to_vec())).unzip();
+        Ok(Trajectory { times: times.to_vec(), states, delta_logp, stats })
+    }
+
+    fn check_span(&self, t: T) -> Result<(), Error> {
+        let total = self.total_time();
+        if t.is_finite() && t >= T::zero() && t <= total {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig { name: "time", value: t.to_f64c(), expected: "within [0, total_time()]" })
+        }
+    }
+
+    /// One noise buffer per block (`blocks × B × d`), or empty for the exact trace.
+    fn draw_noise<R: Rng + ?Sized>(&self, b: usize, rng: &mut R) -> Vec<T> {
+        let d = self.dim();
+        let mut all = Vec::new();
+        let mut one = Vec::new();
+        for _ in &self.blocks {
+            self.config.trace.draw(rng, b, d, &mut one);
+            all.extend_from_slice(&one);
+        }
+        all
+    }
+
+    /// Integrates the augmented state `[z | ℓ]` (or `z` alone if not `track_logp`) of B
+    /// points from `t_from` to `t_to` through the blocks, writing the whole state at each of
+    /// `times` into `out` (`times.len()` states). `eps` holds one noise buffer per block (or
+    /// is empty).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        t_from: T,
+        t_to: T,
+        state: &mut [T],
+        track_logp: bool,
+        eps: &[T],
+        times: &[T],
+        out: &mut [T],
+    ) -> Result<Stats, Error> {
+        let d = self.dim();
+        let b = state.len() / (d + usize::from(track_logp));
+        let n = state.len();
+        let forward = t_to >= t_from;
+        let mut stats = Stats::default();
+        let mut integ = Integrator::new(self.config.method, self.config.solve_options())
+            .map_err(|source| Error::Solve { block: 0, source })?;
+        integ.reserve(n);
+        let mut local_times: Vec<T> = Vec::with_capacity(times.len());
+        let mut next_out = 0;
+        let mut offset = T::zero();
+        let offsets: Vec<T> = self
+            .blocks
+            .iter()
+            .map(|blk| {
+                let o = offset;
+                offset += blk.t_end;
+                o
+            })
+            .collect();
+        let order: Vec<usize> =
+            if forward { (0..self.blocks.len()).collect() } else { (0..self.blocks.len()).rev().collect() };
+        for k in order {
+            let blk = &self.blocks[k];
+            check_t_end(blk.t_end)?;
+            let (lo, hi) = (offsets[k], offsets[k] + blk.t_end);
+            // This block's part of [t_from, t_to], in the direction of travel.
+            let (a, z) = if forward {
+                (max(t_from, lo), min(t_to, hi))
+            } else {
+                (min(t_from, hi), max(t_to, lo))
+            };
+            let inside = |t: T| if forward { t <= z } else { t >= z };
+            // Outputs at the block's start need no solve; the rest go to dense output.
+            while next_out < times.len() && (if forward { times[next_out] <= a } else { times[next_out] >= a }) {
+                out[next_out * n..(next_out + 1) * n].copy_from_slice(state);
+                next_out += 1;
+            }
+            let empty = if forward { a >= z } else { a <= z };
+            if empty {
+                continue;
+            }
+            let first_out = next_out;
+            while next_out < times.len() && inside(times[next_out]) {
+                next_out += 1;
+            }
+            local_times.clear();
+            local_times.extend(times[first_out..next_out].iter().map(|&t| t - lo));
+            let block_eps = if eps.is_empty() { eps } else { &eps[k * b * d..(k + 1) * b * d] };
+            let mut ws = blk.field.workspace(b);
+            let mut sys = CnfDynamics {
+                field: &blk.field,
+                div: self.config.trace.divergence(block_eps),
+                ws: &mut ws,
+                n_z: b * d,
+                track_logp,
+                error: None,
+            };
+            let solve_err = |e: SolveError, sys: &mut CnfDynamics<'_, T, F>| match sys.error.take() {
+                Some(field_err) => Error::Field(field_err),
+                None => Error::Solve { block: k, source: e },
+            };
+            let (a_loc, z_loc) = (a - lo, z - lo);
+            let reached = if local_times.is_empty() {
+                a_loc
+            } else {
+                let s = integ
+                    .integrate_at(&mut sys, a_loc, &local_times, state, &mut out[first_out * n..next_out * n])
+                    .map_err(|e| solve_err(e, &mut sys))?;
+                stats += s;
+                local_times[local_times.len() - 1]
+            };
+            let more = if forward { reached < z_loc } else { reached > z_loc };
+            if more {
+                let s = integ
+                    .integrate(&mut sys, reached, z_loc, state, &mut NoObserver)
+                    .map_err(|e| solve_err(e, &mut sys))?;
+                stats += s;
+            }
+        }
+        // Output times at the very end (t_to itself when no block was left to run).
+        while next_out < times.len() {
+            out[next_out * n..(next_out + 1) * n].copy_from_slice(state);
+            next_out += 1;
+        }
+        Ok(stats)
+    }
+
+    /// [`SolveMode::PerSample`]: each point is a (d + 1)-dimensional ODE with its own steps;
+    /// points are spread over rayon's threads (results do not depend on the thread count:
+    /// each point's solve is independent).
+    #[allow(clippy::too_many_arguments)]
+    fn run_per_sample(
+        &self,
+        t_from: T,
+        t_to: T,
+        y: &[T],
+        out: &mut [T],
+        delta_logp: &mut [T],
+        track_logp: bool,
+        eps: &[T],
+    ) -> Result<Stats, Error> {
+        let d = self.dim();
+        let b = delta_logp.len();
+        let n_blocks = self.blocks.len();
+        out.par_chunks_mut(d)
+            .zip(delta_logp.par_iter_mut())
+            .zip(y.par_chunks(d))
+            .enumerate()
+            .map_init(
+                || (vec![T::zero(); d + usize::from(track_logp)], vec![T::zero(); if eps.is_empty() { 0 } else { n_blocks * d }]),
+                |(state, my_eps), (i, ((o, dl), yi))| {
+                    state.fill(T::zero());
+                    state[..d].copy_from_slice(yi);
+                    for k in 0..my_eps.len() / d.max(1) {
+                        let src = &eps[(k * b + i) * d..(k * b + i + 1) * d];
+                        my_eps[k * d..(k + 1) * d].copy_from_slice(src);
+                    }
+                    let stats = self.run(t_from, t_to, state, track_logp, my_eps, &[], &mut [])?;
+                    o.copy_from_slice(&state[..d]);
+                    *dl = state.get(d).copied().unwrap_or_else(T::zero);
+                    Ok(stats)
+                },
+            )
+            .try_reduce(Stats::default, |mut s1, s2| {
+                s1 += s2;
+                Ok(s1)
+            })
+    }
+}
+
+fn check_t_end<T: Real>(t_end: T) -> Result<(), Error> {
+    if t_end.is_finite() && t_end > T::zero() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig { name: "t_end", value: t_end.to_f64c(), expected: "finite and > 0" })
+    }
+}
+
+fn max<T: Real>(a: T, b: T) -> T {
+    if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn min<T: Real>(a: T, b: T) -> T {
+    if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The augmented CNF dynamics on `[z (B·d) | ℓ (B)]`: dz/dt = f(t, z), dℓ/dt = −q(t, z);
+/// or on `z` alone (dz/dt = f) when the log-density is not tracked.
+///
+/// The field's workspace is borrowed, so evaluations allocate nothing. A field error (which
+/// the checks before a solve rule out) is kept and the derivative set to NaN, so the solver
+/// stops with `NonFinite` and the caller reports the field's error instead.
+struct CnfDynamics<'a, T: Real, F: VectorField<T>> {
+    field: &'a F,
+    div: Divergence<'a, T>,
+    ws: &'a mut F::Workspace,
+    n_z: usize,
+    track_logp: bool,
+    error: Option<FieldError>,
+}
+
+impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
+    fn dim(&self) -> usize {
+        if self.track_logp {
+            self.n_z + self.n_z / self.field.dim()
+        } else {
+            self.n_z
+        }
+    }
+
+    fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        let (z, _) = y.split_at(self.n_z);
+        let (dz, dl) = dy.split_at_mut(self.n_z);
+        let result = if self.track_logp {
+            self.field.eval_div(t, z, self.div, dz, dl, None, self.ws).map(|()| {
+                dl.iter_mut().for_each(|v| *v = -*v);
+            })
+        } else {
+            self.field.eval(t, z, dz, self.ws)
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                self.error.get_or_insert(e);
+                dy.fill(T::nan());
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The error type of the `odeflow` crate.
+
+use odeflow_solvers::SolveError;
+
+use crate::field::FieldError;
+use crate::io::NpyError;
+use crate::plot::PlotError;
+
+/// Everything that can go wrong in `odeflow`'s public API, with the numbers a caller acts
+/// on. Errors of the parts (fields, solver, files, figures) are wrapped, not flattened, so
+/// their own variants stay matchable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A batch buffer is not a whole number of `dim`-dimensional points.
+    #[error("a batch of length {len} is not a whole number of {dim}-dimensional points")]
+    BatchShape {
+        /// Length of the buffer passed.
+        len: usize,
+        /// The model's dimension d.
+        dim: usize,
+    },
+    /// An output or auxiliary buffer has the wrong length.
+    #[error("buffer `{buffer}` has length {found}, expected {expected}")]
+    BufferLength {
+        /// The argument's name.
+        buffer: &'static str,
+        /// The length the call needs.
+        expected: usize,
+        /// The length passed.
+        found: usize,
+    },
+    /// An input value is NaN or infinite.
+    #[error("non-finite input value at index {index} (point {point})")]
+    NonFiniteInput {
+        /// Index into the flat input buffer.
+        index: usize,
+        /// The point (row) it belongs to.
+        point: usize,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid {name} = {value}: {expected}")]
+    InvalidConfig {
+        /// What was configured.
+        name: &'static str,
+        /// The value given (as f64).
+        value: f64,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// Blocks of a chained flow disagree on the dimension.
+    #[error("block {block} has dimension {found}, the flow has {expected}")]
+    BlockDimension {
+        /// The offending block.
+        block: usize,
+        /// The flow's dimension (the first block's).
+        expected: usize,
+        /// The block's dimension.
+        found: usize,
+    },
+    /// An ODE solve failed (step-size underflow, too many steps, a non-finite state …);
+    /// `block` is the CNF block whose solve failed.
+    #[error("ODE solve in block {block} failed: {source}")]
+    Solve {
+        /// The block (0 for a single-block flow).
+        block: usize,
+        /// The solver's error, with its t and h.
+        #[source]
+        source: SolveError,
+    },
+    /// A vector-field call failed.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// Reading or writing an array file failed.
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    /// Drawing a figure failed.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+}
+
+/// Checks that every value of `x` is finite.
+pub(crate) fn check_finite<T: num_traits::Float>(x: &[T], dim: usize) -> Result<(), Error> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFiniteInput { index, point: index / dim.max(1) }),
+        None => Ok(()),
+    }
+}
+
+/// Returns the number of points in a flat batch of `dim`-dimensional points.
+pub(crate) fn batch_size(len: usize, dim: usize) -> Result<usize, Error> {
+    if dim > 0 && len % dim == 0 {
+        Ok(len / dim)
+    } else {
+        Err(Error::BatchShape { len, dim })
+    }
+}
+
+/// Checks an output buffer's length.
+pub(crate) fn check_len(buffer: &'static str, found: usize, expected: usize) -> Result<(), Error> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Error::BufferLength { buffer, expected, found })
+    }
+}
