@@ -128,7 +128,7 @@ fn pinned_work_counts() {
     let cases: [(Method, f64, Stats); 4] = [
         (Method::Dopri5, 1e-6, Stats { n_rhs: 986, n_accepted: 139, n_rejected: 25 }),
         (Method::Tsit5, 1e-6, Stats { n_rhs: 1076, n_accepted: 144, n_rejected: 35 }),
-        (Method::Dop853, 1e-6, Stats { n_rhs: 1047, n_accepted: 66, n_rejected: 23 }),
+        (Method::Dop853, 1e-6, Stats { n_rhs: 1035, n_accepted: 65, n_rejected: 23 }),
         (Method::Bosh3, 1e-6, Stats { n_rhs: 2543, n_accepted: 844, n_rejected: 3 }),
     ];
     for (m, t, want) in cases {
