@@ -174,3 +174,66 @@ impl<T: Real> OdeSystem<T> for Lorenz {
         dy[2] = y[0] * y[1] - b * y[2];
     }
 }
+
+/// The Kepler two-body problem `q'' = −q/|q|³` (GM = 1, semi-major axis 1, period 2π) with
+/// eccentricity `e`, started at perihelion; the exact solution comes from Kepler's equation
+/// `E − e sin E = t` (solved by Newton's method to round-off). Class D of DETEST.
+#[derive(Debug, Clone, Copy)]
+pub struct Kepler {
+    /// Eccentricity, in [0, 1).
+    pub e: f64,
+}
+
+impl Kepler {
+    /// The exact state `(x, y, x', y')` at time `t` (`t = 0` is the initial state).
+    pub fn exact(&self, t: f64) -> [f64; 4] {
+        let e = self.e;
+        let mut ea = t;
+        for _ in 0..60 {
+            let step = (ea - e * ea.sin() - t) / (1.0 - e * ea.cos());
+            ea -= step;
+            if step.abs() <= 1e-16 * ea.abs().max(1.0) {
+                break;
+            }
+        }
+        let (s, c) = ea.sin_cos();
+        let r = 1.0 - e * c;
+        let q = (1.0 - e * e).sqrt();
+        [c - e, q * s, -s / r, q * c / r]
+    }
+}
+
+impl<T: Real> OdeSystem<T> for Kepler {
+    fn dim(&self) -> usize {
+        4
+    }
+    #[inline]
+    fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
+        let r2 = y[0] * y[0] + y[1] * y[1];
+        let r3 = r2 * r2.sqrt();
+        dy[0] = y[2];
+        dy[1] = y[3];
+        dy[2] = -y[0] / r3;
+        dy[3] = -y[1] / r3;
+    }
+}
+
+/// The logistic equation `y' = y(1 − y)`, exact `y = 1/(1 + (1/y0 − 1)e^{−t})`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logistic;
+
+impl Logistic {
+    /// Exact solution at `t` from `y0` at 0.
+    pub fn exact<T: Real>(y0: T, t: T) -> T {
+        T::one() / (T::one() + (T::one() / y0 - T::one()) * (-t).exp())
+    }
+}
+
+impl<T: Real> OdeSystem<T> for Logistic {
+    fn dim(&self) -> usize {
+        1
+    }
+    fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
+        dy[0] = y[0] * (T::one() - y[0]);
+    }
+}

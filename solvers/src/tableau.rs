@@ -707,3 +707,171 @@ impl FromStr for Method {
             .ok_or(ParseMethodError { name: s.to_string() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Invariants of every tableau. Tolerances: the coefficients are f64 roundings of exact
+    //! rationals or of 30-digit decimals, so sums agree to a few ulps of the largest term
+    //! (DOP853's coefficients reach ~40 in magnitude, hence the scaling by Σ|terms|).
+    use super::*;
+
+    fn close(sum: f64, exact: f64, scale: f64) -> bool {
+        (sum - exact).abs() <= 64.0 * f64::EPSILON * scale.max(1.0)
+    }
+
+    fn a_c(t: &Tableau, i: usize) -> (f64, f64) {
+        let s: f64 = t.a[i].iter().sum();
+        let m: f64 = t.a[i].iter().map(|x| x.abs()).sum();
+        (s, m)
+    }
+
+    /// The eight order conditions up to order 4 for weights `w` (Butcher's trees).
+    fn order_conditions(t: &Tableau, w: &[f64], p: u8) -> Vec<(String, f64, f64)> {
+        let s = w.len();
+        let c = &t.c[..s];
+        let a = |i: usize, j: usize| if j < i { t.a[i][j] } else { 0.0 };
+        let ac: Vec<f64> = (0..s).map(|i| (0..i).map(|j| a(i, j) * c[j]).sum()).collect();
+        let ac2: Vec<f64> = (0..s).map(|i| (0..i).map(|j| a(i, j) * c[j] * c[j]).sum()).collect();
+        let aac: Vec<f64> = (0..s).map(|i| (0..i).map(|j| a(i, j) * ac[j]).sum()).collect();
+        let dot = |f: &dyn Fn(usize) -> f64| (0..s).map(|i| w[i] * f(i)).sum::<f64>();
+        let mut v = vec![("Σb".to_string(), dot(&|_| 1.0), 1.0)];
+        if p >= 2 {
+            v.push(("Σbc".into(), dot(&|i| c[i]), 0.5));
+        }
+        if p >= 3 {
+            v.push(("Σbc²".into(), dot(&|i| c[i] * c[i]), 1.0 / 3.0));
+            v.push(("ΣbAc".into(), dot(&|i| ac[i]), 1.0 / 6.0));
+        }
+        if p >= 4 {
+            v.push(("Σbc³".into(), dot(&|i| c[i].powi(3)), 0.25));
+            v.push(("Σbc·Ac".into(), dot(&|i| c[i] * ac[i]), 0.125));
+            v.push(("ΣbAc²".into(), dot(&|i| ac2[i]), 1.0 / 12.0));
+            v.push(("ΣbAAc".into(), dot(&|i| aac[i]), 1.0 / 24.0));
+        }
+        v
+    }
+
+    fn check_order(t: &Tableau, w: &[f64], p: u8, what: &str) {
+        for (name, got, want) in order_conditions(t, w, p) {
+            // 1e-12 absolute: these sums involve DOP853 coefficients of size ~40 with
+            // cancellation; a wrong digit anywhere shows up far above this.
+            assert!((got - want).abs() < 1e-12, "{} {what}: {name} = {got}, want {want}", t.name);
+        }
+    }
+
+    #[test]
+    fn shapes_row_sums_and_weights() {
+        for m in Method::ALL {
+            let t = m.tableau();
+            assert_eq!(t.name, m.name());
+            assert_eq!(t.a.len(), t.c.len(), "{}", t.name);
+            assert!(t.b.len() <= t.c.len() && t.b.len() <= MAX_STAGES_CHECK);
+            for (i, row) in t.a.iter().enumerate() {
+                assert_eq!(row.len(), i, "{} row {i}", t.name);
+                let (s, scale) = a_c(t, i);
+                assert!(close(s, t.c[i], scale), "{} row {i}: Σa = {s}, c = {}", t.name, t.c[i]);
+            }
+            let sb: f64 = t.b.iter().sum();
+            assert!(close(sb, 1.0, t.b.iter().map(|x| x.abs()).sum()), "{}: Σb = {sb}", t.name);
+        }
+    }
+
+    const MAX_STAGES_CHECK: usize = 16;
+
+    #[test]
+    fn fsal_flag_follows_from_data() {
+        for m in Method::ALL {
+            let t = m.tableau();
+            let s = t.stages();
+            let last = s - 1;
+            let derived = s > 1
+                && t.c[last].to_bits() == 1.0f64.to_bits()
+                && t.b[last].abs() <= 0.0
+                && t.a[last].iter().zip(&t.b[..last]).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert_eq!(t.fsal, derived, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn error_coefficients_sum_to_zero_and_embedded_orders() {
+        for m in Method::ALL {
+            let t = m.tableau();
+            let rows: Vec<&[f64]> = match t.error {
+                ErrorEstimator::None => {
+                    assert!(t.error_order.is_none());
+                    vec![]
+                }
+                ErrorEstimator::Embedded { e } => vec![e],
+                ErrorEstimator::Blended53 { e5, e3 } => vec![e5, e3],
+            };
+            for e in &rows {
+                assert_eq!(e.len(), t.stages(), "{}", t.name);
+                let s: f64 = e.iter().sum();
+                let scale: f64 = e.iter().map(|x| x.abs()).sum();
+                assert!(close(s, 0.0, scale), "{}: Σe = {s}", t.name);
+            }
+            // The embedded weights b̂ = b − e satisfy the order conditions of their order
+            // (checked up to order 4, the trees implemented above).
+            if let ErrorEstimator::Embedded { e } = t.error {
+                let bhat: Vec<f64> = t.b.iter().zip(e).map(|(b, e)| b - e).collect();
+                check_order(t, &bhat, t.error_order.unwrap().min(4), "embedded");
+            }
+            if let ErrorEstimator::Blended53 { e5, e3 } = t.error {
+                let b5: Vec<f64> = t.b.iter().zip(e5).map(|(b, e)| b - e).collect();
+                let b3: Vec<f64> = t.b.iter().zip(e3).map(|(b, e)| b - e).collect();
+                check_order(t, &b5, 4, "5th-order embedded");
+                check_order(t, &b3, 3, "3rd-order embedded");
+            }
+        }
+    }
+
+    #[test]
+    fn main_weights_satisfy_order_conditions() {
+        for m in Method::ALL {
+            let t = m.tableau();
+            check_order(t, t.b, t.order.min(4), "main");
+        }
+    }
+
+    #[test]
+    fn dense_output_consistency() {
+        for m in Method::ALL {
+            let t = m.tableau();
+            match t.dense {
+                // Exactness for y' = const requires each extra row to sum to zero.
+                DenseOutput::Hairer { d } => {
+                    for row in d {
+                        assert_eq!(row.len(), t.c.len(), "{}", t.name);
+                        let s: f64 = row.iter().sum();
+                        let scale: f64 = row.iter().map(|x| x.abs()).sum();
+                        assert!(close(s, 0.0, scale), "{}: Σd = {s}", t.name);
+                    }
+                }
+                // b_i(1) = b_i and Σ_i b_i(θ) = θ.
+                DenseOutput::Polynomial { coeffs } => {
+                    assert_eq!(coeffs.len(), t.stages());
+                    let bt = |i: usize, th: f64| -> f64 {
+                        coeffs[i].iter().enumerate().map(|(p, c)| c * th.powi(p as i32 + 1)).sum()
+                    };
+                    for i in 0..t.stages() {
+                        assert!((bt(i, 1.0) - t.b[i]).abs() < 1e-14, "{} b_{i}(1)", t.name);
+                    }
+                    for th in [0.1, 0.37, 0.5, 0.9] {
+                        let s: f64 = (0..t.stages()).map(|i| bt(i, th)).sum();
+                        assert!((s - th).abs() < 1e-13, "{}: Σb_i({th}) = {s}", t.name);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(m.to_string().parse::<Method>(), Ok(m));
+            assert_eq!(m.name().to_uppercase().parse::<Method>(), Ok(m));
+        }
+        assert_eq!("rk45".parse::<Method>(), Err(ParseMethodError { name: "rk45".into() }));
+        assert!(!Method::Rk4.is_adaptive() && Method::Dop853.is_adaptive());
+    }
+}

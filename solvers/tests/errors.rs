@@ -1,0 +1,219 @@
+//! Every error case returns a typed error (never a panic or a hang), with the numbers a caller
+//! acts on.
+
+use odeflow_solvers::problems::{arenstorf, ExpDecay, Harmonic};
+use odeflow_solvers::{
+    solve, Atol, FnSystem, Integrator, Method, NoObserver, SolveError, SolveOptions,
+};
+
+fn decay() -> ExpDecay {
+    ExpDecay { dim: 2, lambda: 1.0 }
+}
+
+#[test]
+fn invalid_tolerances() {
+    for rtol in [0.0, -1e-6, f64::NAN, f64::INFINITY] {
+        let o = SolveOptions { rtol, ..Default::default() };
+        assert!(matches!(o.validate(), Err(SolveError::InvalidTolerance { .. })), "rtol {rtol}");
+        assert!(matches!(
+            Integrator::new(Method::Dopri5, o),
+            Err(SolveError::InvalidTolerance { .. })
+        ));
+    }
+    for atol in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+        let o = SolveOptions { atol: Atol::Scalar(atol), ..Default::default() };
+        assert!(matches!(o.validate(), Err(SolveError::InvalidTolerance { .. })), "atol {atol}");
+    }
+    let o = SolveOptions::<f64> { atol: Atol::PerComponent(vec![1e-6, 0.0]), ..Default::default() };
+    assert_eq!(o.validate(), Err(SolveError::InvalidTolerance { rtol: 1e-6, atol: 0.0 }));
+    assert_eq!(SolveOptions::<f64>::default().validate(), Ok(()));
+}
+
+#[test]
+fn invalid_options() {
+    let bad = [
+        SolveOptions { h0: Some(-1.0), ..Default::default() },
+        SolveOptions { h0: Some(0.0), ..Default::default() },
+        SolveOptions { h_min: -1.0, ..Default::default() },
+        SolveOptions { h_min: 1.0, h_max: Some(0.5), ..Default::default() },
+        SolveOptions { h_fixed: Some(0.0), ..Default::default() },
+        SolveOptions { h_fixed: Some(f64::NAN), ..Default::default() },
+        SolveOptions { max_steps: 0, ..Default::default() },
+    ];
+    for o in bad {
+        assert!(matches!(o.validate(), Err(SolveError::InvalidOption { .. })), "{o:?}");
+    }
+    assert_eq!(
+        Integrator::<f64>::new(Method::Rk4, SolveOptions::default()).err(),
+        Some(SolveError::MissingStepSize { method: "rk4" })
+    );
+    let mut integ = Integrator::new(Method::Euler, SolveOptions::fixed(0.1)).unwrap();
+    assert_eq!(
+        integ.set_options(SolveOptions::default()),
+        Err(SolveError::MissingStepSize { method: "euler" })
+    );
+}
+
+#[test]
+fn dimension_mismatches() {
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
+    let mut y = [1.0; 3];
+    assert_eq!(
+        integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::DimensionMismatch { expected: 2, found: 3 })
+    );
+    let o = SolveOptions { atol: Atol::PerComponent(vec![1e-6; 3]), ..Default::default() };
+    let mut integ = Integrator::new(Method::Dopri5, o).unwrap();
+    let mut y = [1.0; 2];
+    assert_eq!(
+        integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::DimensionMismatch { expected: 2, found: 3 })
+    );
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
+    let mut out = [0.0; 5];
+    assert_eq!(
+        integ.integrate_at(&mut decay(), 0.0, &[0.5, 1.0, 2.0], &mut y, &mut out),
+        Err(SolveError::DimensionMismatch { expected: 6, found: 5 })
+    );
+    let mut sys = FnSystem::new(2, |_t: f64, y: &[f64], dy: &mut [f64]| dy.copy_from_slice(y))
+        .with_error_components(1..3);
+    assert_eq!(
+        integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::InvalidErrorComponents { start: 1, end: 3, dim: 2 })
+    );
+}
+
+#[test]
+fn invalid_and_empty_times() {
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
+    let mut y = [1.0, 1.0];
+    assert_eq!(
+        integ.integrate(&mut decay(), 0.5, 0.5, &mut y, &mut NoObserver),
+        Err(SolveError::EmptyInterval { t: 0.5 })
+    );
+    assert!(matches!(
+        integ.integrate(&mut decay(), 0.0, f64::NAN, &mut y, &mut NoObserver),
+        Err(SolveError::InvalidTime { .. })
+    ));
+    assert_eq!(
+        integ.integrate(&mut decay(), f64::INFINITY, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::InvalidTime { t: f64::INFINITY })
+    );
+    let mut out = [0.0; 6];
+    assert_eq!(
+        integ.integrate_at(&mut decay(), 0.0, &[0.5, 0.2, 1.0], &mut y, &mut out),
+        Err(SolveError::InvalidTime { t: 0.2 })
+    );
+    // Times before t0 (against the direction of integration).
+    assert_eq!(
+        integ.integrate_at(&mut decay(), 0.0, &[-0.5, 0.2, 1.0], &mut y, &mut out),
+        Err(SolveError::InvalidTime { t: -0.5 })
+    );
+    assert_eq!(
+        integ.integrate_at(&mut decay(), 0.0, &[], &mut y, &mut []),
+        Err(SolveError::EmptyInterval { t: 0.0 })
+    );
+    // All times at t0: answered without integrating.
+    let mut out = [0.0; 4];
+    let s = integ.integrate_at(&mut decay(), 0.0, &[0.0, 0.0], &mut y, &mut out).unwrap();
+    assert_eq!(s.n_rhs, 0);
+    assert!(out.iter().all(|x| x.to_bits() == 1.0f64.to_bits()));
+}
+
+#[test]
+fn non_finite_state_or_derivative() {
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
+    let mut y = [f64::NAN, 1.0];
+    assert_eq!(
+        integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::NonFinite { t: 0.0 })
+    );
+    // A derivative that becomes NaN for t > 0.5: the adaptive methods shrink the step until
+    // it underflows and then report where the state stopped being finite.
+    let mut sys = FnSystem::new(1, |t: f64, _y: &[f64], dy: &mut [f64]| {
+        dy[0] = if t > 0.5 { f64::NAN } else { 1.0 };
+    });
+    for m in [Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dop853] {
+        let mut integ = Integrator::new(m, SolveOptions::default()).unwrap();
+        let mut y = [0.0];
+        match integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver) {
+            Err(SolveError::NonFinite { t }) => assert!((0.49..=0.5).contains(&t), "{m}: t = {t}"),
+            other => panic!("{m}: {other:?}"),
+        }
+        assert_eq!(y[0].to_bits(), 0.0f64.to_bits(), "{m}: y is left untouched on error");
+    }
+    // Fixed steps stop at the first non-finite step: the one from t = 0.5 (its stages lie
+    // beyond 0.5).
+    let mut integ = Integrator::new(Method::Rk4, SolveOptions::fixed(0.1)).unwrap();
+    let mut y = [0.0];
+    match integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver) {
+        Err(SolveError::NonFinite { t }) => assert!((t - 0.5).abs() < 1e-12, "t = {t}"),
+        other => panic!("{other:?}"),
+    }
+    // Derivative NaN at t0 itself.
+    let mut nan = FnSystem::new(1, |_t: f64, _y: &[f64], dy: &mut [f64]| dy[0] = f64::NAN);
+    let mut y = [0.0];
+    assert_eq!(
+        integ.integrate(&mut nan, 2.0, 3.0, &mut y, &mut NoObserver),
+        Err(SolveError::NonFinite { t: 2.0 })
+    );
+}
+
+#[test]
+fn step_size_underflow_at_a_singularity() {
+    // y' = y², y(0) = 1 blows up at t = 1.
+    let mut sys = FnSystem::new(1, |_t: f64, y: &[f64], dy: &mut [f64]| dy[0] = y[0] * y[0]);
+    for m in [Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dop853] {
+        let mut integ = Integrator::new(m, SolveOptions::tol(1e-8, 1e-8)).unwrap();
+        let mut y = [1.0];
+        match integ.integrate(&mut sys, 0.0, 2.0, &mut y, &mut NoObserver) {
+            Err(SolveError::StepSizeUnderflow { t, h }) => {
+                assert!((t - 1.0).abs() < 1e-3 && h.abs() < 1e-12, "{m}: t = {t}, h = {h}")
+            }
+            Err(SolveError::NonFinite { t }) => assert!((t - 1.0).abs() < 1e-3, "{m}: t = {t}"),
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+    // h_min makes it fail early, at the first step that would need less.
+    let (mut ar, y0, period) = arenstorf();
+    let o = SolveOptions { h_min: 0.05, ..SolveOptions::tol(1e-8, 1e-8) };
+    let mut integ = Integrator::new(Method::Dopri5, o).unwrap();
+    let mut y = y0;
+    match integ.integrate(&mut ar, 0.0, period, &mut y, &mut NoObserver) {
+        Err(SolveError::StepSizeUnderflow { h, .. }) => assert!(h.abs() < 0.05),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn too_many_steps() {
+    let (mut ar, y0, period) = arenstorf();
+    let o = SolveOptions { max_steps: 50, ..SolveOptions::tol(1e-8, 1e-8) };
+    let mut integ = Integrator::new(Method::Dopri5, o).unwrap();
+    let mut y = y0;
+    match integ.integrate(&mut ar, 0.0, period, &mut y, &mut NoObserver) {
+        Err(SolveError::TooManySteps { t, max_steps: 50 }) => assert!(t > 0.0 && t < period),
+        other => panic!("{other:?}"),
+    }
+    // Fixed steps: known up front.
+    let mut integ =
+        Integrator::new(Method::Rk4, SolveOptions { max_steps: 10, ..SolveOptions::fixed(0.01) })
+            .unwrap();
+    let mut y = [1.0, 0.0];
+    assert_eq!(
+        integ.integrate(&mut Harmonic { omega: 1.0 }, 0.0, 1.0, &mut y, &mut NoObserver),
+        Err(SolveError::TooManySteps { t: 0.0, max_steps: 10 })
+    );
+}
+
+#[test]
+fn errors_display_their_numbers() {
+    let e = SolveError::StepSizeUnderflow { t: 0.75, h: 1e-17 };
+    assert_eq!(e.to_string(), "step size underflow at t = 0.75, h = 0.00000000000000001");
+    let e = SolveError::TooManySteps { t: 3.5, max_steps: 10 };
+    assert!(e.to_string().contains("3.5") && e.to_string().contains("10"));
+    let (y, _) =
+        solve(Method::Dopri5, &mut decay(), 0.0, 1.0, &[1.0, 2.0], &SolveOptions::default())
+            .unwrap();
+    assert!((y[1] - 2.0 * (-1.0f64).exp()).abs() < 1e-6);
+}
