@@ -98,10 +98,11 @@ impl_gemm!(f32, matrixmultiply::sgemm);
 impl_gemm!(f64, matrixmultiply::dgemm);
 
 /// The scalar type of the vector fields: [`odeflow_solvers::Real`] (exactly `f32` or `f64`)
-/// plus the strided GEMM the batched layers run on. Blanket-implemented; nothing to do.
-pub trait Real: odeflow_solvers::Real + Gemm {}
+/// plus the strided GEMM the batched layers run on and the vectorizable `exp`/`ln(1 + y)` of
+/// the activation loops ([`FastMath`](super::FastMath)). Blanket-implemented; nothing to do.
+pub trait Real: odeflow_solvers::Real + Gemm + super::FastMath {}
 
-impl<T: odeflow_solvers::Real + Gemm> Real for T {}
+impl<T: odeflow_solvers::Real + Gemm + super::FastMath> Real for T {}
 
 #[cfg(test)]
 mod tests {

@@ -469,32 +469,66 @@ fn act_pass<T: Real>(
     s1: &mut [T],
     s2: &mut [T],
 ) {
-    let rows = p.len() / n;
-    for r in 0..rows {
-        let pr = &p[r * n..(r + 1) * n];
-        let hr = &mut h[r * n..(r + 1) * n];
-        match level {
-            0 => {
+    // One monomorphic loop per activation (the closure is inlined), so each vectorizes.
+    match act {
+        Activation::Tanh => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Tanh.value_d2(u))
+        }
+        Activation::Softplus => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Softplus.value_d2(u))
+        }
+        Activation::Silu => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Silu.value_d2(u))
+        }
+        Activation::Elu => act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Elu.value_d2(u)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
+    level: u8,
+    n: usize,
+    p: &[T],
+    g: &[T],
+    sh: &[T],
+    h: &mut [T],
+    s1: &mut [T],
+    s2: &mut [T],
+    f: F,
+) {
+    let (g, sh) = (&g[..n], &sh[..n]);
+    match level {
+        0 => {
+            for (pr, hr) in p.chunks_exact(n).zip(h.chunks_exact_mut(n)) {
                 for j in 0..n {
-                    hr[j] = act.value(pr[j] * g[j] + sh[j]);
+                    hr[j] = f(pr[j] * g[j] + sh[j]).0;
                 }
             }
-            1 => {
-                let s1r = &mut s1[r * n..(r + 1) * n];
+        }
+        1 => {
+            for ((pr, hr), ar) in
+                p.chunks_exact(n).zip(h.chunks_exact_mut(n)).zip(s1.chunks_exact_mut(n))
+            {
                 for j in 0..n {
-                    let (a, b) = act.value_d1(pr[j] * g[j] + sh[j]);
-                    hr[j] = a;
-                    s1r[j] = b;
+                    let (x, y, _) = f(pr[j] * g[j] + sh[j]);
+                    hr[j] = x;
+                    ar[j] = y;
                 }
             }
-            _ => {
-                let s1r = &mut s1[r * n..(r + 1) * n];
-                let s2r = &mut s2[r * n..(r + 1) * n];
+        }
+        _ => {
+            for (((pr, hr), ar), br) in p
+                .chunks_exact(n)
+                .zip(h.chunks_exact_mut(n))
+                .zip(s1.chunks_exact_mut(n))
+                .zip(s2.chunks_exact_mut(n))
+            {
                 for j in 0..n {
-                    let (a, b, c) = act.value_d2(pr[j] * g[j] + sh[j]);
-                    hr[j] = a;
-                    s1r[j] = b;
-                    s2r[j] = c;
+                    let (x, y, z) = f(pr[j] * g[j] + sh[j]);
+                    hr[j] = x;
+                    ar[j] = y;
+                    br[j] = z;
                 }
             }
         }
@@ -840,26 +874,20 @@ impl<T: Real> Mlp<T> {
                 for b in 0..nb {
                     let nur = &mut nu[b * n_in..(b + 1) * n_in];
                     let s1r = &s1p[b * n_in..(b + 1) * n_in];
+                    for j in 0..n_in {
+                        nur[j] *= s1r[j];
+                    }
                     if lanes_r > 0 {
+                        // ū += σ″ ⊙ Σ_lanes u̇ ⊙ ḣ̄ (u̇ = ṗ ⊙ g), then u̇̄ = σ′ ⊙ ḣ̄ per lane.
                         let s2r = &s2p[b * n_in..(b + 1) * n_in];
-                        for j in 0..n_in {
-                            let mut acc = zero;
-                            for i in 0..lanes_r {
-                                let r = b * lanes_r + i;
-                                acc += pdp[r * n_in + j] * gp[j] * nud[r * n_in + j];
-                            }
-                            nur[j] = s1r[j] * nur[j] + s2r[j] * acc;
-                        }
                         for i in 0..lanes_r {
                             let r = b * lanes_r + i;
+                            let pr = &pdp[r * n_in..(r + 1) * n_in];
                             let row = &mut nud[r * n_in..(r + 1) * n_in];
                             for j in 0..n_in {
+                                nur[j] += s2r[j] * (pr[j] * gp[j] * row[j]);
                                 row[j] *= s1r[j];
                             }
-                        }
-                    } else {
-                        for j in 0..n_in {
-                            nur[j] *= s1r[j];
                         }
                     }
                 }

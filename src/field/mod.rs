@@ -60,6 +60,7 @@
 mod act;
 mod autodiff;
 mod error;
+mod fastmath;
 mod gemm;
 mod linear;
 mod mlp;
@@ -67,6 +68,7 @@ mod mlp;
 pub use act::Activation;
 pub use autodiff::{AutoDiffField, AutoDiffWorkspace, Dual, DualScalar, HyperDual, ScalarField};
 pub use error::FieldError;
+pub use fastmath::FastMath;
 pub use gemm::{Gemm, Real};
 pub use linear::LinearField;
 pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning};
