@@ -2,5 +2,12 @@
 
 pub use odeflow_solvers as solvers;
 
+pub mod cnf;
+mod error;
+pub mod field;
 pub mod io;
 pub mod plot;
+pub mod trace;
+
+pub use error::Error;
+pub use field::Real;

@@ -50,10 +50,7 @@ impl TraceEstimator {
 
     /// The [`Divergence`] request for a field call, given the noise drawn by
     /// [`TraceEstimator::draw`].
-    pub fn divergence(self, eps: &[T]) -> Divergence<'_, T>
-    where
-        T: Real,
-    {
+    pub fn divergence<T: Real>(self, eps: &[T]) -> Divergence<'_, T> {
         match self {
             TraceEstimator::Exact => Divergence::Exact,
             TraceEstimator::Hutchinson(_) => Divergence::Hutchinson(eps),

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning};
+use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning, VectorField};
 use crate::io::{NpyError, NpzReader};
 use crate::Error;
 

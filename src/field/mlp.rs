@@ -1,0 +1,1208 @@
+//! FFJORD's ODEnet as a batched MLP with exact tangent and reverse-over-tangent passes.
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use super::act::Activation;
+use super::error::{batch_of, check_len, FieldError};
+use super::{AugmentedVjp, Divergence, Real, VectorField};
+
+/// How each layer sees the time `t` (FFJORD's layer types).
+///
+/// With `p = W x + b` the plain affine map of the layer's input `x`:
+/// - `Concat` (`ConcatLinear`): `t` is an extra input column, `out = W [t; x] + b`; in the
+///   layout the time column is column 0 of the `[out, in + 1]` weight, as FFJORD's
+///   `torch.cat([tt, x], 1)` puts it first.
+/// - `ConcatSquash` (`ConcatSquashLinear`): `out = (W x + b) ⊙ sigmoid(W_g t + b_g) + W_b t`
+///   (`W_g`, `W_b`: `[out, 1]`; no bias on the hyper-bias).
+/// - `Ignore` (`IgnoreLinear`): `out = W x + b`, autonomous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TimeConditioning {
+    /// `out = W [t; x] + b` (t is input column 0).
+    Concat,
+    /// `out = (W x + b) ⊙ sigmoid(W_g t + b_g) + W_b t`.
+    #[default]
+    ConcatSquash,
+    /// `out = W x + b`.
+    Ignore,
+}
+
+/// The architecture and construction options of an [`Mlp`]: a plain struct with `Default`
+/// (FFJORD's toy net).
+///
+/// Layers: `d → hidden[0] → … → hidden[n−1] → d`, the activation after every layer but the
+/// last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlpConfig {
+    /// State dimension `d` (input and output width). Default 2; at least 1.
+    pub dim: usize,
+    /// Hidden widths, any number (including none: then `f` is one time-conditioned affine
+    /// map). Default `[64, 64, 64]`; each at least 1.
+    pub hidden: Vec<usize>,
+    /// Nonlinearity between layers. Default `Tanh`.
+    pub activation: Activation,
+    /// Time conditioning of every layer. Default `ConcatSquash`.
+    pub time: TimeConditioning,
+    /// Seed of the PyTorch-style initialisation (ChaCha8). Default 0.
+    pub seed: u64,
+    /// Samples per batch chunk: the unit of parallel work, with its own scratch. Results are
+    /// bit-identical for any thread count at a fixed chunk size (θ-gradients are reduced over
+    /// chunks in chunk order). Default 64; at least 1.
+    pub chunk_size: usize,
+    /// Run the chunks on the current rayon pool (`true`) or sequentially. Default `true`.
+    pub parallel: bool,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            dim: 2,
+            hidden: vec![64, 64, 64],
+            activation: Activation::Tanh,
+            time: TimeConditioning::ConcatSquash,
+            seed: 0,
+            chunk_size: 64,
+            parallel: true,
+        }
+    }
+}
+
+impl MlpConfig {
+    /// Checks every field's range: `dim ≥ 1`, each hidden width `≥ 1`, `chunk_size ≥ 1`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.dim == 0 {
+            return Err(FieldError::InvalidConfig { field: "dim", value: 0, min: 1 });
+        }
+        if self.hidden.contains(&0) {
+            return Err(FieldError::InvalidConfig { field: "hidden", value: 0, min: 1 });
+        }
+        if self.chunk_size == 0 {
+            return Err(FieldError::InvalidConfig { field: "chunk_size", value: 0, min: 1 });
+        }
+        Ok(())
+    }
+}
+
+/// One named parameter block of the flat vector θ: `θ[offset..offset + Π shape]`, row-major,
+/// named and shaped as PyTorch names FFJORD's layers (`layers.{i}._layer.weight`
+/// `[out, in]`, `layers.{i}._layer.bias` `[out]`, `layers.{i}._hyper_bias.weight` `[out, 1]`,
+/// `layers.{i}._hyper_gate.weight` `[out, 1]`, `layers.{i}._hyper_gate.bias` `[out]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamBlock {
+    /// PyTorch state-dict name relative to the ODEnet, e.g. `layers.0._layer.weight`.
+    pub name: String,
+    /// Offset of the block in θ.
+    pub offset: usize,
+    /// Shape, `[out, in]` for weights and `[out]` for biases.
+    pub shape: Vec<usize>,
+}
+
+impl ParamBlock {
+    /// Number of elements, `Π shape`.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Whether the block is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `offset..offset + len`.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Offsets of one layer's blocks in θ.
+#[derive(Debug, Clone)]
+struct Layer {
+    n_in: usize,
+    n_out: usize,
+    /// Weight block `[n_out, wcols]`.
+    w: usize,
+    /// Columns of the weight: `n_in`, or `n_in + 1` for `Concat`.
+    wcols: usize,
+    /// First input column of the weight (1 for `Concat`, whose column 0 is time).
+    x0: usize,
+    /// Bias `[n_out]`.
+    b: usize,
+    /// `ConcatSquash`: `_hyper_bias.weight` `[n_out, 1]`.
+    hb: usize,
+    /// `ConcatSquash`: `_hyper_gate.weight` `[n_out, 1]`.
+    hg: usize,
+    /// `ConcatSquash`: `_hyper_gate.bias` `[n_out]`.
+    hgb: usize,
+    /// Offset of this layer in the per-call time vectors (gate, shift).
+    tv: usize,
+}
+
+/// FFJORD's ODEnet `f(t, z; θ)` as a batched MLP, with exact derivatives.
+///
+/// # The network
+/// Layer ℓ = 1..L maps its input `h_{ℓ−1}` (`h₀ = z`) by
+///
+/// ```text
+/// p_ℓ = W_ℓ h_{ℓ−1} + b_ℓ,   u_ℓ = p_ℓ ⊙ g_ℓ(t) + β_ℓ(t),   h_ℓ = σ(u_ℓ) (ℓ < L),   f = u_L
+/// ```
+///
+/// with `g = 1, β = 0` (`Ignore`), `g = 1, β = w_t t` (`Concat`, `w_t` the time column) or
+/// `g = sigmoid(W_g t + b_g), β = W_b t` (`ConcatSquash`). `J = ∂f/∂z = M_L D_{L−1} ⋯ D₁ M₁`
+/// with `M_ℓ = diag(g_ℓ) W_ℓ`, `D_ℓ = diag(σ′(u_ℓ))`.
+///
+/// # Tangent pass (JVP, exact trace, Hutchinson form)
+/// `ṗ_ℓ = W_ℓ ḣ_{ℓ−1}`, `u̇_ℓ = ṗ_ℓ ⊙ g_ℓ`, `ḣ_ℓ = σ′(u_ℓ) ⊙ u̇_ℓ`, `ḣ₀ = v` ⇒ `J v = u̇_L`.
+/// Hutchinson: `v = ε`, `q = εᵀ u̇_L`, `‖Jε‖² = ‖u̇_L‖²`. Exact trace: `d` lanes `v = e_i`
+/// stacked into the batch dimension (row `b·d + i`), `q = Σ_i (u̇_L⁽ⁱ⁾)_i`; the first layer's
+/// lane `i` is column `i` of `W₁` (a copy, no GEMM), every later layer one GEMM over `B·d` rows.
+///
+/// # Reverse over the tangent pass (VJP and the divergence cotangent)
+/// For `Φ = Σ_b [a_bᵀ f_b + c_b q_b]`: seed `ū_L = a`, `u̇̄_L = c·ε` (Hutchinson) or `c·e_i`
+/// (lane i); then for ℓ = L..1, summing tangent terms over lanes:
+///
+/// ```text
+/// p̄ = ū ⊙ g,  ṗ̄ = u̇̄ ⊙ g,  ḡ = Σ_b (ū ⊙ p + u̇̄ ⊙ ṗ),  β̄ = Σ_b ū
+/// W̄ += p̄ h_{ℓ−1}ᵀ + ṗ̄ ḣ_{ℓ−1}ᵀ,  b̄ += p̄,  h̄_{ℓ−1} = Wᵀ p̄,  ḣ̄_{ℓ−1} = Wᵀ ṗ̄
+/// ū_{ℓ−1} = σ′(u_{ℓ−1}) ⊙ h̄_{ℓ−1} + σ″(u_{ℓ−1}) ⊙ Σ_lanes u̇_{ℓ−1} ⊙ ḣ̄_{ℓ−1},   u̇̄_{ℓ−1} = σ′(u_{ℓ−1}) ⊙ ḣ̄_{ℓ−1}
+/// ```
+///
+/// and at the input `∂Φ/∂z = h̄₀`. Time parameters: `ConcatSquash` `W̄_g = t·ḡ⊙g(1−g)`,
+/// `b̄_g = ḡ⊙g(1−g)`, `W̄_b = t·β̄`; `Concat` `w̄_t = t·β̄`; and
+/// `∂Φ/∂t = Σ_ℓ [ḡ⊙g(1−g)·W_g + β̄·W_b]` (`ConcatSquash`) or `Σ_ℓ β̄·w_t` (`Concat`).
+///
+/// # Parameter layout
+/// θ is the concatenation, layer by layer, of the blocks listed by [`Mlp::blocks`] in
+/// PyTorch's state-dict order: `_layer.weight` `[out, in]` (`[out, in + 1]` for `Concat`,
+/// time first), `_layer.bias` `[out]`, and for `ConcatSquash` `_hyper_bias.weight`
+/// `[out, 1]`, `_hyper_gate.weight` `[out, 1]`, `_hyper_gate.bias` `[out]`. Initialisation
+/// is PyTorch's `nn.Linear`: every weight and bias uniform in `±1/√fan_in` (`fan_in` of the
+/// `_layer` is `in`, or `in + 1` for `Concat`; of the hyper layers 1).
+#[derive(Debug, Clone)]
+pub struct Mlp<T> {
+    cfg: MlpConfig,
+    layers: Vec<Layer>,
+    params: Vec<T>,
+    blocks: Vec<ParamBlock>,
+    /// Σ_ℓ n_out(ℓ).
+    n_tv: usize,
+    /// Largest width among d and the hidden widths.
+    max_w: usize,
+}
+
+fn layout(cfg: &MlpConfig) -> (Vec<Layer>, Vec<ParamBlock>, usize, usize) {
+    let mut widths = vec![cfg.dim];
+    widths.extend_from_slice(&cfg.hidden);
+    widths.push(cfg.dim);
+    let mut layers = Vec::new();
+    let mut blocks = Vec::new();
+    let mut off = 0;
+    let mut tv = 0;
+    for (i, win) in widths.windows(2).enumerate() {
+        let (n_in, n_out) = (win[0], win[1]);
+        let concat = cfg.time == TimeConditioning::Concat;
+        let wcols = if concat { n_in + 1 } else { n_in };
+        let mut push = |name: &str, shape: Vec<usize>| {
+            let b = ParamBlock { name: format!("layers.{i}.{name}"), offset: off, shape };
+            off += b.len();
+            let o = b.offset;
+            blocks.push(b);
+            o
+        };
+        let w = push("_layer.weight", vec![n_out, wcols]);
+        let b = push("_layer.bias", vec![n_out]);
+        let (mut hb, mut hg, mut hgb) = (0, 0, 0);
+        if cfg.time == TimeConditioning::ConcatSquash {
+            hb = push("_hyper_bias.weight", vec![n_out, 1]);
+            hg = push("_hyper_gate.weight", vec![n_out, 1]);
+            hgb = push("_hyper_gate.bias", vec![n_out]);
+        }
+        layers.push(Layer { n_in, n_out, w, wcols, x0: usize::from(concat), b, hb, hg, hgb, tv });
+        tv += n_out;
+    }
+    let max_w = widths.iter().copied().max().unwrap_or(1);
+    (layers, blocks, tv, max_w)
+}
+
+impl<T: Real> Mlp<T> {
+    /// Builds the network of `cfg` with PyTorch's `nn.Linear` initialisation from `cfg.seed`:
+    /// each block `~ U(−1/√fan_in, 1/√fan_in)`, drawn in f64 (ChaCha8) in layout order and
+    /// rounded to `T`, so f32 and f64 nets of one seed agree to f32 rounding.
+    pub fn new(cfg: &MlpConfig) -> Result<Self, FieldError> {
+        cfg.validate()?;
+        let (layers, blocks, n_tv, max_w) = layout(cfg);
+        let n: usize = blocks.iter().map(ParamBlock::len).sum();
+        let mut params = vec![T::zero(); n];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+        for blk in &blocks {
+            // The nn.Linear a block belongs to: `layers.{i}._layer.*` has fan_in = weight
+            // columns; the hyper layers `layers.{i}._hyper_*` have fan_in = 1.
+            let li: usize = blk.name.split('.').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let fan_in = if blk.name.contains("._hyper_") { 1 } else { layers[li].wcols };
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            for x in &mut params[blk.range()] {
+                *x = T::from_f64c(rng.random_range(-bound..bound));
+            }
+        }
+        Ok(Mlp { cfg: cfg.clone(), layers, params, blocks, n_tv, max_w })
+    }
+
+    /// Builds the network of `cfg` with the given parameters (layout as on [`Mlp`]).
+    pub fn from_params(cfg: &MlpConfig, params: Vec<T>) -> Result<Self, FieldError> {
+        cfg.validate()?;
+        let (layers, blocks, n_tv, max_w) = layout(cfg);
+        let n: usize = blocks.iter().map(ParamBlock::len).sum();
+        if params.len() != n {
+            return Err(FieldError::ParamLength { expected: n, found: params.len() });
+        }
+        Ok(Mlp { cfg: cfg.clone(), layers, params, blocks, n_tv, max_w })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &MlpConfig {
+        &self.cfg
+    }
+
+    /// The named parameter blocks of θ, in layout order (see [`Mlp`]).
+    pub fn blocks(&self) -> &[ParamBlock] {
+        &self.blocks
+    }
+
+    /// Sets whether chunks run on the rayon pool (see [`MlpConfig::parallel`]).
+    pub fn set_parallel(&mut self, parallel: bool) {
+        self.cfg.parallel = parallel;
+    }
+
+    /// The per-call time vectors: gate `g_ℓ(t)` and shift `β_ℓ(t)` of every layer.
+    fn time_vectors(&self, t: T, gate: &mut [T], shift: &mut [T]) {
+        let th = &self.params;
+        for ly in &self.layers {
+            let g = &mut gate[ly.tv..ly.tv + ly.n_out];
+            let s = &mut shift[ly.tv..ly.tv + ly.n_out];
+            match self.cfg.time {
+                TimeConditioning::ConcatSquash => {
+                    for j in 0..ly.n_out {
+                        let x = th[ly.hg + j] * t + th[ly.hgb + j];
+                        g[j] = T::one() / (T::one() + (-x).exp());
+                        s[j] = th[ly.hb + j] * t;
+                    }
+                }
+                TimeConditioning::Concat => {
+                    for j in 0..ly.n_out {
+                        g[j] = T::one();
+                        s[j] = th[ly.w + j * ly.wcols] * t;
+                    }
+                }
+                TimeConditioning::Ignore => {
+                    g.fill(T::one());
+                    s.fill(T::zero());
+                }
+            }
+        }
+    }
+
+    /// Weight view of layer `l` starting at its first input column (`n_out × n_in` with
+    /// strides `(wcols, 1)`; its transpose has strides `(1, wcols)`).
+    #[inline]
+    fn wx(&self, l: usize) -> &[T] {
+        let ly = &self.layers[l];
+        &self.params[ly.w + ly.x0..ly.w + ly.n_out * ly.wcols]
+    }
+}
+
+/// Scratch of one batch chunk.
+#[derive(Debug, Clone, Default)]
+struct ChunkWs<T> {
+    /// Lane capacity of the tangent buffers.
+    lanes: usize,
+    /// `h_ℓ` (hidden layers), `rows × n_out`.
+    h: Vec<Vec<T>>,
+    /// `p_ℓ` (all layers), `rows × n_out`.
+    p: Vec<Vec<T>>,
+    /// σ′(u_ℓ), σ″(u_ℓ) (hidden layers).
+    s1: Vec<Vec<T>>,
+    s2: Vec<Vec<T>>,
+    /// Tangents `ḣ_ℓ` (hidden) and `ṗ_ℓ` (all), `lanes·rows × n_out`.
+    hd: Vec<Vec<T>>,
+    pd: Vec<Vec<T>>,
+    /// Reverse ping-pong buffers: `rows × max_w` and `lanes·rows × max_w`.
+    ub: Vec<T>,
+    ub2: Vec<T>,
+    udb: Vec<T>,
+    udb2: Vec<T>,
+    /// Chunk-local θ-gradient.
+    theta: Vec<T>,
+    /// Chunk-local `ḡ` and `β̄` sums, `Σ n_out`.
+    gsum: Vec<T>,
+    bsum: Vec<T>,
+}
+
+/// Scratch of an [`Mlp`]: per-call time vectors and one [`ChunkWs`] per batch chunk.
+///
+/// Made by [`VectorField::workspace`]; grows (once) when a call needs more chunks, more tangent
+/// lanes (the exact trace needs `d`) or a θ-gradient buffer.
+#[derive(Debug, Clone)]
+pub struct MlpWorkspace<T> {
+    gate: Vec<T>,
+    shift: Vec<T>,
+    gsum: Vec<T>,
+    bsum: Vec<T>,
+    chunks: Vec<ChunkWs<T>>,
+}
+
+impl<T: Real> MlpWorkspace<T> {
+    fn new(m: &Mlp<T>, batch: usize) -> Self {
+        let mut ws = MlpWorkspace {
+            gate: vec![T::zero(); m.n_tv],
+            shift: vec![T::zero(); m.n_tv],
+            gsum: vec![T::zero(); m.n_tv],
+            bsum: vec![T::zero(); m.n_tv],
+            chunks: Vec::new(),
+        };
+        let lanes = if m.cfg.dim <= 8 { m.cfg.dim } else { 1 };
+        ws.ensure(m, batch.div_ceil(m.cfg.chunk_size), lanes, false);
+        ws
+    }
+
+    fn ensure(&mut self, m: &Mlp<T>, n_chunks: usize, lanes: usize, theta: bool) {
+        let rows = m.cfg.chunk_size;
+        let l_n = m.layers.len();
+        while self.chunks.len() < n_chunks {
+            let z = T::zero();
+            let hid = |k: usize| m.layers[k].n_out * rows;
+            self.chunks.push(ChunkWs {
+                lanes: 0,
+                h: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
+                p: (0..l_n).map(|k| vec![z; hid(k)]).collect(),
+                s1: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
+                s2: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
+                hd: vec![Vec::new(); l_n - 1],
+                pd: vec![Vec::new(); l_n],
+                ub: vec![z; rows * m.max_w],
+                ub2: vec![z; rows * m.max_w],
+                udb: Vec::new(),
+                udb2: Vec::new(),
+                theta: Vec::new(),
+                gsum: vec![z; m.n_tv],
+                bsum: vec![z; m.n_tv],
+            });
+        }
+        for c in &mut self.chunks {
+            if c.lanes < lanes {
+                c.lanes = lanes;
+                let z = T::zero();
+                for (k, v) in c.hd.iter_mut().enumerate() {
+                    *v = vec![z; lanes * rows * m.layers[k].n_out];
+                }
+                for (k, v) in c.pd.iter_mut().enumerate() {
+                    *v = vec![z; lanes * rows * m.layers[k].n_out];
+                }
+                c.udb = vec![z; lanes * rows * m.max_w];
+                c.udb2 = vec![z; lanes * rows * m.max_w];
+            }
+            if theta && c.theta.len() < m.params.len() {
+                c.theta = vec![T::zero(); m.params.len()];
+            }
+        }
+    }
+}
+
+/// A raw output pointer shared by the chunk workers, each of which writes only its own
+/// disjoint row range.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T, usize);
+
+// SAFETY: the pointer is only used to form disjoint sub-slices, one per chunk (see `rows`).
+unsafe impl<T: Send> Send for OutPtr<T> {}
+// SAFETY: as above; concurrent workers never address overlapping ranges.
+unsafe impl<T: Send> Sync for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
+    fn new(s: &mut [T]) -> Self {
+        OutPtr(s.as_mut_ptr(), s.len())
+    }
+    /// The sub-slice `[start, start + len)`.
+    ///
+    /// # Safety
+    /// The range must lie within the buffer and no other live reference may overlap it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows<'s>(self, start: usize, len: usize) -> &'s mut [T] {
+        assert!(start + len <= self.1);
+        // SAFETY: in bounds (asserted); disjointness is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// The tangent directions of a call.
+#[derive(Clone, Copy)]
+enum Tan<'a, T> {
+    None,
+    Exact,
+    Dir(&'a [T]),
+}
+
+/// Everything one call hands to the chunk workers.
+struct Job<'a, T> {
+    t: T,
+    z: &'a [T],
+    batch: usize,
+    tan: Tan<'a, T>,
+    /// Reverse pass: cotangents `a` and (with tangents) `c`, and whether θ is wanted.
+    rev: Option<(&'a [T], Option<&'a [T]>, bool)>,
+    f: OutPtr<T>,
+    q: Option<OutPtr<T>>,
+    jv: Option<OutPtr<T>>,
+    jsq: Option<OutPtr<T>>,
+    zbar: Option<OutPtr<T>>,
+    gate: &'a [T],
+    shift: &'a [T],
+}
+
+/// `u = p ⊙ g + β` then `h = σ(u)` and, by `level`, σ′ and σ″, over `rows × n` buffers.
+#[allow(clippy::too_many_arguments)]
+fn act_pass<T: Real>(
+    act: Activation,
+    level: u8,
+    n: usize,
+    p: &[T],
+    g: &[T],
+    sh: &[T],
+    h: &mut [T],
+    s1: &mut [T],
+    s2: &mut [T],
+) {
+    // One monomorphic loop per activation (the closure is inlined), so each vectorizes.
+    match act {
+        Activation::Tanh => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Tanh.value_d2(u))
+        }
+        Activation::Softplus => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Softplus.value_d2(u))
+        }
+        Activation::Silu => {
+            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Silu.value_d2(u))
+        }
+        Activation::Elu => act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Elu.value_d2(u)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
+    level: u8,
+    n: usize,
+    p: &[T],
+    g: &[T],
+    sh: &[T],
+    h: &mut [T],
+    s1: &mut [T],
+    s2: &mut [T],
+    f: F,
+) {
+    let (g, sh) = (&g[..n], &sh[..n]);
+    match level {
+        0 => {
+            for (pr, hr) in p.chunks_exact(n).zip(h.chunks_exact_mut(n)) {
+                for j in 0..n {
+                    hr[j] = f(pr[j] * g[j] + sh[j]).0;
+                }
+            }
+        }
+        1 => {
+            for ((pr, hr), ar) in
+                p.chunks_exact(n).zip(h.chunks_exact_mut(n)).zip(s1.chunks_exact_mut(n))
+            {
+                for j in 0..n {
+                    let (x, y, _) = f(pr[j] * g[j] + sh[j]);
+                    hr[j] = x;
+                    ar[j] = y;
+                }
+            }
+        }
+        _ => {
+            for (((pr, hr), ar), br) in p
+                .chunks_exact(n)
+                .zip(h.chunks_exact_mut(n))
+                .zip(s1.chunks_exact_mut(n))
+                .zip(s2.chunks_exact_mut(n))
+            {
+                for j in 0..n {
+                    let (x, y, z) = f(pr[j] * g[j] + sh[j]);
+                    hr[j] = x;
+                    ar[j] = y;
+                    br[j] = z;
+                }
+            }
+        }
+    }
+}
+
+impl<T: Real> Mlp<T> {
+    /// Forward, tangent and reverse pass of chunk `k`.
+    fn run_chunk(&self, k: usize, job: &Job<'_, T>, cw: &mut ChunkWs<T>) {
+        let cs = self.cfg.chunk_size;
+        let d = self.cfg.dim;
+        let r0 = k * cs;
+        let nb = cs.min(job.batch - r0);
+        let l_n = self.layers.len();
+        let zc = &job.z[r0 * d..(r0 + nb) * d];
+        let lanes = match job.tan {
+            Tan::None => 0,
+            Tan::Exact => d,
+            Tan::Dir(_) => 1,
+        };
+        let vc = match job.tan {
+            Tan::Dir(v) => &v[r0 * d..(r0 + nb) * d],
+            _ => &[][..],
+        };
+        let level: u8 = match (lanes > 0, job.rev.is_some()) {
+            (false, false) => 0,
+            (true, true) => 2,
+            _ => 1,
+        };
+        let one = T::one();
+        let zero = T::zero();
+        let ChunkWs { h, p, s1, s2, hd, pd, ub, ub2, udb, udb2, theta, gsum, bsum, .. } = cw;
+
+        // ── Primal pass ──
+        for l in 0..l_n {
+            let ly = &self.layers[l];
+            let (n_in, n_out) = (ly.n_in, ly.n_out);
+            let g = &job.gate[ly.tv..ly.tv + n_out];
+            let sh = &job.shift[ly.tv..ly.tv + n_out];
+            let (hprev, hcur) = h.split_at_mut(l);
+            let x: &[T] = if l == 0 { zc } else { &hprev[l - 1][..nb * n_in] };
+            let pl = &mut p[l][..nb * n_out];
+            let bias = &self.params[ly.b..ly.b + n_out];
+            for row in pl.chunks_exact_mut(n_out) {
+                row.copy_from_slice(bias);
+            }
+            T::gemm(
+                nb,
+                n_in,
+                n_out,
+                one,
+                x,
+                (n_in, 1),
+                self.wx(l),
+                (1, ly.wcols),
+                one,
+                pl,
+                (n_out, 1),
+            );
+            if l + 1 < l_n {
+                act_pass(
+                    self.cfg.activation,
+                    level,
+                    n_out,
+                    pl,
+                    g,
+                    sh,
+                    &mut hcur[0][..nb * n_out],
+                    &mut s1[l][..nb * n_out],
+                    &mut s2[l][..nb * n_out],
+                );
+            } else {
+                // SAFETY: chunk k owns rows r0..r0 + nb of every output.
+                let f = unsafe { job.f.rows(r0 * d, nb * d) };
+                for (fr, pr) in f.chunks_exact_mut(d).zip(pl.chunks_exact(d)) {
+                    for j in 0..d {
+                        fr[j] = pr[j] * g[j] + sh[j];
+                    }
+                }
+            }
+        }
+
+        // ── Tangent pass ──
+        if lanes > 0 {
+            let rt = lanes * nb;
+            for l in 0..l_n {
+                let ly = &self.layers[l];
+                let (n_in, n_out) = (ly.n_in, ly.n_out);
+                let g = &job.gate[ly.tv..ly.tv + n_out];
+                let pdl = &mut pd[l][..rt * n_out];
+                if l == 0 {
+                    match job.tan {
+                        Tan::Exact => {
+                            let w = &self.params[ly.w + ly.x0..];
+                            for (r, row) in pdl.chunks_exact_mut(n_out).enumerate() {
+                                let i = r % d;
+                                for j in 0..n_out {
+                                    row[j] = w[j * ly.wcols + i];
+                                }
+                            }
+                        }
+                        Tan::Dir(_) => T::gemm(
+                            nb,
+                            d,
+                            n_out,
+                            one,
+                            vc,
+                            (d, 1),
+                            self.wx(0),
+                            (1, ly.wcols),
+                            zero,
+                            pdl,
+                            (n_out, 1),
+                        ),
+                        Tan::None => unreachable!(),
+                    }
+                } else {
+                    T::gemm(
+                        rt,
+                        n_in,
+                        n_out,
+                        one,
+                        &hd[l - 1][..rt * n_in],
+                        (n_in, 1),
+                        self.wx(l),
+                        (1, ly.wcols),
+                        zero,
+                        pdl,
+                        (n_out, 1),
+                    );
+                }
+                if l + 1 < l_n {
+                    let hdl = &mut hd[l][..rt * n_out];
+                    let s1l = &s1[l];
+                    for r in 0..rt {
+                        let b = r / lanes;
+                        let s = &s1l[b * n_out..(b + 1) * n_out];
+                        let src = &pdl[r * n_out..(r + 1) * n_out];
+                        let dst = &mut hdl[r * n_out..(r + 1) * n_out];
+                        for j in 0..n_out {
+                            dst[j] = s[j] * g[j] * src[j];
+                        }
+                    }
+                }
+            }
+            // Outputs of the tangent pass.
+            let ly = &self.layers[l_n - 1];
+            let g = &job.gate[ly.tv..ly.tv + d];
+            let pdl = &pd[l_n - 1][..rt * d];
+            // SAFETY: chunk k owns rows r0..r0 + nb of every output.
+            let mut q = job.q.map(|o| unsafe { o.rows(r0, nb) });
+            let mut jsq = job.jsq.map(|o| unsafe { o.rows(r0, nb) });
+            let mut jv = job.jv.map(|o| unsafe { o.rows(r0 * d, nb * d) });
+            for b in 0..nb {
+                let (mut qb, mut sq) = (zero, zero);
+                match job.tan {
+                    Tan::Exact => {
+                        for i in 0..d {
+                            let row = &pdl[(b * d + i) * d..(b * d + i + 1) * d];
+                            qb += g[i] * row[i];
+                            for j in 0..d {
+                                let x = g[j] * row[j];
+                                sq += x * x;
+                            }
+                        }
+                    }
+                    _ => {
+                        let row = &pdl[b * d..(b + 1) * d];
+                        let eb = &vc[b * d..(b + 1) * d];
+                        for j in 0..d {
+                            let x = g[j] * row[j];
+                            qb += eb[j] * x;
+                            sq += x * x;
+                            if let Some(jv) = jv.as_deref_mut() {
+                                jv[b * d + j] = x;
+                            }
+                        }
+                    }
+                }
+                if let Some(q) = q.as_deref_mut() {
+                    q[b] = qb;
+                }
+                if let Some(s) = jsq.as_deref_mut() {
+                    s[b] = sq;
+                }
+            }
+        }
+
+        // ── Reverse pass ──
+        let Some((a, c, want_theta)) = job.rev else { return };
+        let lanes_r = if c.is_some() { lanes } else { 0 };
+        let rt = lanes_r * nb;
+        ub[..nb * d].copy_from_slice(&a[r0 * d..(r0 + nb) * d]);
+        if let Some(c) = c {
+            if lanes_r > 0 {
+                let seed = &mut udb[..rt * d];
+                match job.tan {
+                    Tan::Exact => {
+                        seed.fill(zero);
+                        for b in 0..nb {
+                            for i in 0..d {
+                                seed[(b * d + i) * d + i] = c[r0 + b];
+                            }
+                        }
+                    }
+                    _ => {
+                        for b in 0..nb {
+                            for j in 0..d {
+                                seed[b * d + j] = c[r0 + b] * vc[b * d + j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gsum.fill(zero);
+        bsum.fill(zero);
+        if want_theta {
+            theta.fill(zero);
+        }
+        let gated = self.cfg.time == TimeConditioning::ConcatSquash;
+        for l in (0..l_n).rev() {
+            let ly = &self.layers[l];
+            let (n_in, n_out) = (ly.n_in, ly.n_out);
+            let g = &job.gate[ly.tv..ly.tv + n_out];
+            let gs = &mut gsum[ly.tv..ly.tv + n_out];
+            let bs = &mut bsum[ly.tv..ly.tv + n_out];
+            let cu = &mut ub[..nb * n_out];
+            let cud = &mut udb[..rt * n_out];
+            let pl = &p[l][..nb * n_out];
+            for ur in cu.chunks_exact(n_out) {
+                for j in 0..n_out {
+                    bs[j] += ur[j];
+                }
+            }
+            if gated {
+                for (ur, prow) in cu.chunks_exact(n_out).zip(pl.chunks_exact(n_out)) {
+                    for j in 0..n_out {
+                        gs[j] += ur[j] * prow[j];
+                    }
+                }
+                let pdl = &pd[l][..rt * n_out];
+                for (ur, prow) in cud.chunks_exact(n_out).zip(pdl.chunks_exact(n_out)) {
+                    for j in 0..n_out {
+                        gs[j] += ur[j] * prow[j];
+                    }
+                }
+                for ur in cu.chunks_exact_mut(n_out).chain(cud.chunks_exact_mut(n_out)) {
+                    for j in 0..n_out {
+                        ur[j] *= g[j];
+                    }
+                }
+            }
+            if want_theta {
+                let tw = &mut theta[ly.w + ly.x0..ly.w + n_out * ly.wcols];
+                let x: &[T] = if l == 0 { zc } else { &h[l - 1][..nb * n_in] };
+                T::gemm(n_out, nb, n_in, one, cu, (1, n_out), x, (n_in, 1), one, tw, (ly.wcols, 1));
+                if lanes_r > 0 {
+                    if l > 0 {
+                        T::gemm(
+                            n_out,
+                            rt,
+                            n_in,
+                            one,
+                            cud,
+                            (1, n_out),
+                            &hd[l - 1][..rt * n_in],
+                            (n_in, 1),
+                            one,
+                            tw,
+                            (ly.wcols, 1),
+                        );
+                    } else {
+                        match job.tan {
+                            Tan::Exact => {
+                                for (r, row) in cud.chunks_exact(n_out).enumerate() {
+                                    let i = r % d;
+                                    for j in 0..n_out {
+                                        tw[j * ly.wcols + i] += row[j];
+                                    }
+                                }
+                            }
+                            _ => T::gemm(
+                                n_out,
+                                nb,
+                                d,
+                                one,
+                                cud,
+                                (1, n_out),
+                                vc,
+                                (d, 1),
+                                one,
+                                tw,
+                                (ly.wcols, 1),
+                            ),
+                        }
+                    }
+                }
+                let tb = &mut theta[ly.b..ly.b + n_out];
+                for ur in cu.chunks_exact(n_out) {
+                    for j in 0..n_out {
+                        tb[j] += ur[j];
+                    }
+                }
+            }
+            if l > 0 {
+                let nu = &mut ub2[..nb * n_in];
+                T::gemm(
+                    nb,
+                    n_out,
+                    n_in,
+                    one,
+                    cu,
+                    (n_out, 1),
+                    self.wx(l),
+                    (ly.wcols, 1),
+                    zero,
+                    nu,
+                    (n_in, 1),
+                );
+                let nud = &mut udb2[..rt * n_in];
+                if lanes_r > 0 {
+                    T::gemm(
+                        rt,
+                        n_out,
+                        n_in,
+                        one,
+                        cud,
+                        (n_out, 1),
+                        self.wx(l),
+                        (ly.wcols, 1),
+                        zero,
+                        nud,
+                        (n_in, 1),
+                    );
+                }
+                // Through the activation of layer l − 1 (width n_in).
+                let lp = &self.layers[l - 1];
+                let gp = &job.gate[lp.tv..lp.tv + n_in];
+                let s1p = &s1[l - 1][..nb * n_in];
+                let s2p = &s2[l - 1][..nb * n_in];
+                let pdp = &pd[l - 1][..rt * n_in];
+                for b in 0..nb {
+                    let nur = &mut nu[b * n_in..(b + 1) * n_in];
+                    let s1r = &s1p[b * n_in..(b + 1) * n_in];
+                    for j in 0..n_in {
+                        nur[j] *= s1r[j];
+                    }
+                    if lanes_r > 0 {
+                        // ū += σ″ ⊙ Σ_lanes u̇ ⊙ ḣ̄ (u̇ = ṗ ⊙ g), then u̇̄ = σ′ ⊙ ḣ̄ per lane.
+                        let s2r = &s2p[b * n_in..(b + 1) * n_in];
+                        for i in 0..lanes_r {
+                            let r = b * lanes_r + i;
+                            let pr = &pdp[r * n_in..(r + 1) * n_in];
+                            let row = &mut nud[r * n_in..(r + 1) * n_in];
+                            for j in 0..n_in {
+                                nur[j] += s2r[j] * (pr[j] * gp[j] * row[j]);
+                                row[j] *= s1r[j];
+                            }
+                        }
+                    }
+                }
+                std::mem::swap(ub, ub2);
+                std::mem::swap(udb, udb2);
+            } else if let Some(zb) = job.zbar {
+                // SAFETY: chunk k owns rows r0..r0 + nb of every output.
+                let zb = unsafe { zb.rows(r0 * d, nb * d) };
+                T::gemm(
+                    nb,
+                    n_out,
+                    d,
+                    one,
+                    cu,
+                    (n_out, 1),
+                    self.wx(0),
+                    (ly.wcols, 1),
+                    zero,
+                    zb,
+                    (d, 1),
+                );
+            }
+        }
+    }
+
+    /// Runs every chunk of `job` (on the rayon pool when `parallel` and there are several),
+    /// then reduces the reverse-pass sums over chunks in chunk order and finishes the
+    /// time-parameter gradients; returns `∂Φ/∂t` (0 without a reverse pass).
+    fn drive(&self, job: Job<'_, T>, ws_chunks: &mut [ChunkWs<T>], red: Reduce<'_, T>) -> T {
+        let n_chunks = job.batch.div_ceil(self.cfg.chunk_size);
+        let chunks = &mut ws_chunks[..n_chunks];
+        if self.cfg.parallel && n_chunks > 1 {
+            chunks.par_iter_mut().enumerate().for_each(|(k, cw)| self.run_chunk(k, &job, cw));
+        } else {
+            for (k, cw) in chunks.iter_mut().enumerate() {
+                self.run_chunk(k, &job, cw);
+            }
+        }
+        let Some((_, _, want_theta)) = job.rev else { return T::zero() };
+        let Reduce { gsum, bsum, theta } = red;
+        gsum.fill(T::zero());
+        bsum.fill(T::zero());
+        for cw in chunks.iter() {
+            for (x, y) in gsum.iter_mut().zip(&cw.gsum) {
+                *x += *y;
+            }
+            for (x, y) in bsum.iter_mut().zip(&cw.bsum) {
+                *x += *y;
+            }
+        }
+        let t = job.t;
+        let mut theta = theta.filter(|_| want_theta);
+        if let Some(th) = theta.as_deref_mut() {
+            th.fill(T::zero());
+            for cw in chunks.iter() {
+                for (x, y) in th.iter_mut().zip(&cw.theta) {
+                    *x += *y;
+                }
+            }
+        }
+        let mut t_cot = T::zero();
+        let pr = &self.params;
+        for ly in &self.layers {
+            let gs = &gsum[ly.tv..ly.tv + ly.n_out];
+            let bs = &bsum[ly.tv..ly.tv + ly.n_out];
+            let g = &job.gate[ly.tv..ly.tv + ly.n_out];
+            match self.cfg.time {
+                TimeConditioning::ConcatSquash => {
+                    for j in 0..ly.n_out {
+                        let gg = gs[j] * g[j] * (T::one() - g[j]);
+                        t_cot += gg * pr[ly.hg + j] + bs[j] * pr[ly.hb + j];
+                        if let Some(th) = theta.as_deref_mut() {
+                            th[ly.hg + j] = t * gg;
+                            th[ly.hgb + j] = gg;
+                            th[ly.hb + j] = t * bs[j];
+                        }
+                    }
+                }
+                TimeConditioning::Concat => {
+                    for j in 0..ly.n_out {
+                        t_cot += bs[j] * pr[ly.w + j * ly.wcols];
+                        if let Some(th) = theta.as_deref_mut() {
+                            th[ly.w + j * ly.wcols] = t * bs[j];
+                        }
+                    }
+                }
+                TimeConditioning::Ignore => {}
+            }
+        }
+        t_cot
+    }
+}
+
+/// Reduction targets of a reverse pass.
+struct Reduce<'a, T> {
+    gsum: &'a mut [T],
+    bsum: &'a mut [T],
+    theta: Option<&'a mut [T]>,
+}
+
+impl<T: Real> VectorField<T> for Mlp<T> {
+    type Workspace = MlpWorkspace<T>;
+
+    fn dim(&self) -> usize {
+        self.cfg.dim
+    }
+
+    fn n_params(&self) -> usize {
+        self.params.len()
+    }
+
+    fn params(&self) -> &[T] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [T] {
+        &mut self.params
+    }
+
+    fn workspace(&self, batch: usize) -> MlpWorkspace<T> {
+        MlpWorkspace::new(self, batch)
+    }
+
+    fn eval(&self, t: T, z: &[T], f: &mut [T], ws: &mut MlpWorkspace<T>) -> Result<(), FieldError> {
+        let d = self.cfg.dim;
+        let batch = batch_of(z.len(), d)?;
+        check_len("f", f, batch * d)?;
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, false);
+        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let job = Job {
+            t,
+            z,
+            batch,
+            tan: Tan::None,
+            rev: None,
+            f: OutPtr::new(f),
+            q: None,
+            jv: None,
+            jsq: None,
+            zbar: None,
+            gate,
+            shift,
+        };
+        self.drive(job, chunks, Reduce { gsum, bsum, theta: None });
+        Ok(())
+    }
+
+    fn eval_div(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        f: &mut [T],
+        q: &mut [T],
+        jac_sq: Option<&mut [T]>,
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<(), FieldError> {
+        let d = self.cfg.dim;
+        let batch = batch_of(z.len(), d)?;
+        check_len("f", f, batch * d)?;
+        check_len("q", q, batch)?;
+        let tan = match div {
+            Divergence::Exact => Tan::Exact,
+            Divergence::Hutchinson(e) => {
+                check_len("eps", e, batch * d)?;
+                Tan::Dir(e)
+            }
+        };
+        if let Some(s) = &jac_sq {
+            check_len("jac_sq", s, batch)?;
+        }
+        let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, false);
+        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let job = Job {
+            t,
+            z,
+            batch,
+            tan,
+            rev: None,
+            f: OutPtr::new(f),
+            q: Some(OutPtr::new(q)),
+            jv: None,
+            jsq: jac_sq.map(OutPtr::new),
+            zbar: None,
+            gate,
+            shift,
+        };
+        self.drive(job, chunks, Reduce { gsum, bsum, theta: None });
+        Ok(())
+    }
+
+    fn jvp(
+        &self,
+        t: T,
+        z: &[T],
+        v: &[T],
+        f: &mut [T],
+        jv: &mut [T],
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<(), FieldError> {
+        let d = self.cfg.dim;
+        let batch = batch_of(z.len(), d)?;
+        check_len("v", v, batch * d)?;
+        check_len("f", f, batch * d)?;
+        check_len("jv", jv, batch * d)?;
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 1, false);
+        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let job = Job {
+            t,
+            z,
+            batch,
+            tan: Tan::Dir(v),
+            rev: None,
+            f: OutPtr::new(f),
+            q: None,
+            jv: Some(OutPtr::new(jv)),
+            jsq: None,
+            zbar: None,
+            gate,
+            shift,
+        };
+        self.drive(job, chunks, Reduce { gsum, bsum, theta: None });
+        Ok(())
+    }
+
+    fn vjp(
+        &self,
+        t: T,
+        z: &[T],
+        a: &[T],
+        f: &mut [T],
+        z_cot: &mut [T],
+        theta_cot: Option<&mut [T]>,
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<T, FieldError> {
+        let d = self.cfg.dim;
+        let batch = batch_of(z.len(), d)?;
+        check_len("a", a, batch * d)?;
+        check_len("f", f, batch * d)?;
+        check_len("z_cot", z_cot, batch * d)?;
+        if let Some(th) = &theta_cot {
+            check_len("theta_cot", th, self.params.len())?;
+        }
+        let want_theta = theta_cot.is_some();
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, want_theta);
+        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let job = Job {
+            t,
+            z,
+            batch,
+            tan: Tan::None,
+            rev: Some((a, None, want_theta)),
+            f: OutPtr::new(f),
+            q: None,
+            jv: None,
+            jsq: None,
+            zbar: Some(OutPtr::new(z_cot)),
+            gate,
+            shift,
+        };
+        Ok(self.drive(job, chunks, Reduce { gsum, bsum, theta: theta_cot }))
+    }
+
+    fn vjp_aug(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        out: AugmentedVjp<'_, T>,
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<T, FieldError> {
+        let d = self.cfg.dim;
+        let batch = batch_of(z.len(), d)?;
+        check_len("a", a, batch * d)?;
+        check_len("c", c, batch)?;
+        let AugmentedVjp { f, q, z_cot, theta_cot } = out;
+        check_len("f", f, batch * d)?;
+        check_len("q", q, batch)?;
+        check_len("z_cot", z_cot, batch * d)?;
+        if let Some(th) = &theta_cot {
+            check_len("theta_cot", th, self.params.len())?;
+        }
+        let tan = match div {
+            Divergence::Exact => Tan::Exact,
+            Divergence::Hutchinson(e) => {
+                check_len("eps", e, batch * d)?;
+                Tan::Dir(e)
+            }
+        };
+        let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
+        let want_theta = theta_cot.is_some();
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, want_theta);
+        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let job = Job {
+            t,
+            z,
+            batch,
+            tan,
+            rev: Some((a, Some(c), want_theta)),
+            f: OutPtr::new(f),
+            q: Some(OutPtr::new(q)),
+            jv: None,
+            jsq: None,
+            zbar: Some(OutPtr::new(z_cot)),
+            gate,
+            shift,
+        };
+        Ok(self.drive(job, chunks, Reduce { gsum, bsum, theta: theta_cot }))
+    }
+}
