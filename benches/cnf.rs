@@ -27,9 +27,16 @@ fn data() -> (Mlp<f64>, Vec<f64>) {
 }
 
 fn cnf<T: Real>(mlp: &Mlp<f64>, method: Method, tol: f64, mode: SolveMode) -> Cnf<T, Mlp<T>> {
-    let params: Vec<T> = odeflow::field::VectorField::params(mlp).iter().map(|&v| T::from_f64c(v)).collect();
+    let params: Vec<T> =
+        odeflow::field::VectorField::params(mlp).iter().map(|&v| T::from_f64c(v)).collect();
     let field = Mlp::from_params(mlp.config(), params).unwrap();
-    let cfg = CnfConfig { method, rtol: T::from_f64c(tol), atol: T::from_f64c(tol), mode, ..Default::default() };
+    let cfg = CnfConfig {
+        method,
+        rtol: T::from_f64c(tol),
+        atol: T::from_f64c(tol),
+        mode,
+        ..Default::default()
+    };
     Cnf::new(field, T::from_f64c(0.5), cfg).unwrap()
 }
 
@@ -47,7 +54,8 @@ fn report<T: Real>(label: &str, cnf: &Cnf<T, Mlp<T>>, x: &[T], reference: &[f64]
 
 fn w2_log_density(c: &mut Criterion) {
     let (mlp, x) = data();
-    let reference = cnf::<f64>(&mlp, Method::Dop853, 1e-10, SolveMode::Batch).log_prob(&x).unwrap().0;
+    let reference =
+        cnf::<f64>(&mlp, Method::Dop853, 1e-10, SolveMode::Batch).log_prob(&x).unwrap().0;
     let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
     let mut g = c.benchmark_group("w2_log_density_10k");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));

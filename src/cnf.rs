@@ -147,12 +147,20 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     /// A CNF of several blocks applied in order (data → block 0 → … → latent).
     pub fn chain(blocks: Vec<CnfBlock<T, F>>, config: CnfConfig<T>) -> Result<Self, Error> {
         let Some(first) = blocks.first() else {
-            return Err(Error::InvalidConfig { name: "blocks", value: 0.0, expected: "at least one block" });
+            return Err(Error::InvalidConfig {
+                name: "blocks",
+                value: 0.0,
+                expected: "at least one block",
+            });
         };
         let dim = first.field.dim();
         for (k, b) in blocks.iter().enumerate() {
             if b.field.dim() != dim {
-                return Err(Error::BlockDimension { block: k, expected: dim, found: b.field.dim() });
+                return Err(Error::BlockDimension {
+                    block: k,
+                    expected: dim,
+                    found: b.field.dim(),
+                });
             }
             check_t_end(b.t_end)?;
         }
@@ -209,7 +217,12 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     }
 
     /// log p(x) into `out` (length B): log N(z(T)) − ℓ(T), noise drawn from `rng`.
-    pub fn log_prob_into<R: Rng + ?Sized>(&self, x: &[T], out: &mut [T], rng: &mut R) -> Result<Stats, Error> {
+    pub fn log_prob_into<R: Rng + ?Sized>(
+        &self,
+        x: &[T],
+        out: &mut [T],
+        rng: &mut R,
+    ) -> Result<Stats, Error> {
         self.log_density_at_into(T::zero(), x, out, rng)
     }
 
@@ -248,7 +261,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         let mut z = vec![T::zero(); x.len()];
         let mut dl = vec![T::zero(); batch_size(x.len(), self.dim())?];
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
-        let stats = self.transform_into(T::zero(), self.total_time(), x, &mut z, &mut dl, &mut rng)?;
+        let stats =
+            self.transform_into(T::zero(), self.total_time(), x, &mut z, &mut dl, &mut rng)?;
         Ok((z, dl, stats))
     }
 
@@ -258,7 +272,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         let mut x = vec![T::zero(); z.len()];
         let mut dl = vec![T::zero(); batch_size(z.len(), self.dim())?];
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
-        let stats = self.transform_into(self.total_time(), T::zero(), z, &mut x, &mut dl, &mut rng)?;
+        let stats =
+            self.transform_into(self.total_time(), T::zero(), z, &mut x, &mut dl, &mut rng)?;
         Ok((x, dl, stats))
     }
 
@@ -267,7 +282,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     /// [`Cnf::sample_with_log_prob`] for the exact 2-D trace.
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<(Vec<T>, Stats), Error> {
         let d = self.dim();
-        let z: Vec<T> = (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
+        let z: Vec<T> =
+            (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
         let mut x = vec![T::zero(); n * d];
         let stats = self.transform(self.total_time(), T::zero(), &z, &mut x, None, rng)?;
         Ok((x, stats))
@@ -280,10 +296,12 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         rng: &mut R,
     ) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
         let d = self.dim();
-        let z: Vec<T> = (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
+        let z: Vec<T> =
+            (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
         let mut x = vec![T::zero(); n * d];
         let mut logp = vec![T::zero(); n];
-        let stats = self.transform_into(self.total_time(), T::zero(), &z, &mut x, &mut logp, rng)?;
+        let stats =
+            self.transform_into(self.total_time(), T::zero(), &z, &mut x, &mut logp, rng)?;
         for (lp, zb) in logp.iter_mut().zip(z.chunks_exact(d)) {
             *lp += std_normal_log_prob(zb);
         }
@@ -365,7 +383,11 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             self.check_span(t)?;
         }
         let Some(&t_last) = times.last() else {
-            return Err(Error::InvalidConfig { name: "times", value: 0.0, expected: "at least one output time" });
+            return Err(Error::InvalidConfig {
+                name: "times",
+                value: 0.0,
+                expected: "at least one output time",
+            });
         };
         let forward = t_last >= t_start;
         let monotone = times.windows(2).all(|w| if forward { w[0] <= w[1] } else { w[0] >= w[1] });
@@ -394,7 +416,11 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         if t.is_finite() && t >= T::zero() && t <= total {
             Ok(())
         } else {
-            Err(Error::InvalidConfig { name: "time", value: t.to_f64c(), expected: "within [0, total_time()]" })
+            Err(Error::InvalidConfig {
+                name: "time",
+                value: t.to_f64c(),
+                expected: "within [0, total_time()]",
+            })
         }
     }
 
@@ -445,8 +471,11 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 o
             })
             .collect();
-        let order: Vec<usize> =
-            if forward { (0..self.blocks.len()).collect() } else { (0..self.blocks.len()).rev().collect() };
+        let order: Vec<usize> = if forward {
+            (0..self.blocks.len()).collect()
+        } else {
+            (0..self.blocks.len()).rev().collect()
+        };
         for k in order {
             let blk = &self.blocks[k];
             check_t_end(blk.t_end)?;
@@ -459,7 +488,9 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             };
             let inside = |t: T| if forward { t <= z } else { t >= z };
             // Outputs at the block's start need no solve; the rest go to dense output.
-            while next_out < times.len() && (if forward { times[next_out] <= a } else { times[next_out] >= a }) {
+            while next_out < times.len()
+                && (if forward { times[next_out] <= a } else { times[next_out] >= a })
+            {
                 out[next_out * n..(next_out + 1) * n].copy_from_slice(state);
                 next_out += 1;
             }
@@ -483,7 +514,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 track_logp,
                 error: None,
             };
-            let solve_err = |e: SolveError, sys: &mut CnfDynamics<'_, T, F>| match sys.error.take() {
+            let solve_err = |e: SolveError, sys: &mut CnfDynamics<'_, T, F>| match sys.error.take()
+            {
                 Some(field_err) => Error::Field(field_err),
                 None => Error::Solve { block: k, source: e },
             };
@@ -492,7 +524,13 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 a_loc
             } else {
                 let s = integ
-                    .integrate_at(&mut sys, a_loc, &local_times, state, &mut out[first_out * n..next_out * n])
+                    .integrate_at(
+                        &mut sys,
+                        a_loc,
+                        &local_times,
+                        state,
+                        &mut out[first_out * n..next_out * n],
+                    )
                     .map_err(|e| solve_err(e, &mut sys))?;
                 stats += s;
                 local_times[local_times.len() - 1]
@@ -535,7 +573,12 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             .zip(y.par_chunks(d))
             .enumerate()
             .map_init(
-                || (vec![T::zero(); d + usize::from(track_logp)], vec![T::zero(); if eps.is_empty() { 0 } else { n_blocks * d }]),
+                || {
+                    (
+                        vec![T::zero(); d + usize::from(track_logp)],
+                        vec![T::zero(); if eps.is_empty() { 0 } else { n_blocks * d }],
+                    )
+                },
                 |(state, my_eps), (i, ((o, dl), yi))| {
                     state.fill(T::zero());
                     state[..d].copy_from_slice(yi);
@@ -560,7 +603,11 @@ fn check_t_end<T: Real>(t_end: T) -> Result<(), Error> {
     if t_end.is_finite() && t_end > T::zero() {
         Ok(())
     } else {
-        Err(Error::InvalidConfig { name: "t_end", value: t_end.to_f64c(), expected: "finite and > 0" })
+        Err(Error::InvalidConfig {
+            name: "t_end",
+            value: t_end.to_f64c(),
+            expected: "finite and > 0",
+        })
     }
 }
 

@@ -35,16 +35,28 @@ pub enum TraceEstimator {
 impl TraceEstimator {
     /// Draws the noise for one solve of `batch × dim` states into `eps` (resized), or
     /// leaves it empty for the exact trace.
-    pub fn draw<T: Real, R: Rng + ?Sized>(self, rng: &mut R, batch: usize, dim: usize, eps: &mut Vec<T>) {
+    pub fn draw<T: Real, R: Rng + ?Sized>(
+        self,
+        rng: &mut R,
+        batch: usize,
+        dim: usize,
+        eps: &mut Vec<T>,
+    ) {
         eps.clear();
         match self {
             TraceEstimator::Exact => {}
-            TraceEstimator::Hutchinson(Noise::Gaussian) => eps.extend(
-                (0..batch * dim).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))),
-            ),
-            TraceEstimator::Hutchinson(Noise::Rademacher) => eps.extend(
-                (0..batch * dim).map(|_| if rng.random::<bool>() { T::one() } else { -T::one() }),
-            ),
+            TraceEstimator::Hutchinson(Noise::Gaussian) => {
+                eps.extend((0..batch * dim).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))))
+            }
+            TraceEstimator::Hutchinson(Noise::Rademacher) => {
+                eps.extend((0..batch * dim).map(|_| {
+                    if rng.random::<bool>() {
+                        T::one()
+                    } else {
+                        -T::one()
+                    }
+                }))
+            }
         }
     }
 

@@ -28,7 +28,10 @@ fn npz_key(block: &str) -> Option<(usize, &'static str)> {
 
 /// Loads a ConcatSquash MLP from a peer checkpoint. The widths are read from the file;
 /// `activation` is the one the checkpoint was trained with (tanh for the toy net).
-pub fn load_peer_checkpoint<T: Real>(path: impl AsRef<Path>, activation: Activation) -> Result<Mlp<T>, Error> {
+pub fn load_peer_checkpoint<T: Real>(
+    path: impl AsRef<Path>,
+    activation: Activation,
+) -> Result<Mlp<T>, Error> {
     let path = path.as_ref();
     let mut npz = NpzReader::open(path)?;
     let mut widths = Vec::new();
@@ -52,19 +55,32 @@ pub fn load_peer_checkpoint<T: Real>(path: impl AsRef<Path>, activation: Activat
         }
     }
     let (dim, hidden) = (widths[0], widths[1..widths.len() - 1].to_vec());
-    let cfg = MlpConfig { dim, hidden, activation, time: TimeConditioning::ConcatSquash, ..Default::default() };
+    let cfg = MlpConfig {
+        dim,
+        hidden,
+        activation,
+        time: TimeConditioning::ConcatSquash,
+        ..Default::default()
+    };
     let mut mlp = Mlp::<T>::new(&cfg)?;
     let blocks = mlp.blocks().to_vec();
     for block in blocks {
         let Some((i, key)) = npz_key(&block.name) else {
-            return Err(NpyError::Format { path: path.to_path_buf(), reason: format!("no npz key for {}", block.name) }.into());
+            return Err(NpyError::Format {
+                path: path.to_path_buf(),
+                reason: format!("no npz key for {}", block.name),
+            }
+            .into());
         };
         let name = format!("{i}_{key}");
         let a = npz.array(&name)?;
         if a.data.len() != block.len() {
             return Err(NpyError::Format {
                 path: path.to_path_buf(),
-                reason: format!("{name} has shape {:?}, the layer needs {:?}", a.shape, block.shape),
+                reason: format!(
+                    "{name} has shape {:?}, the layer needs {:?}",
+                    a.shape, block.shape
+                ),
             }
             .into());
         }
