@@ -7,6 +7,7 @@
 //! tight reference (dop853, rtol = atol = 1e-10), so speed is read at a known accuracy.
 //!
 //! Run: `cargo bench --bench cnf` (about three minutes on two cores).
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::path::Path;
 use std::time::Duration;

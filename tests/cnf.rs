@@ -199,8 +199,8 @@ fn hutchinson_log_density_is_unbiased() {
         let cnf = Cnf::new(toy_mlp(3), 0.5, cfg).unwrap();
         let draws = 400;
         let mut rng = ChaCha8Rng::seed_from_u64(17);
-        let mut sum = vec![0.0; 4];
-        let mut sum_sq = vec![0.0; 4];
+        let mut sum = [0.0; 4];
+        let mut sum_sq = [0.0; 4];
         let mut out = vec![0.0; 4];
         for _ in 0..draws {
             cnf.log_prob_into(&x, &mut out, &mut rng).unwrap();

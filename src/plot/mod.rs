@@ -192,7 +192,7 @@ impl Figure for ScatterPanels<'_> {
                 .y_label_area_size(36)
                 .build_cartesian_2d(self.range.0..self.range.1, self.range.0..self.range.1)
                 .map_err(|e| e.to_string())?;
-            chart.configure_mesh().draw().map_err(|e| e.to_string())?;
+            chart.configure_mesh().disable_mesh().draw().map_err(|e| e.to_string())?;
             chart
                 .draw_series(
                     pts.chunks_exact(2)
@@ -227,7 +227,7 @@ impl Figure for Trajectories<'_> {
             .y_label_area_size(36)
             .build_cartesian_2d(self.range.0..self.range.1, self.range.0..self.range.1)
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().draw().map_err(|e| e.to_string())?;
+        chart.configure_mesh().disable_mesh().draw().map_err(|e| e.to_string())?;
         let n = self.states.first().map_or(0, |s| s.len() / 2);
         for i in 0..n {
             let path: Vec<(f64, f64)> =
