@@ -1,0 +1,458 @@
+//! Model files: a CNF of MLP blocks as safetensors, loadable from PyTorch.
+//!
+//! # Format (version 1)
+//! A [safetensors](https://github.com/huggingface/safetensors) file. Tensors are named as
+//! FFJORD's PyTorch `state_dict` names them (`train_tabular.py`, `build_model_tabular`), so
+//! that `model.load_state_dict(safetensors.torch.load_file(path), strict=False)` works on an
+//! FFJORD model of the same architecture, and the other way round:
+//!
+//! | tensor | shape | what |
+//! |---|---|---|
+//! | `chain.{k}.odefunc.odefunc.diffeq.layers.{i}._layer.weight` | `[out, in]` (`[out, in + 1]` for `concat`, time column first) | layer i of block k |
+//! | `chain.{k}.odefunc.odefunc.diffeq.layers.{i}._layer.bias` | `[out]` | |
+//! | `chain.{k}.odefunc.odefunc.diffeq.layers.{i}._hyper_bias.weight` | `[out, 1]` | `concatsquash` only |
+//! | `chain.{k}.odefunc.odefunc.diffeq.layers.{i}._hyper_gate.weight` | `[out, 1]` | `concatsquash` only |
+//! | `chain.{k}.odefunc.odefunc.diffeq.layers.{i}._hyper_gate.bias` | `[out]` | `concatsquash` only |
+//! | `chain.{k}.sqrt_end_time` | `[1]` | √T of block k (FFJORD's `train_T` parametrization, T = τ²) |
+//!
+//! Tensors are `F64` or `F32` (either loads into either precision). The file's metadata
+//! (`__metadata__`, string to string) holds `format` = `odeflow`, `format_version` = `1`,
+//! and `architecture`, a JSON object:
+//!
+//! ```json
+//! {"dim": 2, "hidden": [64, 64, 64], "activation": "tanh", "time": "concatsquash",
+//!  "blocks": 1, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "trace": "exact",
+//!  "end_times": [0.5]}
+//! ```
+//!
+//! (`activation`: tanh, softplus, silu, elu; `time`: concat, concatsquash, ignore; `trace`:
+//! exact, hutchinson-gaussian, hutchinson-rademacher; `end_times`: T of each block exactly,
+//! used when it agrees with `sqrt_end_time²`, which PyTorch may have changed.) Files are
+//! written atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::cnf::{Cnf, CnfBlock, CnfConfig};
+use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning, VectorField};
+use crate::io::{write_atomically, NpyError};
+use crate::trace::{Noise, TraceEstimator};
+use crate::Error;
+
+/// The model-file format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What can be wrong with a model file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelFileError {
+    /// The file is not a readable safetensors file (truncated, corrupt, not safetensors).
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A safetensors file, but not an odeflow model (no or foreign metadata).
+    #[error("{path}: not an odeflow model file ({reason})")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Written by a newer format than this build reads.
+    #[error("{path}: model format version {found}, this build reads version {supported}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: String,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A tensor is missing or has the wrong shape or type for the architecture.
+    #[error("{path}: tensor `{name}`: {reason}")]
+    Tensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The architecture and solver settings stored in a model file's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Architecture {
+    /// Dimension d of a point.
+    pub dim: usize,
+    /// Hidden widths of each block's MLP.
+    pub hidden: Vec<usize>,
+    /// `tanh`, `softplus`, `silu` or `elu`.
+    pub activation: String,
+    /// `concat`, `concatsquash` or `ignore`.
+    pub time: String,
+    /// Number of CNF blocks.
+    pub blocks: usize,
+    /// Solver method name (see `odeflow::solvers::Method`).
+    pub method: String,
+    /// Relative tolerance of the solves.
+    pub rtol: f64,
+    /// Absolute tolerance of the solves.
+    pub atol: f64,
+    /// `exact`, `hutchinson-gaussian` or `hutchinson-rademacher`.
+    pub trace: String,
+    /// The integration time T of each block, exactly (√T is also stored as the tensor
+    /// `sqrt_end_time` for PyTorch; squaring it back loses the last bit). Used when it
+    /// agrees with `sqrt_end_time²` to 1e-12, i.e. unless the tensor was edited elsewhere.
+    #[serde(default)]
+    pub end_times: Vec<f64>,
+}
+
+/// The name of an activation in model files and on the command line.
+pub fn activation_name(a: Activation) -> &'static str {
+    match a {
+        Activation::Softplus => "softplus",
+        Activation::Silu => "silu",
+        Activation::Elu => "elu",
+        _ => "tanh",
+    }
+}
+
+/// Parses an activation name (see [`activation_name`]).
+pub fn parse_activation(s: &str) -> Option<Activation> {
+    Some(match s {
+        "tanh" => Activation::Tanh,
+        "softplus" => Activation::Softplus,
+        "silu" | "swish" => Activation::Silu,
+        "elu" => Activation::Elu,
+        _ => return None,
+    })
+}
+
+/// The name of a time conditioning in model files and on the command line.
+pub fn time_name(t: TimeConditioning) -> &'static str {
+    match t {
+        TimeConditioning::Concat => "concat",
+        TimeConditioning::ConcatSquash => "concatsquash",
+        TimeConditioning::Ignore => "ignore",
+    }
+}
+
+/// Parses a time-conditioning name (see [`time_name`]).
+pub fn parse_time(s: &str) -> Option<TimeConditioning> {
+    Some(match s {
+        "concat" => TimeConditioning::Concat,
+        "concatsquash" => TimeConditioning::ConcatSquash,
+        "ignore" => TimeConditioning::Ignore,
+        _ => return None,
+    })
+}
+
+/// The name of a divergence estimator in model files and on the command line.
+pub fn trace_name(t: TraceEstimator) -> &'static str {
+    match t {
+        TraceEstimator::Exact => "exact",
+        TraceEstimator::Hutchinson(Noise::Gaussian) => "hutchinson-gaussian",
+        TraceEstimator::Hutchinson(Noise::Rademacher) => "hutchinson-rademacher",
+    }
+}
+
+/// Parses a divergence-estimator name (see [`trace_name`]).
+pub fn parse_trace(s: &str) -> Option<TraceEstimator> {
+    Some(match s {
+        "exact" => TraceEstimator::Exact,
+        "hutchinson-gaussian" | "gaussian" => TraceEstimator::Hutchinson(Noise::Gaussian),
+        "hutchinson-rademacher" | "rademacher" => TraceEstimator::Hutchinson(Noise::Rademacher),
+        _ => return None,
+    })
+}
+
+const PREFIX: &str = "odefunc.odefunc.diffeq.";
+
+/// Saves a CNF of MLP blocks (all of one architecture) to `path`, atomically.
+pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result<(), Error> {
+    let path = path.as_ref();
+    let first = cnf.blocks()[0].field.config();
+    if let Some(k) = cnf.blocks().iter().position(|b| {
+        b.field.config().hidden != first.hidden
+            || b.field.config().activation != first.activation
+            || b.field.config().time != first.time
+    }) {
+        return Err(Error::InvalidConfig {
+            name: "blocks",
+            value: k as f64,
+            expected: "one architecture for all blocks",
+        });
+    }
+    let cfg = cnf.config();
+    let arch = Architecture {
+        dim: first.dim,
+        hidden: first.hidden.clone(),
+        activation: activation_name(first.activation).into(),
+        time: time_name(first.time).into(),
+        blocks: cnf.blocks().len(),
+        method: cfg.method.name().into(),
+        rtol: cfg.rtol.to_f64c(),
+        atol: cfg.atol.to_f64c(),
+        trace: trace_name(cfg.trace).into(),
+        end_times: cnf.blocks().iter().map(|b| b.t_end.to_f64c()).collect(),
+    };
+    let is_f64 = std::mem::size_of::<T>() == 8;
+    let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
+    let to_bytes = |v: &[T]| -> Vec<u8> {
+        if is_f64 {
+            v.iter().flat_map(|x| x.to_f64c().to_le_bytes()).collect()
+        } else {
+            v.iter().flat_map(|x| (x.to_f64c() as f32).to_le_bytes()).collect()
+        }
+    };
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (k, block) in cnf.blocks().iter().enumerate() {
+        let params = block.field.params();
+        for pb in block.field.blocks() {
+            owned.push((
+                format!("chain.{k}.{PREFIX}{}", pb.name),
+                pb.shape.clone(),
+                to_bytes(&params[pb.range()]),
+            ));
+        }
+        owned.push((format!("chain.{k}.sqrt_end_time"), vec![1], to_bytes(&[block.t_end.sqrt()])));
+    }
+    let views = owned
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(dtype, shape.clone(), bytes).map(|v| (name.as_str(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(path, e))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "odeflow".to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("architecture".to_string(), serde_json::to_string(&arch).unwrap_or_default()),
+    ]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(path, e))?;
+    write_atomically(path, |w| std::io::Write::write_all(w, &bytes))?;
+    Ok(())
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> ModelFileError {
+    ModelFileError::Corrupt { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Reads the architecture of a model file without building the model.
+pub fn read_architecture(path: impl AsRef<Path>) -> Result<Architecture, Error> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    Ok(architecture(path, &bytes)?)
+}
+
+fn architecture(path: &Path, bytes: &[u8]) -> Result<Architecture, ModelFileError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    let foreign =
+        |reason: &str| ModelFileError::Foreign { path: path.to_path_buf(), reason: reason.into() };
+    let info = meta.metadata().as_ref().ok_or_else(|| foreign("no metadata"))?;
+    if info.get("format").map(String::as_str) != Some("odeflow") {
+        return Err(foreign("metadata has no format = odeflow"));
+    }
+    let version = info.get("format_version").cloned().unwrap_or_default();
+    if version != FORMAT_VERSION.to_string() {
+        return Err(ModelFileError::Version {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let arch =
+        info.get("architecture").ok_or_else(|| foreign("no architecture in the metadata"))?;
+    serde_json::from_str(arch).map_err(|e| foreign(&format!("architecture JSON: {e}")))
+}
+
+/// Loads a CNF saved by [`save_cnf`] (or written by PyTorch in the same format), in
+/// precision `T` whatever the file's.
+pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let arch = architecture(path, &bytes)?;
+    let bad = |name: &str, reason: String| ModelFileError::Tensor {
+        path: path.to_path_buf(),
+        name: name.into(),
+        reason,
+    };
+    let activation = parse_activation(&arch.activation)
+        .ok_or_else(|| bad("architecture", format!("unknown activation {:?}", arch.activation)))?;
+    let time = parse_time(&arch.time)
+        .ok_or_else(|| bad("architecture", format!("unknown time {:?}", arch.time)))?;
+    let trace = parse_trace(&arch.trace)
+        .ok_or_else(|| bad("architecture", format!("unknown trace {:?}", arch.trace)))?;
+    let method = arch.method.parse().map_err(|e| bad("architecture", format!("{e}")))?;
+    if arch.blocks == 0 {
+        return Err(bad("architecture", "zero blocks".into()).into());
+    }
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let read = |name: &str, shape: &[usize]| -> Result<Vec<T>, ModelFileError> {
+        let view = tensors.tensor(name).map_err(|_| bad(name, "missing".into()))?;
+        if view.shape() != shape {
+            return Err(bad(
+                name,
+                format!("shape {:?}, the architecture needs {shape:?}", view.shape()),
+            ));
+        }
+        let data = view.data();
+        let values: Vec<T> = match view.dtype() {
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| T::from_f64c(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+                .collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| {
+                    T::from_f64c(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+                })
+                .collect(),
+            other => return Err(bad(name, format!("dtype {other:?}, expected F32 or F64"))),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(name, format!("non-finite value at index {i}")));
+        }
+        Ok(values)
+    };
+    let cfg = MlpConfig {
+        dim: arch.dim,
+        hidden: arch.hidden.clone(),
+        activation,
+        time,
+        ..Default::default()
+    };
+    let mut blocks = Vec::with_capacity(arch.blocks);
+    for k in 0..arch.blocks {
+        let mut mlp = Mlp::<T>::new(&cfg)?;
+        for pb in mlp.blocks().to_vec() {
+            let values = read(&format!("chain.{k}.{PREFIX}{}", pb.name), &pb.shape)?;
+            mlp.params_mut()[pb.range()].copy_from_slice(&values);
+        }
+        let tau = read(&format!("chain.{k}.sqrt_end_time"), &[1])?[0].to_f64c();
+        let t_end = match arch.end_times.get(k) {
+            Some(&t) if ((t - tau * tau) / t).abs() < 1e-12 => t,
+            _ => tau * tau,
+        };
+        blocks.push(CnfBlock { field: mlp, t_end: T::from_f64c(t_end) });
+    }
+    let config = CnfConfig {
+        method,
+        rtol: T::from_f64c(arch.rtol),
+        atol: T::from_f64c(arch.atol),
+        trace,
+        ..Default::default()
+    };
+    Cnf::chain(blocks, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        // One folder per file: tests run concurrently in one process.
+        let dir = std::env::temp_dir().join(format!("odeflow-model-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn model(time: TimeConditioning) -> Cnf<f64, Mlp<f64>> {
+        let cfg = MlpConfig {
+            dim: 2,
+            hidden: vec![8, 8],
+            time,
+            activation: Activation::Softplus,
+            seed: 3,
+            ..Default::default()
+        };
+        let blocks = (0..2)
+            .map(|k| CnfBlock {
+                field: Mlp::new(&MlpConfig { seed: k, ..cfg.clone() }).unwrap(),
+                t_end: 0.3 + k as f64,
+            })
+            .collect();
+        let config = CnfConfig {
+            rtol: 1e-7,
+            atol: 1e-7,
+            trace: TraceEstimator::Hutchinson(Noise::Rademacher),
+            ..Default::default()
+        };
+        Cnf::chain(blocks, config).unwrap()
+    }
+
+    #[test]
+    fn save_and_load_give_identical_log_densities() {
+        for time in
+            [TimeConditioning::ConcatSquash, TimeConditioning::Concat, TimeConditioning::Ignore]
+        {
+            let cnf = model(time);
+            let path = tmp(&format!("m-{}.safetensors", time_name(time)));
+            save_cnf(&path, &cnf).unwrap();
+            let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&path).unwrap();
+            assert_eq!(loaded.blocks().len(), 2);
+            assert_eq!(loaded.config(), cnf.config());
+            for (a, b) in loaded.blocks().iter().zip(cnf.blocks()) {
+                assert_eq!(a.field.params(), b.field.params());
+                assert!((a.t_end - b.t_end).abs() < 1e-15);
+            }
+            let x = [0.3, -0.4, 1.2, 0.8];
+            assert_eq!(loaded.log_prob(&x).unwrap().0, cnf.log_prob(&x).unwrap().0);
+            // An f64 file loads in f32 too.
+            let l32: Cnf<f32, Mlp<f32>> = load_cnf(&path).unwrap();
+            assert_eq!(l32.blocks()[1].field.params()[0], cnf.blocks()[1].field.params()[0] as f32);
+        }
+    }
+
+    #[test]
+    fn bad_files_give_clear_errors() {
+        let cnf = model(TimeConditioning::ConcatSquash);
+        let path = tmp("good.safetensors");
+        save_cnf(&path, &cnf).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let truncated = tmp("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 16]).unwrap();
+        assert!(matches!(
+            load_cnf::<f64>(&truncated),
+            Err(Error::ModelFile(ModelFileError::Corrupt { .. }))
+        ));
+        let garbage = tmp("garbage.safetensors");
+        std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+        assert!(matches!(
+            load_cnf::<f64>(&garbage),
+            Err(Error::ModelFile(ModelFileError::Corrupt { .. }))
+        ));
+        // A valid safetensors file without odeflow metadata.
+        let data = 1.0f64.to_le_bytes();
+        let foreign_bytes = safetensors::serialize(
+            [("w", TensorView::new(Dtype::F64, vec![1], &data).unwrap())],
+            None,
+        )
+        .unwrap();
+        let foreign = tmp("foreign.safetensors");
+        std::fs::write(&foreign, foreign_bytes).unwrap();
+        let err = load_cnf::<f64>(&foreign).unwrap_err();
+        assert!(matches!(err, Error::ModelFile(ModelFileError::Foreign { .. })), "{err}");
+        assert!(matches!(
+            load_cnf::<f64>(tmp("missing.safetensors")),
+            Err(Error::Npy(NpyError::Io { .. }))
+        ));
+        // Saving over an existing file replaces it whole (no temporary files left).
+        save_cnf(&path, &cnf).unwrap();
+        let leftovers = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}
