@@ -410,7 +410,10 @@ mod tests {
             assert_eq!(loaded.log_prob(&x).unwrap().0, cnf.log_prob(&x).unwrap().0);
             // An f64 file loads in f32 too.
             let l32: Cnf<f32, Mlp<f32>> = load_cnf(&path).unwrap();
-            assert_eq!(l32.blocks()[1].field.params()[0], cnf.blocks()[1].field.params()[0] as f32);
+            assert_eq!(
+                l32.blocks()[1].field.params()[0].to_bits(),
+                (cnf.blocks()[1].field.params()[0] as f32).to_bits()
+            );
         }
     }
 
