@@ -538,7 +538,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
     /// Integrates `y` from `t0` to `t1` in place (`t1 < t0` runs backward), calling `obs`
     /// after each accepted step. If the observer breaks, `y` is the state at the end of that
-    /// step and the statistics so far are returned.
+    /// step and the statistics so far are returned. On error `y` is left unchanged.
     pub fn integrate<S, O>(
         &mut self,
         sys: &mut S,
@@ -559,7 +559,20 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
     /// Integrates from `t0` through the output times `times` (monotone in the direction of
     /// integration, none before `t0`), writing the state at `times[i]` into
-    /// `out[i*dim..(i+1)*dim]` through dense output; `y` ends at the last time.
+    /// `out[i*dim..(i+1)*dim]` through dense output (times that coincide with a step's end
+    /// are copied exactly); `y` ends at the last time. Dense output is computed only on steps
+    /// that contain an output time, and the step sequence is the same as
+    /// [`Integrator::integrate`]'s to the last time.
+    ///
+    /// ```
+    /// use odeflow_solvers::{problems::Harmonic, Integrator, Method, SolveOptions};
+    /// let osc = Harmonic { omega: 1.0 };
+    /// let mut integ = Integrator::new(Method::Tsit5, SolveOptions::tol(1e-9, 1e-9)).unwrap();
+    /// let times = [0.5, 1.0, 1.5];
+    /// let (mut y, mut out) = ([1.0, 0.0], [0.0; 6]);
+    /// integ.integrate_at(&mut { osc }, 0.0, &times, &mut y, &mut out).unwrap();
+    /// assert!((out[2] - 1.0f64.cos()).abs() < 1e-8); // x(1) = cos 1
+    /// ```
     pub fn integrate_at<S>(
         &mut self,
         sys: &mut S,
@@ -570,6 +583,24 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     ) -> Result<Stats, SolveError>
     where
         S: OdeSystem<T> + ?Sized,
+    {
+        self.integrate_at_with(sys, t0, times, y, out, &mut NoObserver)
+    }
+
+    /// [`Integrator::integrate_at`] that also calls `obs` after each accepted step (a
+    /// `Break` ends the solve; outputs after that point are left as they were).
+    pub fn integrate_at_with<S, O>(
+        &mut self,
+        sys: &mut S,
+        t0: T,
+        times: &[T],
+        y: &mut [T],
+        out: &mut [T],
+        obs: &mut O,
+    ) -> Result<Stats, SolveError>
+    where
+        S: OdeSystem<T> + ?Sized,
+        O: Observer<T> + ?Sized,
     {
         let dim = y.len();
         let Some(&t_end) = times.last() else {
@@ -602,7 +633,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             }
             prev = t;
         }
-        self.run(sys, t0, t_end, y, &mut NoObserver, times, out)
+        self.run(sys, t0, t_end, y, obs, times, out)
     }
 
     #[allow(clippy::too_many_arguments)]
