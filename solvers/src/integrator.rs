@@ -249,6 +249,9 @@ fn comb_fixed<T: Real, const D: usize>(
 #[inline(always)]
 fn sum_fixed<T: Real, const D: usize>(coefs: &[(usize, T)], k: &[T]) -> [T; D] {
     let mut acc = [T::zero(); D];
+    let Some(&(last, _)) = coefs.last() else { return acc };
+    // One bounds check for the whole combination (the indices ascend).
+    let k = &k[..(last + 1) * D];
     for &(j, a) in coefs {
         let kj = &k[j * D..j * D + D];
         for n in 0..D {
