@@ -106,7 +106,10 @@ impl<T: Real> StepController<T> for PiController<T> {
         let beta1 = self.beta1(k);
         let fac11 = err.powf(beta1);
         // Inverse factor as in dopri5.f: fac = err^β1 / err_old^β2 / safety, clamped.
-        let mut inv = fac11 * self.err_old.powf(-self.beta2(k)) / self.safety;
+        let beta2 = self.beta2(k);
+        // err_old^(−β2); skip the pow call for the elementary controller (β2 = 0).
+        let memory = if beta2 > T::zero() { self.err_old.powf(-beta2) } else { T::one() };
+        let mut inv = fac11 * memory / self.safety;
         inv = inv.max(T::one() / fac_max).min(T::one() / fac_min);
         if err <= T::one() {
             self.err_old = err.max(T::from_f64c(1e-4));

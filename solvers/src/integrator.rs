@@ -8,9 +8,6 @@ use crate::{
     SolveError, SolveOptions, Stats, StepController, StepView, Tableau,
 };
 
-/// Largest number of stages of any tableau (DOP853 with its dense-output stages).
-const MAX_STAGES: usize = 16;
-
 /// Nonzero coefficients of one linear combination: `(stage index, coefficient)`.
 type Comb<T> = Vec<(usize, T)>;
 
@@ -118,47 +115,13 @@ struct Workspace<T> {
     dense: Vec<T>,
 }
 
-/// `out = base + Σ c_j x_j` (or `out = Σ c_j x_j` without a base), four streams per pass.
-#[inline]
-fn lincomb<T: Real>(out: &mut [T], base: Option<&[T]>, terms: &[(T, &[T])]) {
-    let n = out.len();
-    match base {
-        Some(y) => out.copy_from_slice(&y[..n]),
-        None => out.iter_mut().for_each(|o| *o = T::zero()),
-    }
-    for chunk in terms.chunks(4) {
-        match *chunk {
-            [(c0, x0)] => {
-                let x0 = &x0[..n];
-                for i in 0..n {
-                    out[i] += c0 * x0[i];
-                }
-            }
-            [(c0, x0), (c1, x1)] => {
-                let (x0, x1) = (&x0[..n], &x1[..n]);
-                for i in 0..n {
-                    out[i] += c0 * x0[i] + c1 * x1[i];
-                }
-            }
-            [(c0, x0), (c1, x1), (c2, x2)] => {
-                let (x0, x1, x2) = (&x0[..n], &x1[..n], &x2[..n]);
-                for i in 0..n {
-                    out[i] += c0 * x0[i] + c1 * x1[i] + c2 * x2[i];
-                }
-            }
-            [(c0, x0), (c1, x1), (c2, x2), (c3, x3)] => {
-                let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
-                for i in 0..n {
-                    out[i] += (c0 * x0[i] + c1 * x1[i]) + (c2 * x2[i] + c3 * x3[i]);
-                }
-            }
-            _ => unreachable!("chunks(4) yields 1..=4 terms"),
-        }
-    }
-}
+/// States up to this length use the fused scalar kernels (one pass over the state with the
+/// stage sum innermost); longer ones use streaming axpy passes that vectorise.
+const SMALL_DIM: usize = 32;
 
-/// `out = base + h Σ coef_j k_j` over the nonzero coefficients, reading stages from `k`.
-#[inline]
+/// `out = base + h Σ_j a_j k_j` over the nonzero coefficients `(j, a_j)`, reading stage `j`
+/// from `k[j·dim..(j+1)·dim]` (`out = h Σ a_j k_j` without a base).
+#[inline(always)]
 fn stage_comb<T: Real>(
     out: &mut [T],
     base: Option<&[T]>,
@@ -167,11 +130,262 @@ fn stage_comb<T: Real>(
     k: &[T],
     dim: usize,
 ) {
-    let mut terms: [(T, &[T]); MAX_STAGES] = [(T::zero(), &[]); MAX_STAGES];
-    for (slot, &(j, a)) in terms.iter_mut().zip(coefs) {
-        *slot = (h * a, &k[j * dim..(j + 1) * dim]);
+    macro_rules! fixed {
+        ($($d:literal)*) => {
+            match dim {
+                $($d => return comb_fixed::<T, $d>(out, base, h, coefs, k),)*
+                _ => {}
+            }
+        };
     }
-    lincomb(out, base, &terms[..coefs.len()]);
+    fixed!(1 2 3 4 5 6 7 8);
+    stage_comb_dyn(out, base, h, coefs, k, dim)
+}
+
+/// [`stage_comb`] for states longer than 8 (kept out of line so that the hot loop of small
+/// problems stays small enough for their right-hand side to be inlined).
+#[inline(never)]
+fn stage_comb_dyn<T: Real>(
+    out: &mut [T],
+    base: Option<&[T]>,
+    h: T,
+    coefs: &[(usize, T)],
+    k: &[T],
+    dim: usize,
+) {
+    let out = &mut out[..dim];
+    if dim <= SMALL_DIM {
+        // One pass, the (short) stage sum innermost: no per-stage setup at all.
+        match base {
+            Some(y) => {
+                let y = &y[..dim];
+                for n in 0..dim {
+                    let mut acc = T::zero();
+                    for &(j, a) in coefs {
+                        acc += a * k[j * dim + n];
+                    }
+                    out[n] = y[n] + h * acc;
+                }
+            }
+            None => {
+                for (n, o) in out.iter_mut().enumerate() {
+                    let mut acc = T::zero();
+                    for &(j, a) in coefs {
+                        acc += a * k[j * dim + n];
+                    }
+                    *o = h * acc;
+                }
+            }
+        }
+        return;
+    }
+    // Long states: streaming passes over up to four stages at a time (vectorised).
+    match base {
+        Some(y) => out.copy_from_slice(&y[..dim]),
+        None => out.iter_mut().for_each(|o| *o = T::zero()),
+    }
+    let row = |j: usize| &k[j * dim..(j + 1) * dim];
+    for chunk in coefs.chunks(4) {
+        match *chunk {
+            [(j0, a0)] => {
+                let (c0, x0) = (h * a0, row(j0));
+                for (o, &v0) in out.iter_mut().zip(x0) {
+                    *o += c0 * v0;
+                }
+            }
+            [(j0, a0), (j1, a1)] => {
+                let (c0, c1, x0, x1) = (h * a0, h * a1, row(j0), row(j1));
+                for i in 0..dim {
+                    out[i] += c0 * x0[i] + c1 * x1[i];
+                }
+            }
+            [(j0, a0), (j1, a1), (j2, a2)] => {
+                let (c0, c1, c2) = (h * a0, h * a1, h * a2);
+                let (x0, x1, x2) = (row(j0), row(j1), row(j2));
+                for i in 0..dim {
+                    out[i] += c0 * x0[i] + c1 * x1[i] + c2 * x2[i];
+                }
+            }
+            [(j0, a0), (j1, a1), (j2, a2), (j3, a3)] => {
+                let (c0, c1, c2, c3) = (h * a0, h * a1, h * a2, h * a3);
+                let (x0, x1, x2, x3) = (row(j0), row(j1), row(j2), row(j3));
+                for i in 0..dim {
+                    out[i] += (c0 * x0[i] + c1 * x1[i]) + (c2 * x2[i] + c3 * x3[i]);
+                }
+            }
+            _ => unreachable!("chunks(4) yields 1..=4 terms"),
+        }
+    }
+}
+
+/// [`stage_comb`] for a state of exactly `D` numbers: the terms are accumulated lane-wise in
+/// a `[T; D]` (vectorised like a stack vector), one bounds check per stage.
+#[inline(always)]
+fn comb_fixed<T: Real, const D: usize>(
+    out: &mut [T],
+    base: Option<&[T]>,
+    h: T,
+    coefs: &[(usize, T)],
+    k: &[T],
+) {
+    let acc = sum_fixed::<T, D>(coefs, k);
+    let out = &mut out[..D];
+    match base {
+        Some(y) => {
+            let y = &y[..D];
+            for n in 0..D {
+                out[n] = y[n] + h * acc[n];
+            }
+        }
+        None => {
+            for n in 0..D {
+                out[n] = h * acc[n];
+            }
+        }
+    }
+}
+
+/// `Σ_j a_j k_j` for states of exactly `D` numbers.
+#[inline(always)]
+fn sum_fixed<T: Real, const D: usize>(coefs: &[(usize, T)], k: &[T]) -> [T; D] {
+    let mut acc = [T::zero(); D];
+    let Some(&(last, _)) = coefs.last() else { return acc };
+    // One bounds check for the whole combination (the indices ascend).
+    let k = &k[..(last + 1) * D];
+    for &(j, a) in coefs {
+        let kj = &k[j * D..j * D + D];
+        for n in 0..D {
+            acc[n] += a * kj[n];
+        }
+    }
+    acc
+}
+
+/// [`fused_error_norm`] for states of exactly `D` numbers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fixed_error_norm<T: Real, const D: usize>(
+    co: &Coeffs<T>,
+    k: &[T],
+    h: T,
+    y0: &[T],
+    y1: &[T],
+    range: Range<usize>,
+    rtol: T,
+    atol: &Atol<T>,
+) -> T {
+    let n = range.len();
+    if n == 0 {
+        return T::zero();
+    }
+    let e5 = sum_fixed::<T, D>(&co.e, k);
+    let e3 = if co.blended { sum_fixed::<T, D>(&co.e3, k) } else { [T::zero(); D] };
+    let (mut s5, mut s3) = (T::zero(), T::zero());
+    for i in range {
+        let ai = match atol {
+            Atol::Scalar(a) => *a,
+            Atol::PerComponent(v) => v[i],
+        };
+        let sk = ai + rtol * y0[i].abs().max(y1[i].abs());
+        let r = h * e5[i] / sk;
+        s5 += r * r;
+        let r3 = h * e3[i] / sk;
+        s3 += r3 * r3;
+    }
+    finish_norm(s5, s3, n, co.blended)
+}
+
+/// The error norm of a step for short states, fused: the error components
+/// `e_n = h Σ_j e_j k_j[n]` are formed inside the norm loop (no error buffer pass).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fused_error_norm<T: Real>(
+    co: &Coeffs<T>,
+    k: &[T],
+    dim: usize,
+    h: T,
+    y0: &[T],
+    y1: &[T],
+    range: Range<usize>,
+    rtol: T,
+    atol: &Atol<T>,
+) -> T {
+    macro_rules! fixed {
+        ($($d:literal)*) => {
+            match dim {
+                $($d => return fixed_error_norm::<T, $d>(co, k, h, y0, y1, range, rtol, atol),)*
+                _ => {}
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8);
+    fused_error_norm_dyn(co, k, dim, h, y0, y1, range, rtol, atol)
+}
+
+/// [`fused_error_norm`] for states of 9 to `SMALL_DIM` numbers (out of line).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn fused_error_norm_dyn<T: Real>(
+    co: &Coeffs<T>,
+    k: &[T],
+    dim: usize,
+    h: T,
+    y0: &[T],
+    y1: &[T],
+    range: Range<usize>,
+    rtol: T,
+    atol: &Atol<T>,
+) -> T {
+    let n = range.len();
+    if n == 0 {
+        return T::zero();
+    }
+    let (mut s5, mut s3) = (T::zero(), T::zero());
+    for i in range {
+        let mut e5 = T::zero();
+        for &(j, a) in &co.e {
+            e5 += a * k[j * dim + i];
+        }
+        let ai = match atol {
+            Atol::Scalar(a) => *a,
+            Atol::PerComponent(v) => v[i],
+        };
+        let sk = ai + rtol * y0[i].abs().max(y1[i].abs());
+        let r = h * e5 / sk;
+        s5 += r * r;
+        if co.blended {
+            let mut e3 = T::zero();
+            for &(j, a) in &co.e3 {
+                e3 += a * k[j * dim + i];
+            }
+            let r3 = h * e3 / sk;
+            s3 += r3 * r3;
+        }
+    }
+    finish_norm(s5, s3, n, co.blended)
+}
+
+/// `sqrt(s5/n)`, or Hairer's blended DOP853 form `s5 / sqrt(n·(s5 + 0.01·s3))`.
+#[inline(always)]
+fn finish_norm<T: Real>(s5: T, s3: T, n: usize, blended: bool) -> T {
+    let nf = T::from_f64c(n as f64);
+    if blended {
+        let mut deno = s5 + T::from_f64c(0.01) * s3;
+        if deno <= T::zero() {
+            deno = T::one();
+        }
+        s5 / (nf * deno).sqrt()
+    } else {
+        (s5 / nf).sqrt()
+    }
+}
+
+/// Calls the right-hand side from an out-of-line frame: used for every call outside the
+/// stage loop, so that the stage loop holds the only inlinable call site and a small
+/// right-hand side gets inlined there (worth 20–30% on Arenstorf).
+#[inline(never)]
+fn rhs_outlined<T: Real, S: OdeSystem<T> + ?Sized>(sys: &mut S, t: T, y: &[T], dy: &mut [T]) {
+    sys.rhs(t, y, dy)
 }
 
 /// Exact equality without tripping `clippy::float_cmp` (intended: landing on requested times).
@@ -182,6 +396,7 @@ fn same<T: Real>(a: T, b: T) -> bool {
 
 /// The scale `sk_i = atol_i + rtol·max(|y0_i|, |y1_i|)` and the RMS of `e_i/sk_i` over
 /// `range` (HNW I, eq. (4.11)); with `e3`, Hairer's blended DOP853 norm.
+#[inline(never)]
 fn error_norm<T: Real>(
     e: &[T],
     e3: Option<&[T]>,
@@ -229,16 +444,7 @@ fn error_norm<T: Real>(
             }
         }
     }
-    let nf = T::from_f64c(n as f64);
-    if e3.is_some() {
-        let mut deno = s5 + T::from_f64c(0.01) * s3;
-        if deno <= T::zero() {
-            deno = T::one();
-        }
-        s5 / (nf * deno).sqrt()
-    } else {
-        (s5 / nf).sqrt()
-    }
+    finish_norm(s5, s3, n, e3.is_some())
 }
 
 /// A reusable explicit Runge–Kutta integrator. It owns every buffer a solve touches (stages
@@ -335,7 +541,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
     /// Integrates `y` from `t0` to `t1` in place (`t1 < t0` runs backward), calling `obs`
     /// after each accepted step. If the observer breaks, `y` is the state at the end of that
-    /// step and the statistics so far are returned.
+    /// step and the statistics so far are returned. On error `y` is left unchanged.
     pub fn integrate<S, O>(
         &mut self,
         sys: &mut S,
@@ -356,7 +562,20 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
     /// Integrates from `t0` through the output times `times` (monotone in the direction of
     /// integration, none before `t0`), writing the state at `times[i]` into
-    /// `out[i*dim..(i+1)*dim]` through dense output; `y` ends at the last time.
+    /// `out[i*dim..(i+1)*dim]` through dense output (times that coincide with a step's end
+    /// are copied exactly); `y` ends at the last time. Dense output is computed only on steps
+    /// that contain an output time, and the step sequence is the same as
+    /// [`Integrator::integrate`]'s to the last time.
+    ///
+    /// ```
+    /// use odeflow_solvers::{problems::Harmonic, Integrator, Method, SolveOptions};
+    /// let osc = Harmonic { omega: 1.0 };
+    /// let mut integ = Integrator::new(Method::Tsit5, SolveOptions::tol(1e-9, 1e-9)).unwrap();
+    /// let times = [0.5, 1.0, 1.5];
+    /// let (mut y, mut out) = ([1.0, 0.0], [0.0; 6]);
+    /// integ.integrate_at(&mut { osc }, 0.0, &times, &mut y, &mut out).unwrap();
+    /// assert!((out[2] - 1.0f64.cos()).abs() < 1e-8); // x(1) = cos 1
+    /// ```
     pub fn integrate_at<S>(
         &mut self,
         sys: &mut S,
@@ -367,6 +586,24 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     ) -> Result<Stats, SolveError>
     where
         S: OdeSystem<T> + ?Sized,
+    {
+        self.integrate_at_with(sys, t0, times, y, out, &mut NoObserver)
+    }
+
+    /// [`Integrator::integrate_at`] that also calls `obs` after each accepted step (a
+    /// `Break` ends the solve; outputs after that point are left as they were).
+    pub fn integrate_at_with<S, O>(
+        &mut self,
+        sys: &mut S,
+        t0: T,
+        times: &[T],
+        y: &mut [T],
+        out: &mut [T],
+        obs: &mut O,
+    ) -> Result<Stats, SolveError>
+    where
+        S: OdeSystem<T> + ?Sized,
+        O: Observer<T> + ?Sized,
     {
         let dim = y.len();
         let Some(&t_end) = times.last() else {
@@ -399,7 +636,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             }
             prev = t;
         }
-        self.run(sys, t0, t_end, y, &mut NoObserver, times, out)
+        self.run(sys, t0, t_end, y, obs, times, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -467,7 +704,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         }
 
         // f(t0, y0) into stage 0.
-        sys.rhs(t0, &ws.y, &mut ws.k[..dim]);
+        rhs_outlined(sys, t0, &ws.y, &mut ws.k[..dim]);
         stats.n_rhs += 1;
         if ws.k[..dim].iter().any(|x| !x.is_finite()) {
             return Err(SolveError::NonFinite { t: t0.to_f64c() });
@@ -551,7 +788,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
             // ---- stages ----
             if !k0_valid {
-                sys.rhs(t, &ws.y, &mut ws.k[..dim]);
+                rhs_outlined(sys, t, &ws.y, &mut ws.k[..dim]);
                 stats.n_rhs += 1;
                 k0_valid = true;
             }
@@ -587,6 +824,9 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             } else {
                 let err = if !finite {
                     T::nan()
+                } else if dim <= SMALL_DIM {
+                    let (k, y0, y1) = (&ws.k[..], &ws.y[..dim], &ws.y_new[..dim]);
+                    fused_error_norm(co, k, dim, h, y0, y1, range.clone(), opts.rtol, &opts.atol)
                 } else {
                     stage_comb(&mut ws.err, None, h, &co.e, &ws.k, dim);
                     let e3 = if co.blended {
@@ -627,12 +867,12 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             let need_dense = wants_dense || pending_inside;
             if co.fsal && co.lazy_last {
                 let (_, rest) = ws.k.split_at_mut((s - 1) * dim);
-                sys.rhs(t_next, &ws.y_new, &mut rest[..dim]);
+                rhs_outlined(sys, t_next, &ws.y_new, &mut rest[..dim]);
                 stats.n_rhs += 1;
             }
             let mut have_f_new = co.fsal;
             if !co.fsal && need_dense {
-                sys.rhs(t_next, &ws.y_new, &mut ws.f_new);
+                rhs_outlined(sys, t_next, &ws.y_new, &mut ws.f_new);
                 stats.n_rhs += 1;
                 have_f_new = true;
             }
@@ -675,7 +915,15 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             t = t_next;
             if have_f_new {
                 if co.fsal {
-                    ws.k.copy_within((s - 1) * dim..s * dim, 0);
+                    if dim <= SMALL_DIM {
+                        // A plain loop: a memmove call costs more than the copy itself here.
+                        let (first, rest) = ws.k.split_at_mut((s - 1) * dim);
+                        for (a, b) in first[..dim].iter_mut().zip(&rest[..dim]) {
+                            *a = *b;
+                        }
+                    } else {
+                        ws.k.copy_within((s - 1) * dim..s * dim, 0);
+                    }
                 } else {
                     ws.k[..dim].copy_from_slice(&ws.f_new);
                 }
@@ -697,6 +945,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
 
 /// Fills `ws.dense` for the accepted step (t, h) with `ws.y` = y0 and `ws.y_new` = y1, and
 /// f(t+h, y1) in the FSAL stage or `ws.f_new`. Returns the number of extra RHS calls.
+#[inline(never)]
 fn build_dense<T: Real, S: OdeSystem<T> + ?Sized>(
     sys: &mut S,
     co: &Coeffs<T>,
@@ -748,6 +997,7 @@ fn build_dense<T: Real, S: OdeSystem<T> + ?Sized>(
 /// the second derivative, then `h1 = (0.01 / max(‖f0‖, ‖y''‖))^(1/p)` and
 /// `h = min(100·h0, h1, h_max)`. Uses one RHS call. Needs `f0` in stage 0.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn initial_step<T: Real, S: OdeSystem<T> + ?Sized>(
     sys: &mut S,
     co: &Coeffs<T>,

@@ -134,7 +134,8 @@ pub struct Stats {
     pub n_rhs: usize,
     /// Number of accepted steps.
     pub n_accepted: usize,
-    /// Number of rejected steps.
+    /// Number of rejected steps (all of them; Hairer's codes do not count rejections before
+    /// the first accepted step, so they may report fewer for the same step sequence).
     pub n_rejected: usize,
 }
 

@@ -135,6 +135,7 @@ impl<T: Real> OdeSystem<T> for Arenstorf {
     }
     #[inline]
     fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
+        let (y, dy) = (&y[..4], &mut dy[..4]);
         let mu = T::from_f64c(Self::MU);
         let mup = T::one() - mu;
         let (y1, y2, y3, y4) = (y[0], y[1], y[2], y[3]);
@@ -168,6 +169,7 @@ impl<T: Real> OdeSystem<T> for Lorenz {
     }
     #[inline]
     fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
+        let (y, dy) = (&y[..3], &mut dy[..3]);
         let (s, r, b) = (T::from_f64c(10.0), T::from_f64c(28.0), T::from_f64c(8.0 / 3.0));
         dy[0] = s * (y[1] - y[0]);
         dy[1] = y[0] * (r - y[2]) - y[1];
@@ -209,6 +211,7 @@ impl<T: Real> OdeSystem<T> for Kepler {
     }
     #[inline]
     fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
+        let (y, dy) = (&y[..4], &mut dy[..4]);
         let r2 = y[0] * y[0] + y[1] * y[1];
         let r3 = r2 * r2.sqrt();
         dy[0] = y[2];
@@ -235,5 +238,86 @@ impl<T: Real> OdeSystem<T> for Logistic {
     }
     fn rhs(&mut self, _t: T, y: &[T], dy: &mut [T]) {
         dy[0] = y[0] * (T::one() - y[0]);
+    }
+}
+
+/// A batch of `batch` two-dimensional states driven by one fixed random MLP
+/// `f(x) = W2 tanh(W1 x + b1) + b2` (2 → `hidden` → 2), written with flat loops: the shape of
+/// a CNF solve (one flat state of `2·batch` numbers, sample-major). Autonomous. The weights
+/// are drawn from a fixed SplitMix64 stream (`seed`), uniform in `[-1, 1]` for the first
+/// layer and `[-1, 1]/sqrt(hidden)` for the second, so every run sees the same field.
+#[derive(Debug, Clone)]
+pub struct MlpBatch {
+    /// Number of states.
+    pub batch: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    w1: Vec<f64>,
+    b1: Vec<f64>,
+    w2: Vec<f64>,
+    b2: [f64; 2],
+}
+
+/// SplitMix64 → uniform in [-1, 1).
+fn splitmix(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+impl MlpBatch {
+    /// A batch of `batch` states through a fixed random 2 → `hidden` → 2 MLP.
+    pub fn new(batch: usize, hidden: usize, seed: u64) -> Self {
+        Self::with_gain(batch, hidden, seed, 1.0)
+    }
+
+    /// As [`MlpBatch::new`] with both layers' weights multiplied by `gain` (a larger gain
+    /// gives a more nonlinear, faster field).
+    pub fn with_gain(batch: usize, hidden: usize, seed: u64, gain: f64) -> Self {
+        let mut s = seed;
+        let w1 = (0..2 * hidden).map(|_| gain * splitmix(&mut s)).collect();
+        let b1 = (0..hidden).map(|_| splitmix(&mut s)).collect();
+        let scale = gain / (hidden as f64).sqrt();
+        let w2 = (0..2 * hidden).map(|_| scale * splitmix(&mut s)).collect();
+        let b2 = [0.1 * splitmix(&mut s), 0.1 * splitmix(&mut s)];
+        MlpBatch { batch, hidden, w1, b1, w2, b2 }
+    }
+
+    /// A reproducible initial state: `batch` points uniform in `[-2, 2]²`.
+    pub fn initial_state(&self, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..2 * self.batch).map(|_| 2.0 * splitmix(&mut s)).collect()
+    }
+
+    /// Writes `f(y)` for the whole batch into `dy` (the same code serves every caller).
+    #[inline]
+    pub fn eval(&self, y: &[f64], dy: &mut [f64]) {
+        let h = self.hidden;
+        let (w1, b1, w2) = (&self.w1[..2 * h], &self.b1[..h], &self.w2[..2 * h]);
+        let (w2a, w2b) = w2.split_at(h);
+        for (x, d) in y.chunks_exact(2).zip(dy.chunks_exact_mut(2)) {
+            let (x0, x1) = (x[0], x[1]);
+            let (mut acc0, mut acc1) = (self.b2[0], self.b2[1]);
+            for j in 0..h {
+                let a = (w1[2 * j] * x0 + w1[2 * j + 1] * x1 + b1[j]).tanh();
+                acc0 += w2a[j] * a;
+                acc1 += w2b[j] * a;
+            }
+            d[0] = acc0;
+            d[1] = acc1;
+        }
+    }
+}
+
+impl OdeSystem<f64> for MlpBatch {
+    fn dim(&self) -> usize {
+        2 * self.batch
+    }
+    #[inline]
+    fn rhs(&mut self, _t: f64, y: &[f64], dy: &mut [f64]) {
+        self.eval(y, dy)
     }
 }

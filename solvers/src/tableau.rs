@@ -24,10 +24,12 @@ pub enum ErrorEstimator {
         /// `b_i − b̂_i`, one per stage of a step (`Σ e_i = 0`).
         e: &'static [f64],
     },
-    /// Hairer's blended estimator of DOP853 (HNW I, §II.10 and `dop853.f`): with
-    /// `e5 = h Σ e5_i k_i` (5th order) and `e3 = h Σ e3_i k_i` (3rd order), each scaled
-    /// component-wise by `sk_i = atol_i + rtol·max(|y0_i|, |y1_i|)`,
-    /// `err = |h|·E5 / sqrt(n·(E5 + 0.01·E3))` where `E5 = Σ (e5_i/sk_i)²/h²` and likewise E3.
+    /// Hairer's blended estimator of DOP853 (HNW I, §II.10 and `dop853.f`): with the
+    /// 5th-order difference `e5 = h Σ_j e5_j k_j` and the 3rd-order one `e3 = h Σ_j e3_j k_j`,
+    /// each component scaled by `sk_i = atol_i + rtol·max(|y0_i|, |y1_i|)`, and
+    /// `S5 = Σ_i (e5_i/sk_i)²`, `S3 = Σ_i (e3_i/sk_i)²` over n components,
+    /// `err = S5 / sqrt(n·(S5 + 0.01·S3))` (the RMS of e5 when e3 is negligible; larger, and so
+    /// more cautious, when the 3rd-order estimate dominates).
     Blended53 {
         /// Coefficients of the 5th-order difference (`Σ = 0`).
         e5: &'static [f64],

@@ -225,3 +225,20 @@ fn interpolate_without_dense_output_is_an_error() {
     integ.integrate(&mut Harmonic { omega: 1.0 }, 0.0, 1.0, &mut y, &mut obs).unwrap();
     assert_eq!(obs.0, Some(SolveError::DenseOutputUnavailable));
 }
+
+#[test]
+fn integrate_at_with_observer_sees_the_same_steps() {
+    let times = [0.25, 0.5, 2.0];
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::tol(1e-8, 1e-8)).unwrap();
+    let mut y = Lorenz::Y0;
+    let mut out = [0.0; 9];
+    let mut ends = Vec::new();
+    let mut obs = FnObserver(|s: &StepView<'_, f64>| {
+        ends.push(s.t_end());
+        ControlFlow::Continue(())
+    });
+    let st = integ.integrate_at_with(&mut Lorenz, 0.0, &times, &mut y, &mut out, &mut obs).unwrap();
+    assert_eq!(ends.len(), st.n_accepted);
+    assert!((ends[ends.len() - 1] - 2.0).abs() <= 0.0);
+    assert!(out[6..].iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
