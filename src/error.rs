@@ -3,7 +3,7 @@
 use odeflow_solvers::SolveError;
 
 use crate::field::FieldError;
-use crate::io::{ModelFileError, NpyError};
+use crate::io::{CsvError, ModelFileError, NpyError};
 use crate::plot::PlotError;
 
 /// Everything that can go wrong in `odeflow`'s public API, with the numbers a caller acts
@@ -74,6 +74,9 @@ pub enum Error {
     /// Reading or writing an array file failed.
     #[error(transparent)]
     Npy(#[from] NpyError),
+    /// A CSV file of points is unreadable or malformed.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
     /// A model file is corrupt, foreign or does not fit its architecture.
     #[error(transparent)]
     ModelFile(#[from] ModelFileError),

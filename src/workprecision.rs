@@ -82,7 +82,11 @@ pub fn work_precision(
             }
             let Some((y, stats)) = last else { continue };
             if y.len() != reference.len() {
-                return Err(Error::BufferLength { buffer: "solution", expected: reference.len(), found: y.len() });
+                return Err(Error::BufferLength {
+                    buffer: "solution",
+                    expected: reference.len(),
+                    found: y.len(),
+                });
             }
             let diffs = y.iter().zip(reference).map(|(a, b)| (a - b).abs());
             let max_error = diffs.clone().fold(0.0, f64::max);
@@ -95,7 +99,9 @@ pub fn work_precision(
 
 /// The rows as CSV (header + one line per row).
 pub fn to_csv(rows: &[Row]) -> String {
-    let mut s = String::from("method,setting,value,max_error,rms_error,n_rhs,n_accepted,n_rejected,seconds\n");
+    let mut s = String::from(
+        "method,setting,value,max_error,rms_error,n_rhs,n_accepted,n_rejected,seconds\n",
+    );
     for r in rows {
         let (kind, value) = match r.setting {
             Setting::Tolerance(t) => ("tolerance", format!("{t:e}")),
@@ -103,7 +109,13 @@ pub fn to_csv(rows: &[Row]) -> String {
         };
         s += &format!(
             "{},{kind},{value},{:e},{:e},{},{},{},{:e}\n",
-            r.method, r.max_error, r.rms_error, r.stats.n_rhs, r.stats.n_accepted, r.stats.n_rejected, r.seconds
+            r.method,
+            r.max_error,
+            r.rms_error,
+            r.stats.n_rhs,
+            r.stats.n_accepted,
+            r.stats.n_rejected,
+            r.seconds
         );
     }
     s
@@ -130,7 +142,12 @@ pub fn to_json(rows: &[Row]) -> String {
 
 /// Writes the rows as `<stem>.csv`, `<stem>.json` and the diagram `<stem>.png` (and
 /// `.svg`) in `dir`, atomically; returns the paths written.
-pub fn write_all(dir: &Path, stem: &str, title: &str, rows: &[Row]) -> Result<Vec<std::path::PathBuf>, Error> {
+pub fn write_all(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    rows: &[Row],
+) -> Result<Vec<std::path::PathBuf>, Error> {
     let csv = dir.join(format!("{stem}.csv"));
     let json = dir.join(format!("{stem}.json"));
     write_atomically(&csv, |w| std::io::Write::write_all(w, to_csv(rows).as_bytes()))?;
@@ -209,7 +226,9 @@ impl Figure for Diagram<'_> {
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(|e| e.to_string())?
                     .label(m.name())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
                 chart
                     .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                     .map_err(|e| e.to_string())?;
@@ -284,7 +303,8 @@ mod tests {
         let paths = write_all(&dir, "harmonic", "harmonic oscillator", &rows).unwrap();
         let csv = std::fs::read_to_string(&paths[0]).unwrap();
         assert_eq!(csv.lines().count(), 10);
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&paths[1]).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&paths[1]).unwrap()).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 9);
         assert!(std::fs::metadata(&paths[2]).unwrap().len() > 1000);
         std::fs::remove_dir_all(&dir).unwrap();

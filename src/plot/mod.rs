@@ -5,6 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod model;
+
+pub use model::ModelFigures;
+
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -247,6 +251,39 @@ impl Figure for Trajectories<'_> {
     }
 }
 
+/// Writes an animated GIF of point clouds, one frame per entry (title, points), `delay_ms`
+/// between frames, atomically.
+pub fn animate_points(
+    path: impl AsRef<Path>,
+    size: (u32, u32),
+    frames: &[(String, &[f64])],
+    range: (f64, f64),
+    delay_ms: u32,
+) -> Result<(), PlotError> {
+    let path = path.as_ref();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}.gif", std::process::id()));
+    let result = (|| -> Result<(), String> {
+        let root = BitMapBackend::gif(&tmp, size, delay_ms)
+            .map_err(|e| e.to_string())?
+            .into_drawing_area();
+        for (title, pts) in frames {
+            ScatterPanels { panels: vec![(title.clone(), pts)], range }.draw(&root)?;
+            root.present().map_err(|e| e.to_string())?;
+        }
+        drop(root);
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(backend_err(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,10 +309,14 @@ mod tests {
             render(dir.join("d.jpg"), (10, 10), &fig),
             Err(PlotError::UnsupportedFormat { .. })
         ));
+        let pts = [0.0, 0.0, 1.0, -1.0];
+        let frames = vec![("a".to_string(), &pts[..]), ("b".to_string(), &pts[..2])];
+        animate_points(dir.join("a.gif"), (100, 100), &frames, (-2.0, 2.0), 50).unwrap();
+        assert_eq!(&std::fs::read(dir.join("a.gif")).unwrap()[..3], b"GIF");
         // No temporary files are left behind.
         let names: Vec<_> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names.len(), 3, "{names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,212 @@
+//! Points as CSV: one point per line, comma-separated, an optional header line.
+//!
+//! Blank lines and lines starting with `#` are skipped; the first line is taken as a header
+//! when it does not parse as numbers. Every row must have the same number of columns, and
+//! every value must be finite: a bad file gives an error naming the line and column.
+
+use std::path::{Path, PathBuf};
+
+use crate::io::{write_atomically, NpyError};
+
+/// What can be wrong with a CSV file of points.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsvError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A value is not a number.
+    #[error("{path}:{line}: column {column}: {value:?} is not a number")]
+    NotANumber {
+        /// The file.
+        path: PathBuf,
+        /// Line number (1-based).
+        line: usize,
+        /// Column number (1-based).
+        column: usize,
+        /// The text found.
+        value: String,
+    },
+    /// A value is NaN or infinite.
+    #[error("{path}:{line}: column {column}: non-finite value {value}")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// Line number (1-based).
+        line: usize,
+        /// Column number (1-based).
+        column: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A row has another number of columns than the first.
+    #[error("{path}:{line}: {found} columns, expected {expected}")]
+    Columns {
+        /// The file.
+        path: PathBuf,
+        /// Line number (1-based).
+        line: usize,
+        /// Columns expected (the first row's, or the caller's).
+        expected: usize,
+        /// Columns found.
+        found: usize,
+    },
+    /// The file holds no data rows.
+    #[error("{path}: no data rows")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Points read from a file: `rows × cols`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Points {
+    /// Number of points.
+    pub rows: usize,
+    /// Dimension of a point.
+    pub cols: usize,
+    /// The values, point after point.
+    pub data: Vec<f64>,
+}
+
+/// Reads a CSV file of points; with `cols = Some(d)` every row must have d columns.
+pub fn read_csv(path: impl AsRef<Path>, cols: Option<usize>) -> Result<Points, CsvError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CsvError::Io { path: path.into(), source })?;
+    parse_csv(path, &text, cols)
+}
+
+fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, CsvError> {
+    let mut data = Vec::new();
+    let mut width = cols;
+    let mut rows = 0;
+    let mut first = true;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let parsed: Result<Vec<f64>, usize> =
+            fields.iter().enumerate().map(|(j, f)| f.parse::<f64>().map_err(|_| j)).collect();
+        let values = match parsed {
+            Ok(v) => v,
+            Err(_) if first => {
+                first = false;
+                continue; // a header
+            }
+            Err(j) => {
+                return Err(CsvError::NotANumber {
+                    path: path.into(),
+                    line: i + 1,
+                    column: j + 1,
+                    value: fields[j].into(),
+                })
+            }
+        };
+        first = false;
+        let expected = *width.get_or_insert(values.len());
+        if values.len() != expected {
+            return Err(CsvError::Columns {
+                path: path.into(),
+                line: i + 1,
+                expected,
+                found: values.len(),
+            });
+        }
+        if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+            return Err(CsvError::NonFinite {
+                path: path.into(),
+                line: i + 1,
+                column: j + 1,
+                value: values[j],
+            });
+        }
+        data.extend(values);
+        rows += 1;
+    }
+    match width {
+        Some(cols) if rows > 0 => Ok(Points { rows, cols, data }),
+        _ => Err(CsvError::Empty { path: path.into() }),
+    }
+}
+
+/// Writes `data` (`rows × header.len()`, row-major) as CSV with a header line, atomically.
+/// Values are written in Rust's shortest round-trip form, so reading gives them back exactly.
+pub fn write_csv(path: impl AsRef<Path>, header: &[&str], data: &[f64]) -> Result<(), NpyError> {
+    let cols = header.len().max(1);
+    let mut text = header.join(",");
+    text.push('\n');
+    for row in data.chunks(cols) {
+        let line: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        text += &line.join(",");
+        text.push('\n');
+    }
+    write_atomically(path.as_ref(), |w| std::io::Write::write_all(w, text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, cols: Option<usize>) -> Result<Points, CsvError> {
+        parse_csv(Path::new("t.csv"), text, cols)
+    }
+
+    #[test]
+    fn parses_with_and_without_header() {
+        let p = parse("x,y\n1,2\n# note\n\n3.5, -4e-3\n", None).unwrap();
+        assert_eq!((p.rows, p.cols), (2, 2));
+        assert_eq!(
+            p.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            [1.0, 2.0, 3.5, -4e-3].iter().map(|v: &f64| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(parse("1,2,3\n", None).unwrap().cols, 3);
+    }
+
+    #[test]
+    fn bad_files_name_line_and_column() {
+        assert!(matches!(
+            parse("1,2\n3\n", None),
+            Err(CsvError::Columns { line: 2, expected: 2, found: 1, .. })
+        ));
+        assert!(matches!(parse("1,2,3\n", Some(2)), Err(CsvError::Columns { line: 1, .. })));
+        assert!(matches!(
+            parse("1,2\n3,NaN\n", None),
+            Err(CsvError::NonFinite { line: 2, column: 2, .. })
+        ));
+        assert!(matches!(
+            parse("1,2\n3,inf\n", None),
+            Err(CsvError::NonFinite { line: 2, column: 2, .. })
+        ));
+        assert!(matches!(
+            parse("a,b\n1,x\n", None),
+            Err(CsvError::NotANumber { line: 2, column: 2, .. })
+        ));
+        assert!(matches!(parse("x,y\n", None), Err(CsvError::Empty { .. })));
+        let msg = parse("1,2\n3,NaN\n", None).unwrap_err().to_string();
+        assert!(msg.contains("t.csv:2") && msg.contains("column 2"), "{msg}");
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let dir = std::env::temp_dir().join(format!("odeflow-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.csv");
+        let data = [0.1, -1.0 / 3.0, 1e-300, 12345.678];
+        write_csv(&p, &["x", "y"], &data).unwrap();
+        let back = read_csv(&p, Some(2)).unwrap();
+        assert_eq!(
+            back.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,148 @@
+//! The standard figures of a trained 2-D CNF: density beside data, samples, paths, animation.
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::cnf::Cnf;
+use crate::field::VectorField;
+use crate::plot::{animate_points, render, DensityPanels, Grid2, ScatterPanels, Trajectories};
+use crate::Error;
+
+/// What to draw for a model.
+#[derive(Debug, Clone)]
+pub struct ModelFigures<'a> {
+    /// Data points to show beside the model (sample-major 2-D), if any.
+    pub data: Option<&'a [f64]>,
+    /// Axis range on both axes.
+    pub range: (f64, f64),
+    /// Grid points per axis for the density.
+    pub grid: usize,
+    /// Number of samples drawn from the model.
+    pub samples: usize,
+    /// Frames of the animation (and time points of the paths).
+    pub frames: usize,
+    /// Seed of the samples.
+    pub seed: u64,
+}
+
+impl Default for ModelFigures<'_> {
+    fn default() -> Self {
+        ModelFigures {
+            data: None,
+            range: (-4.0, 4.0),
+            grid: 120,
+            samples: 2000,
+            frames: 30,
+            seed: 0,
+        }
+    }
+}
+
+impl ModelFigures<'_> {
+    /// Draws into `dir`: `density.png` (data, learned density, samples), `trajectories.png`
+    /// (paths of samples from the base at t = T to t = 0 and of a grid of points from t = 0
+    /// to T) and `flow.gif` (the samples moving from the base to the data). Needs d = 2.
+    pub fn write<F: VectorField<f64>>(
+        &self,
+        cnf: &Cnf<f64, F>,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, Error> {
+        if cnf.dim() != 2 {
+            return Err(Error::InvalidConfig {
+                name: "dim",
+                value: cnf.dim() as f64,
+                expected: "2 for the figures",
+            });
+        }
+        let (lo, hi) = self.range;
+        let n = self.grid.max(2);
+        let centres = Grid2::centres(self.range, self.range, n, n);
+        let (logp, _) = cnf.log_prob(&centres)?;
+        let density = Grid2 {
+            x_range: self.range,
+            y_range: self.range,
+            nx: n,
+            ny: n,
+            values: logp.iter().map(|l| l.exp()).collect(),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let (samples, _) = cnf.sample(self.samples, &mut rng)?;
+        let mut paths = Vec::new();
+
+        let density_path = dir.join("density.png");
+        match self.data {
+            Some(data) => {
+                let scatter = ScatterPanels {
+                    panels: vec![("data".into(), data), ("samples".into(), &samples)],
+                    range: self.range,
+                };
+                render(dir.join("samples.png"), (1000, 500), &scatter)?;
+                paths.push(dir.join("samples.png"));
+            }
+            None => {
+                let scatter =
+                    ScatterPanels { panels: vec![("samples".into(), &samples)], range: self.range };
+                render(dir.join("samples.png"), (500, 500), &scatter)?;
+                paths.push(dir.join("samples.png"));
+            }
+        }
+        let mass = density.values.iter().sum::<f64>() * density.cell_area();
+        let title = format!("learned density (mass on the plot {mass:.3})");
+        render(
+            &density_path,
+            (560, 560),
+            &DensityPanels { panels: vec![(title, &density)], shared_scale: false },
+        )?;
+        paths.push(density_path);
+
+        let t_end = cnf.total_time();
+        let steps = self.frames.max(2);
+        let times_back: Vec<f64> =
+            (0..=steps).rev().map(|k| t_end * k as f64 / steps as f64).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(1));
+        let z: Vec<f64> = (0..2 * self.samples.min(500))
+            .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
+            .collect();
+        let back = cnf.trajectory(t_end, &z, &times_back)?;
+        let traj_path = dir.join("trajectories.png");
+        render(
+            &traj_path,
+            (560, 560),
+            &Trajectories {
+                title: "samples: base (t = T) → data (t = 0)".into(),
+                states: &back.states,
+                range: self.range,
+            },
+        )?;
+        paths.push(traj_path);
+
+        let k = 12;
+        let grid_pts: Vec<f64> = Grid2::centres((lo * 0.8, hi * 0.8), (lo * 0.8, hi * 0.8), k, k);
+        let times_fwd: Vec<f64> = (0..=steps).map(|k| t_end * k as f64 / steps as f64).collect();
+        let fwd = cnf.trajectory(0.0, &grid_pts, &times_fwd)?;
+        let grid_path = dir.join("grid_trajectories.png");
+        render(
+            &grid_path,
+            (560, 560),
+            &Trajectories {
+                title: "grid: data (t = 0) → base (t = T)".into(),
+                states: &fwd.states,
+                range: self.range,
+            },
+        )?;
+        paths.push(grid_path);
+
+        let frames: Vec<(String, &[f64])> = back
+            .times
+            .iter()
+            .zip(&back.states)
+            .map(|(t, s)| (format!("t = {t:.3}"), s.as_slice()))
+            .collect();
+        let gif_path = dir.join("flow.gif");
+        animate_points(&gif_path, (480, 480), &frames, self.range, 80)?;
+        paths.push(gif_path);
+        Ok(paths)
+    }
+}
