@@ -200,7 +200,7 @@ impl Figure for ScatterPanels<'_> {
             chart
                 .draw_series(
                     pts.chunks_exact(2)
-                        .map(|p| Circle::new((p[0], p[1]), 1, BLUE.mix(0.4).filled())),
+                        .map(|p| Circle::new((p[0], p[1]), 2, BLUE.mix(0.4).filled())),
                 )
                 .map_err(|e| e.to_string())?;
         }

@@ -1,0 +1,267 @@
+//! End-to-end tests of the `odeflow` command line, run as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use odeflow::cnf::{Cnf, CnfConfig};
+use odeflow::field::{Mlp, MlpConfig};
+use odeflow::io::{read_csv, read_npy, save_cnf};
+
+fn odeflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_odeflow")).args(args).output().expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = odeflow(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns its error message.
+fn fails(args: &[&str]) -> String {
+    let out = odeflow(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    err
+}
+
+/// A fresh folder with a small 2-D model in it.
+fn setup(name: &str) -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("odeflow-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = MlpConfig { dim: 2, hidden: vec![16, 16], seed: 4, ..Default::default() };
+    let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
+    let model = dir.join("model.safetensors");
+    save_cnf(&model, &cnf).unwrap();
+    (dir, model.to_string_lossy().into_owned())
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Decodes a PNG; checks its size and that it is not one flat colour.
+fn check_png(path: &Path, width: u32, height: u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    assert_eq!((img.width(), img.height()), (width, height), "{}", path.display());
+    let first = img.get_pixel(0, 0);
+    let distinct = img.pixels().filter(|p| *p != first).count();
+    // Blank means one colour; a figure has axes, labels and marks (> 0.2% of the pixels).
+    assert!(
+        distinct > (width * height / 500) as usize,
+        "{} looks blank ({distinct} pixels differ)",
+        path.display()
+    );
+}
+
+#[test]
+fn logprob_and_sample_write_files_of_the_right_shape() {
+    let (dir, model) = setup("ls");
+    let points = dir.join("points.csv");
+    std::fs::write(&points, "x,y\n0.5,0.1\n-1,2\n0,0\n").unwrap();
+    let lp = dir.join("lp.csv");
+    let msg = ok(&["logprob", "--model", &model, "--input", &s(&points), "--output", &s(&lp)]);
+    assert!(msg.contains("function evaluations"), "{msg}");
+    let logp = read_csv(&lp, Some(1)).unwrap();
+    assert_eq!(logp.rows, 3);
+    // The same numbers as the library's.
+    let cnf = odeflow::io::load_cnf::<f64>(&model).unwrap();
+    let (want, _) = cnf.log_prob(&[0.5, 0.1, -1.0, 2.0, 0.0, 0.0]).unwrap();
+    assert_eq!(
+        logp.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+
+    let samples = dir.join("s.csv");
+    ok(&[
+        "sample",
+        "--model",
+        &model,
+        "-n",
+        "50",
+        "--output",
+        &s(&samples),
+        "--with-log-prob",
+        "--seed",
+        "3",
+    ]);
+    let sp = read_csv(&samples, Some(3)).unwrap();
+    assert_eq!(sp.rows, 50);
+    let npy = dir.join("s.npy");
+    ok(&["sample", "--model", &model, "-n", "40", "--output", &s(&npy)]);
+    assert_eq!(read_npy(&npy).unwrap().shape, vec![40, 2]);
+    // Same seed, same samples.
+    let again = dir.join("s2.csv");
+    ok(&[
+        "sample",
+        "--model",
+        &model,
+        "-n",
+        "50",
+        "--output",
+        &s(&again),
+        "--with-log-prob",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(std::fs::read(&samples).unwrap(), std::fs::read(&again).unwrap());
+    // The sampled log-densities agree with logprob on the samples (within the tolerance).
+    let xs: Vec<f64> = sp.data.chunks(3).flat_map(|r| [r[0], r[1]]).collect();
+    let (lp2, _) = cnf.log_prob(&xs).unwrap();
+    for (r, l) in sp.data.chunks(3).zip(&lp2) {
+        assert!((r[2] - l).abs() < 1e-3, "{} vs {l}", r[2]);
+    }
+}
+
+#[test]
+fn plot_writes_figures_that_are_not_blank() {
+    let (dir, model) = setup("plot");
+    let data = dir.join("data.csv");
+    std::fs::write(&data, "1,1\n-1,-1\n2,0.5\n0.3,-2\n").unwrap();
+    let out = dir.join("figs");
+    ok(&[
+        "plot",
+        "--model",
+        &model,
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--grid",
+        "40",
+        "--samples",
+        "300",
+    ]);
+    check_png(&out.join("density.png"), 560, 560);
+    check_png(&out.join("samples.png"), 1000, 500);
+    check_png(&out.join("trajectories.png"), 560, 560);
+    check_png(&out.join("grid_trajectories.png"), 560, 560);
+    let gif = std::fs::read(out.join("flow.gif")).unwrap();
+    assert_eq!(&gif[..3], b"GIF");
+}
+
+#[test]
+fn bench_writes_a_work_precision_table() {
+    let (dir, model) = setup("bench");
+    let out = dir.join("wp");
+    let msg = ok(&[
+        "bench",
+        "--problem",
+        "lorenz",
+        "--methods",
+        "dopri5,dop853,rk4",
+        "--tols",
+        "1e-4,1e-8",
+        "--steps",
+        "100,1000",
+        "--repeats",
+        "1",
+        "--out",
+        &s(&out),
+    ]);
+    assert!(msg.contains("dop853"), "{msg}");
+    let csv = std::fs::read_to_string(out.join("work_precision.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
+    check_png(&out.join("work_precision.png"), 1100, 480);
+    let out2 = dir.join("wp_model");
+    ok(&[
+        "bench",
+        "--problem",
+        "model",
+        "--model",
+        &model,
+        "--methods",
+        "dopri5",
+        "--tols",
+        "1e-3,1e-6",
+        "--repeats",
+        "1",
+        "--out",
+        &s(&out2),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("work_precision.json")).unwrap())
+            .unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    // The tighter tolerance is the more accurate.
+    assert!(rows[1]["max_error"].as_f64().unwrap() < rows[0]["max_error"].as_f64().unwrap());
+}
+
+#[test]
+fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
+    let (dir, model) = setup("bad");
+    let lp = dir.join("lp.csv");
+    std::fs::write(&lp, "precious\n").unwrap();
+    let keep = || assert_eq!(std::fs::read_to_string(&lp).unwrap(), "precious\n");
+
+    let err = fails(&[
+        "logprob",
+        "--model",
+        &model,
+        "--input",
+        &s(&dir.join("missing.csv")),
+        "--output",
+        &s(&lp),
+    ]);
+    assert!(err.contains("missing.csv"), "{err}");
+    keep();
+
+    let three = dir.join("three.csv");
+    std::fs::write(&three, "1,2,3\n4,5,6\n").unwrap();
+    let err = fails(&["logprob", "--model", &model, "--input", &s(&three), "--output", &s(&lp)]);
+    assert!(err.contains("3 columns, expected 2"), "{err}");
+    keep();
+
+    let nan = dir.join("nan.csv");
+    std::fs::write(&nan, "1,2\n4,nan\n").unwrap();
+    let err = fails(&["logprob", "--model", &model, "--input", &s(&nan), "--output", &s(&lp)]);
+    assert!(err.contains("nan.csv:2") && err.contains("non-finite"), "{err}");
+    keep();
+
+    let corrupt = dir.join("corrupt.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    let points = dir.join("p.csv");
+    std::fs::write(&points, "0,0\n").unwrap();
+    let err =
+        fails(&["logprob", "--model", &s(&corrupt), "--input", &s(&points), "--output", &s(&lp)]);
+    assert!(
+        err.contains("corrupt.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    keep();
+
+    let err = fails(&[
+        "logprob",
+        "--model",
+        &model,
+        "--input",
+        &s(&points),
+        "--output",
+        &s(&lp),
+        "--rtol",
+        "0",
+    ]);
+    assert!(err.contains("rtol"), "{err}");
+    keep();
+    let err = fails(&[
+        "logprob",
+        "--model",
+        &model,
+        "--input",
+        &s(&points),
+        "--output",
+        &s(&lp),
+        "--atol=-1e-5",
+    ]);
+    assert!(err.contains("atol"), "{err}");
+    keep();
+
+    let err = fails(&["bench", "--problem", "nope", "--out", &s(&dir)]);
+    assert!(err.contains("unknown problem"), "{err}");
+    let err = fails(&["logprob", "--model", &model, "--input", &s(&points), "--method", "rk5"]);
+    assert!(err.contains("rk5"), "{err}");
+}
