@@ -9,7 +9,8 @@
 //!   the reverse the input- and weight-gradient GEMMs of both), on the same two cores (the
 //!   batch split in two halves, one per rayon task), no elementwise work.
 //!
-//! After the criterion groups a summary table is printed (median of repeated timings) with
+//! After the criterion groups a summary table is printed (minimum and median of interleaved
+//! timings: a call and its GEMM chain alternate, so load spikes on the shared machine hit both) with
 //! GFLOP/s in the units of peers.md: one unit = 2·Σ in·out flops per point; f + exact 2-D
 //! trace = 3 units, f + Hutchinson = 2, augmented VJP = 3× its forward+tangent pass.
 //!
@@ -84,7 +85,11 @@ fn lcg(state: &mut u64) -> f64 {
 
 impl<T: Real> Case<T> {
     fn new(net: &Net) -> Self {
-        let mlp = Mlp::<T>::new(&net.cfg).unwrap();
+        let mut cfg = net.cfg.clone();
+        if let Some(c) = std::env::var("ODEFLOW_BENCH_CHUNK").ok().and_then(|s| s.parse().ok()) {
+            cfg.chunk_size = c;
+        }
+        let mlp = Mlp::<T>::new(&cfg).unwrap();
         let d = net.cfg.dim;
         let mut s = 42u64;
         let mut v =
@@ -291,19 +296,28 @@ fn bench_type<T: Real>(c: &mut Criterion, ty: &str) {
     }
 }
 
-fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
+/// Times the closures interleaved (one call of each per round, so a slow spell of the shared
+/// machine hits all of them alike) and returns, per closure, (minimum, median) seconds.
+fn interleaved(fs: &mut [&mut dyn FnMut()], reps: usize) -> Vec<(f64, f64)> {
+    for f in fs.iter_mut() {
+        for _ in 0..3 {
             f();
-            t.elapsed().as_secs_f64()
+        }
+    }
+    let mut t = vec![Vec::with_capacity(reps); fs.len()];
+    for _ in 0..reps {
+        for (f, v) in fs.iter_mut().zip(t.iter_mut()) {
+            let s = Instant::now();
+            f();
+            v.push(s.elapsed().as_secs_f64());
+        }
+    }
+    t.into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            (v[0], v[reps / 2])
         })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[reps / 2]
+        .collect()
 }
 
 fn summary_type<T: Real>(ty: &str, peak: f64) {
@@ -316,25 +330,30 @@ fn summary_type<T: Real>(ty: &str, peak: f64) {
             2.0 * widths.windows(2).map(|p| (p[0] * p[1]) as f64).sum::<f64>() * BATCH as f64;
         let units_eval = if net.exact { 1.0 + d as f64 } else { 2.0 };
         let mut case = Case::<T>::new(&net);
+        let mut case2 = Case::<T>::new(&net);
         let mut fwd = GemmChain::<T>::new(&net, false);
         let mut rev = GemmChain::<T>::new(&net, true);
-        let reps = if d > 2 { 30 } else { 200 };
-        let te = median_secs(|| case.eval_div(), reps);
-        let ta = median_secs(|| case.aug(), reps);
-        let ge = median_secs(|| fwd.run(), reps);
-        let ga = median_secs(|| rev.run(), reps);
+        let reps = if d > 2 { 40 } else { 300 };
+        let r = interleaved(
+            &mut [&mut || case.eval_div(), &mut || case2.aug(), &mut || fwd.run(), &mut || {
+                rev.run()
+            }],
+            reps,
+        );
         let div = if net.exact { "exact" } else { "Hutchinson" };
-        for (what, units, t, g) in [
-            (format!("f + {div} div"), units_eval, te, ge),
-            (format!("aug VJP ({div})"), 3.0 * units_eval, ta, ga),
+        for (what, units, (t, tm), (g, gm)) in [
+            (format!("f + {div} div"), units_eval, r[0], r[2]),
+            (format!("aug VJP ({div})"), 3.0 * units_eval, r[1], r[3]),
         ] {
             let gf = units * unit / t / 1e9;
             println!(
-                "| {} {ty} | {what} | {:.3} ms | {units:.0} | {gf:.1} | {:.0}% | {:.3} ms | {:.2}× |",
+                "| {} {ty} | {what} | {:.3} ms ({:.3}) | {units:.0} | {gf:.1} | {:.0}% | {:.3} ms ({:.3}) | {:.2}× |",
                 net.name,
                 t * 1e3,
+                tm * 1e3,
                 100.0 * gf / peak,
                 g * 1e3,
+                gm * 1e3,
                 t / g
             );
         }

@@ -71,6 +71,8 @@ pub use error::FieldError;
 pub use fastmath::FastMath;
 pub use gemm::{Gemm, Real};
 pub use linear::LinearField;
+#[doc(hidden)]
+pub use mlp::set_simd_dispatch;
 pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning};
 
 /// Which divergence term `q_b` a call computes for each sample `b`.
