@@ -671,3 +671,22 @@ fn simd_dispatch_is_bit_identical_to_baseline() {
         assert!(simd == base, "{act:?}: SIMD and baseline kernels differ");
     }
 }
+
+/// An empty batch is valid (nothing to do, zero gradients); CountingField counts successful
+/// calls only, with their samples.
+#[test]
+fn empty_batch_and_call_counting() {
+    let m = odeflow::field::CountingField::new(Mlp::<f64>::new(&toy(1)).unwrap());
+    let o = aug(&m, 0.2, &[], Divergence::Exact, &[], &[]);
+    assert!(o.f.is_empty() && o.q.is_empty() && o.theta.iter().all(|&x| x.to_bits() == 0));
+    assert_eq!(o.t_cot.to_bits(), 0.0f64.to_bits());
+    let mut ws = m.workspace(4);
+    let z = [0.5; 8];
+    let mut f = [0.0; 8];
+    m.eval(0.0, &z, &mut f, &mut ws).unwrap();
+    assert!(m.eval(0.0, &z[..3], &mut f, &mut ws).is_err());
+    let s = m.stats();
+    assert_eq!((s.n_eval, s.n_vjp_aug, s.n_samples), (1, 1, 4));
+    m.reset();
+    assert_eq!(m.stats(), odeflow::field::FieldStats::default());
+}

@@ -57,6 +57,7 @@ struct Case {
 
 fn make_case(
     d: usize,
+    hidden: &[usize],
     act: odeflow::field::Activation,
     time: odeflow::field::TimeConditioning,
     seed: u64,
@@ -65,7 +66,7 @@ fn make_case(
     let batch = 3;
     let cfg = MlpConfig {
         dim: d,
-        hidden: vec![5, 4],
+        hidden: hidden.to_vec(),
         activation: act,
         time,
         seed,
@@ -84,7 +85,7 @@ fn make_case(
         .map(|b| ref_f(&arch, mlp.params(), t, &z[b * d..(b + 1) * d]).1)
         .fold(f64::INFINITY, f64::min);
     let fd_ok = act != odeflow::field::Activation::Elu || min_u > 1e-3;
-    let ctx = format!("{act:?}/{time:?} d={d} seed={seed} t={t}");
+    let ctx = format!("{act:?}/{time:?} d={d} hidden={hidden:?} seed={seed} t={t}");
     Case { arch, mlp, t, z, v, eps, a, c, batch, fd_ok, ctx }
 }
 
@@ -298,18 +299,20 @@ fn check_case(cs: &Case) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Every derivative, every activation × time conditioning, d ∈ {1, 2, 3}.
+    /// Every derivative, every activation × time conditioning, d ∈ {1, 2, 3}, 0 to 3 hidden
+    /// layers (widths 5, 4, 3).
     #[test]
     fn mlp_derivatives_match_fd_and_dual_reference(
         seed in any::<u64>(),
         t in -1.0f64..2.0,
         d in 1usize..4,
+        depth in 0usize..4,
     ) {
         for act in ACTIVATIONS {
             for time in TIMES {
-                check_case(&make_case(d, act, time, seed, t));
+                check_case(&make_case(d, &[5, 4, 3][..depth], act, time, seed, t));
             }
         }
     }
