@@ -362,7 +362,8 @@ fn summary_type<T: Real>(ty: &str, peak: f64) {
 
 fn summary(_c: &mut Criterion) {
     println!(
-        "\n| net | call | time (median) | units | GFLOP/s | % of peak | plain GEMM chain | ratio |"
+        "\n| net | call | time: min (median) | units | GFLOP/s at min | % of peak \
+         | plain GEMM chain: min (median) | ratio of mins |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     summary_type::<f64>("f64", 78.0);
