@@ -405,6 +405,9 @@ fn bad_input_is_an_error_not_a_panic() {
         m.vjp_aug(0.0, &z, Divergence::Exact, &z, &[1.0; 2], out, &mut ws),
         Err(FieldError::BufferLength { buffer: "c", expected: 3, found: 2 })
     );
+    let other =
+        Mlp::<f64>::new(&MlpConfig { dim: 2, hidden: vec![5], ..Default::default() }).unwrap();
+    assert_eq!(other.eval(0.0, &z, &mut f, &mut ws), Err(FieldError::WorkspaceMismatch));
     // Nothing was written by the failed calls.
     assert!(f.iter().chain(&q).chain(&zc).chain(&th).all(|&x| x.to_bits() == 7.0f64.to_bits()));
 

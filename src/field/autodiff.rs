@@ -477,10 +477,14 @@ impl<F> AutoDiffField<F> {
         self.field.eval(th, &ws.zh, &mut ws.fh);
     }
 
-    fn check_batch<T: Real>(&self, z: &[T]) -> Result<usize, FieldError>
+    /// The batch size of `z`, after checking that `ws` was made for this dimension.
+    fn check_batch<T: Real>(&self, z: &[T], ws: &AutoDiffWorkspace<T>) -> Result<usize, FieldError>
     where
         F: ScalarField<T>,
     {
+        if ws.zd.len() != self.field.dim() {
+            return Err(FieldError::WorkspaceMismatch);
+        }
         batch_of(z.len(), self.field.dim())
     }
 }
@@ -519,10 +523,10 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         t: T,
         z: &[T],
         f: &mut [T],
-        _ws: &mut AutoDiffWorkspace<T>,
+        ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("f", f, batch * d)?;
         for (zb, fb) in z.chunks_exact(d).zip(f.chunks_exact_mut(d)) {
             self.field.eval(t, zb, fb);
@@ -541,7 +545,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("f", f, batch * d)?;
         check_len("q", q, batch)?;
         if let Divergence::Hutchinson(e) = div {
@@ -592,7 +596,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("v", v, batch * d)?;
         check_len("f", f, batch * d)?;
         check_len("jv", jv, batch * d)?;
@@ -618,7 +622,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<T, FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("a", a, batch * d)?;
         check_len("f", f, batch * d)?;
         check_len("z_cot", z_cot, batch * d)?;
@@ -655,7 +659,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<T, FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         let AugmentedVjp { f, q, z_cot, theta_cot } = out;
         check_len("a", a, batch * d)?;
         check_len("c", c, batch)?;

@@ -270,6 +270,13 @@ impl<T: Real> Mlp<T> {
         &self.blocks
     }
 
+    /// `[chunk_size, dim, hidden…]`: what a workspace's layout depends on.
+    fn ws_shape(&self) -> Vec<usize> {
+        let mut v = vec![self.cfg.chunk_size, self.cfg.dim];
+        v.extend_from_slice(&self.cfg.hidden);
+        v
+    }
+
     /// Sets whether chunks run on the rayon pool (see [`MlpConfig::parallel`]).
     pub fn set_parallel(&mut self, parallel: bool) {
         self.cfg.parallel = parallel;
@@ -339,12 +346,15 @@ struct ChunkWs<T> {
     bsum: Vec<T>,
 }
 
-/// Scratch of an [`Mlp`]: per-call time vectors and one [`ChunkWs`] per batch chunk.
+/// Scratch of an [`Mlp`]: per-call time vectors and, per batch chunk, the layer activations,
+/// σ′, σ″, tangents, reverse buffers and a chunk-local θ-gradient.
 ///
 /// Made by [`VectorField::workspace`]; grows (once) when a call needs more chunks, more tangent
 /// lanes (the exact trace needs `d`) or a θ-gradient buffer.
 #[derive(Debug, Clone)]
 pub struct MlpWorkspace<T> {
+    /// The architecture the buffers are laid out for: `[chunk_size, dim, hidden…]`.
+    shape: Vec<usize>,
     gate: Vec<T>,
     shift: Vec<T>,
     gsum: Vec<T>,
@@ -355,6 +365,7 @@ pub struct MlpWorkspace<T> {
 impl<T: Real> MlpWorkspace<T> {
     fn new(m: &Mlp<T>, batch: usize) -> Self {
         let mut ws = MlpWorkspace {
+            shape: m.ws_shape(),
             gate: vec![T::zero(); m.n_tv],
             shift: vec![T::zero(); m.n_tv],
             gsum: vec![T::zero(); m.n_tv],
@@ -362,11 +373,30 @@ impl<T: Real> MlpWorkspace<T> {
             chunks: Vec::new(),
         };
         let lanes = if m.cfg.dim <= 8 { m.cfg.dim } else { 1 };
-        ws.ensure(m, batch.div_ceil(m.cfg.chunk_size), lanes, false);
+        ws.grow(m, batch.div_ceil(m.cfg.chunk_size), lanes, false);
         ws
     }
 
-    fn ensure(&mut self, m: &Mlp<T>, n_chunks: usize, lanes: usize, theta: bool) {
+    /// Checks that the workspace was made for an architecture like `m`'s, then grows it.
+    fn ensure(
+        &mut self,
+        m: &Mlp<T>,
+        n_chunks: usize,
+        lanes: usize,
+        theta: bool,
+    ) -> Result<(), FieldError> {
+        let ok = self.shape.len() == m.layers.len() + 1
+            && self.shape[0] == m.cfg.chunk_size
+            && self.shape[1] == m.cfg.dim
+            && self.shape[2..] == m.cfg.hidden[..];
+        if !ok {
+            return Err(FieldError::WorkspaceMismatch);
+        }
+        self.grow(m, n_chunks, lanes, theta);
+        Ok(())
+    }
+
+    fn grow(&mut self, m: &Mlp<T>, n_chunks: usize, lanes: usize, theta: bool) {
         let rows = m.cfg.chunk_size;
         let l_n = m.layers.len();
         while self.chunks.len() < n_chunks {
@@ -1065,9 +1095,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         let d = self.cfg.dim;
         let batch = batch_of(z.len(), d)?;
         check_len("f", f, batch * d)?;
-        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, false);
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, false)?;
         self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1111,9 +1141,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             check_len("jac_sq", s, batch)?;
         }
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
-        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, false);
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, false)?;
         self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1146,9 +1176,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         check_len("v", v, batch * d)?;
         check_len("f", f, batch * d)?;
         check_len("jv", jv, batch * d)?;
-        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 1, false);
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 1, false)?;
         self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1186,9 +1216,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             check_len("theta_cot", th, self.params.len())?;
         }
         let want_theta = theta_cot.is_some();
-        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, want_theta);
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, want_theta)?;
         self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1236,9 +1266,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         };
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
         let want_theta = theta_cot.is_some();
-        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, want_theta);
+        ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, want_theta)?;
         self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, chunks } = ws;
+        let MlpWorkspace { gate, shift, gsum, bsum, chunks, .. } = ws;
         let job = Job {
             t,
             z,
