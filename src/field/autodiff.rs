@@ -4,10 +4,10 @@
 //! evaluates it on plain numbers (`f`), on [`Dual`] numbers (one directional derivative per
 //! evaluation: JVP, the trace lanes, VJP by `d` JVPs) and on [`HyperDual`] numbers (one mixed
 //! second derivative per evaluation: the gradient of the divergence). Cost per sample:
-//! `f` 1, JVP or Hutchinson 1, exact trace `d`, VJP `d + 1`, augmented VJP `d² + d`
-//! (exact) or `2d + 1`… evaluations: fine for the small `d` of known velocity fields and
-//! density-transport tests, not for large `d` (write the derivatives by hand there, as
-//! [`LinearField`](super::LinearField) does).
+//! `f` 1, JVP or Hutchinson 1, exact trace `d`, VJP `d + 1` (dual); augmented VJP `d(d + 1)`
+//! (exact) or `d + 1` (Hutchinson) hyper-dual evaluations: fine for the small `d` of known
+//! velocity fields and density-transport tests, not for large `d` (write the derivatives by
+//! hand there, as [`LinearField`](super::LinearField) does). Samples run sequentially.
 //!
 //! The dual types are our own (about 200 lines): a field that is generic over f32 and f64 and
 //! over the derivative order needs only `+ − × ÷`, constants and a few elementary functions,
