@@ -9,7 +9,9 @@
 //!   the reverse the input- and weight-gradient GEMMs of both), on the same two cores (the
 //!   batch split in two halves, one per rayon task), no elementwise work.
 //!
-//! After the criterion groups a summary table is printed (median of repeated timings) with
+//! After the criterion groups a summary table is printed (minimum and median of interleaved
+//! timings: a call and its GEMM chain alternate, so load spikes on the shared machine hit
+//! both; the ratio column is the median over rounds of call time / GEMM-chain time) with
 //! GFLOP/s in the units of peers.md: one unit = 2·Σ in·out flops per point; f + exact 2-D
 //! trace = 3 units, f + Hutchinson = 2, augmented VJP = 3× its forward+tangent pass.
 //!
@@ -84,7 +86,11 @@ fn lcg(state: &mut u64) -> f64 {
 
 impl<T: Real> Case<T> {
     fn new(net: &Net) -> Self {
-        let mlp = Mlp::<T>::new(&net.cfg).unwrap();
+        let mut cfg = net.cfg.clone();
+        if let Some(c) = std::env::var("ODEFLOW_BENCH_CHUNK").ok().and_then(|s| s.parse().ok()) {
+            cfg.chunk_size = c;
+        }
+        let mlp = Mlp::<T>::new(&cfg).unwrap();
         let d = net.cfg.dim;
         let mut s = 42u64;
         let mut v =
@@ -291,19 +297,29 @@ fn bench_type<T: Real>(c: &mut Criterion, ty: &str) {
     }
 }
 
-fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
+/// Times the closures interleaved (one call of each per round, so a slow spell of the shared
+/// machine hits neighbours alike) and returns the per-round times of each closure.
+fn interleaved(fs: &mut [&mut dyn FnMut()], reps: usize) -> Vec<Vec<f64>> {
+    for f in fs.iter_mut() {
+        for _ in 0..3 {
             f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
+        }
+    }
+    let mut t = vec![Vec::with_capacity(reps); fs.len()];
+    for _ in 0..reps {
+        for (f, v) in fs.iter_mut().zip(t.iter_mut()) {
+            let s = Instant::now();
+            f();
+            v.push(s.elapsed().as_secs_f64());
+        }
+    }
+    t
+}
+
+fn min_median(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[reps / 2]
+    (v[0], v[v.len() / 2])
 }
 
 fn summary_type<T: Real>(ty: &str, peak: f64) {
@@ -316,26 +332,34 @@ fn summary_type<T: Real>(ty: &str, peak: f64) {
             2.0 * widths.windows(2).map(|p| (p[0] * p[1]) as f64).sum::<f64>() * BATCH as f64;
         let units_eval = if net.exact { 1.0 + d as f64 } else { 2.0 };
         let mut case = Case::<T>::new(&net);
+        let mut case2 = Case::<T>::new(&net);
         let mut fwd = GemmChain::<T>::new(&net, false);
         let mut rev = GemmChain::<T>::new(&net, true);
-        let reps = if d > 2 { 30 } else { 200 };
-        let te = median_secs(|| case.eval_div(), reps);
-        let ta = median_secs(|| case.aug(), reps);
-        let ge = median_secs(|| fwd.run(), reps);
-        let ga = median_secs(|| rev.run(), reps);
+        let reps = if d > 2 { 100 } else { 600 };
+        let r = interleaved(
+            &mut [&mut || case.eval_div(), &mut || fwd.run(), &mut || case2.aug(), &mut || {
+                rev.run()
+            }],
+            reps,
+        );
         let div = if net.exact { "exact" } else { "Hutchinson" };
-        for (what, units, t, g) in [
-            (format!("f + {div} div"), units_eval, te, ge),
-            (format!("aug VJP ({div})"), 3.0 * units_eval, ta, ga),
+        for (what, units, ops, gemm) in [
+            (format!("f + {div} div"), units_eval, &r[0], &r[1]),
+            (format!("aug VJP ({div})"), 3.0 * units_eval, &r[2], &r[3]),
         ] {
+            let ((t, tm), (g, gm)) = (min_median(ops), min_median(gemm));
+            // Ratio of each call to the GEMM chain run right after it, median over rounds.
+            let ratios: Vec<f64> = ops.iter().zip(gemm).map(|(a, b)| a / b).collect();
+            let ratio = min_median(&ratios).1;
             let gf = units * unit / t / 1e9;
             println!(
-                "| {} {ty} | {what} | {:.3} ms | {units:.0} | {gf:.1} | {:.0}% | {:.3} ms | {:.2}× |",
+                "| {} {ty} | {what} | {:.3} ms ({:.3}) | {units:.0} | {gf:.1} | {:.0}% | {:.3} ms ({:.3}) | {ratio:.2}× |",
                 net.name,
                 t * 1e3,
+                tm * 1e3,
                 100.0 * gf / peak,
                 g * 1e3,
-                t / g
+                gm * 1e3,
             );
         }
     }
@@ -343,7 +367,8 @@ fn summary_type<T: Real>(ty: &str, peak: f64) {
 
 fn summary(_c: &mut Criterion) {
     println!(
-        "\n| net | call | time (median) | units | GFLOP/s | % of peak | plain GEMM chain | ratio |"
+        "\n| net | call | time: min (median) | units | GFLOP/s at min | % of peak \
+         | plain GEMM chain: min (median) | time / GEMM time (median over rounds) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     summary_type::<f64>("f64", 78.0);

@@ -254,10 +254,11 @@ fn run_all<T: odeflow::Real>(m: &Mlp<T>, z: &[T], e: &[T], a: &[T], c: &[T]) -> 
         vec![aug(m, t, z, Divergence::Exact, a, c), aug(m, t, z, Divergence::Hutchinson(e), a, c)];
     // Plain VJP and eval_div too, packed into the same struct.
     let n = z.len();
-    let mut ws = m.workspace(n / 2);
+    let b = n / m.dim();
+    let mut ws = m.workspace(b);
     let mut o = AugOut {
         f: vec![T::zero(); n],
-        q: vec![T::zero(); n / 2],
+        q: vec![T::zero(); b],
         z_cot: vec![T::zero(); n],
         t_cot: T::zero(),
         theta: vec![T::zero(); m.n_params()],
@@ -404,6 +405,9 @@ fn bad_input_is_an_error_not_a_panic() {
         m.vjp_aug(0.0, &z, Divergence::Exact, &z, &[1.0; 2], out, &mut ws),
         Err(FieldError::BufferLength { buffer: "c", expected: 3, found: 2 })
     );
+    let other =
+        Mlp::<f64>::new(&MlpConfig { dim: 2, hidden: vec![5], ..Default::default() }).unwrap();
+    assert_eq!(other.eval(0.0, &z, &mut f, &mut ws), Err(FieldError::WorkspaceMismatch));
     // Nothing was written by the failed calls.
     assert!(f.iter().chain(&q).chain(&zc).chain(&th).all(|&x| x.to_bits() == 7.0f64.to_bits()));
 
@@ -634,4 +638,58 @@ proptest! {
             prop_assert!(close(&z1, &z2) && close(&[t1], &[t2]), "vjp {:?}", act);
         }
     }
+}
+
+/// The AVX-512 / AVX2 copies of the elementwise kernels and the baseline copy give
+/// bit-identical results (no FMA contraction; each elementwise op is one IEEE op per element).
+/// On a CPU without AVX2 both runs take the baseline route and the test is trivially true.
+#[test]
+fn simd_dispatch_is_bit_identical_to_baseline() {
+    let mut g = Gen(21);
+    for (act, d) in [
+        (Activation::Tanh, 2),
+        (Activation::Softplus, 5),
+        (Activation::Silu, 3),
+        (Activation::Elu, 2),
+    ] {
+        let cfg = MlpConfig {
+            dim: d,
+            hidden: vec![33, 17],
+            activation: act,
+            seed: 4,
+            ..Default::default()
+        };
+        let m = Mlp::<f64>::new(&cfg).unwrap();
+        let b = 300;
+        let (z, e, a, c) = (
+            g.vec(b * d, -3.0, 3.0),
+            g.vec(b * d, -1.0, 1.0),
+            g.vec(b * d, -1.0, 1.0),
+            g.vec(b, -1.0, 1.0),
+        );
+        let simd = bits(&run_all(&m, &z, &e, &a, &c));
+        odeflow::field::set_simd_dispatch(false);
+        let base = bits(&run_all(&m, &z, &e, &a, &c));
+        odeflow::field::set_simd_dispatch(true);
+        assert!(simd == base, "{act:?}: SIMD and baseline kernels differ");
+    }
+}
+
+/// An empty batch is valid (nothing to do, zero gradients); CountingField counts successful
+/// calls only, with their samples.
+#[test]
+fn empty_batch_and_call_counting() {
+    let m = odeflow::field::CountingField::new(Mlp::<f64>::new(&toy(1)).unwrap());
+    let o = aug(&m, 0.2, &[], Divergence::Exact, &[], &[]);
+    assert!(o.f.is_empty() && o.q.is_empty() && o.theta.iter().all(|&x| x.to_bits() == 0));
+    assert_eq!(o.t_cot.to_bits(), 0.0f64.to_bits());
+    let mut ws = m.workspace(4);
+    let z = [0.5; 8];
+    let mut f = [0.0; 8];
+    m.eval(0.0, &z, &mut f, &mut ws).unwrap();
+    assert!(m.eval(0.0, &z[..3], &mut f, &mut ws).is_err());
+    let s = m.stats();
+    assert_eq!((s.n_eval, s.n_vjp_aug, s.n_samples), (1, 1, 4));
+    m.reset();
+    assert_eq!(m.stats(), odeflow::field::FieldStats::default());
 }

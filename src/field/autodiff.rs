@@ -4,10 +4,10 @@
 //! evaluates it on plain numbers (`f`), on [`Dual`] numbers (one directional derivative per
 //! evaluation: JVP, the trace lanes, VJP by `d` JVPs) and on [`HyperDual`] numbers (one mixed
 //! second derivative per evaluation: the gradient of the divergence). Cost per sample:
-//! `f` 1, JVP or Hutchinson 1, exact trace `d`, VJP `d + 1`, augmented VJP `d² + d`
-//! (exact) or `2d + 1`… evaluations: fine for the small `d` of known velocity fields and
-//! density-transport tests, not for large `d` (write the derivatives by hand there, as
-//! [`LinearField`](super::LinearField) does).
+//! `f` 1, JVP or Hutchinson 1, exact trace `d`, VJP `d + 1` (dual); augmented VJP `d(d + 1)`
+//! (exact) or `d + 1` (Hutchinson) hyper-dual evaluations: fine for the small `d` of known
+//! velocity fields and density-transport tests, not for large `d` (write the derivatives by
+//! hand there, as [`LinearField`](super::LinearField) does). Samples run sequentially.
 //!
 //! The dual types are our own (about 200 lines): a field that is generic over f32 and f64 and
 //! over the derivative order needs only `+ − × ÷`, constants and a few elementary functions,
@@ -477,10 +477,14 @@ impl<F> AutoDiffField<F> {
         self.field.eval(th, &ws.zh, &mut ws.fh);
     }
 
-    fn check_batch<T: Real>(&self, z: &[T]) -> Result<usize, FieldError>
+    /// The batch size of `z`, after checking that `ws` was made for this dimension.
+    fn check_batch<T: Real>(&self, z: &[T], ws: &AutoDiffWorkspace<T>) -> Result<usize, FieldError>
     where
         F: ScalarField<T>,
     {
+        if ws.zd.len() != self.field.dim() {
+            return Err(FieldError::WorkspaceMismatch);
+        }
         batch_of(z.len(), self.field.dim())
     }
 }
@@ -519,10 +523,10 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         t: T,
         z: &[T],
         f: &mut [T],
-        _ws: &mut AutoDiffWorkspace<T>,
+        ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("f", f, batch * d)?;
         for (zb, fb) in z.chunks_exact(d).zip(f.chunks_exact_mut(d)) {
             self.field.eval(t, zb, fb);
@@ -541,7 +545,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("f", f, batch * d)?;
         check_len("q", q, batch)?;
         if let Divergence::Hutchinson(e) = div {
@@ -592,7 +596,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<(), FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("v", v, batch * d)?;
         check_len("f", f, batch * d)?;
         check_len("jv", jv, batch * d)?;
@@ -618,7 +622,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<T, FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         check_len("a", a, batch * d)?;
         check_len("f", f, batch * d)?;
         check_len("z_cot", z_cot, batch * d)?;
@@ -655,7 +659,7 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<T, FieldError> {
         let d = self.field.dim();
-        let batch = self.check_batch(z)?;
+        let batch = self.check_batch(z, ws)?;
         let AugmentedVjp { f, q, z_cot, theta_cot } = out;
         check_len("a", a, batch * d)?;
         check_len("c", c, batch)?;

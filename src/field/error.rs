@@ -38,6 +38,10 @@ pub enum FieldError {
         /// The smallest valid value.
         min: usize,
     },
+    /// A workspace made by a field of another architecture (widths or chunk size) was passed;
+    /// make one with that field's `workspace`.
+    #[error("workspace was made for a field of another architecture")]
+    WorkspaceMismatch,
     /// A parameter vector of the wrong length was given to a constructor.
     #[error("parameter vector has length {found}, the architecture needs {expected}")]
     ParamLength {

@@ -26,6 +26,7 @@
 //! - [`AutoDiffField`]: a user's `f`, written once generically over a [`DualScalar`], whose
 //!   derivatives come from forward-mode dual ([`Dual`]) and hyper-dual ([`HyperDual`])
 //!   numbers.
+//! - [`CountingField`]: wraps any field and counts its calls ([`FieldStats`]).
 //!
 //! ```
 //! use odeflow::field::{Divergence, Mlp, MlpConfig, VectorField};
@@ -59,6 +60,7 @@
 
 mod act;
 mod autodiff;
+mod counting;
 mod error;
 mod fastmath;
 mod gemm;
@@ -67,10 +69,13 @@ mod mlp;
 
 pub use act::Activation;
 pub use autodiff::{AutoDiffField, AutoDiffWorkspace, Dual, DualScalar, HyperDual, ScalarField};
+pub use counting::{CountingField, FieldStats};
 pub use error::FieldError;
 pub use fastmath::FastMath;
 pub use gemm::{Gemm, Real};
 pub use linear::LinearField;
+#[doc(hidden)]
+pub use mlp::set_simd_dispatch;
 pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning};
 
 /// Which divergence term `q_b` a call computes for each sample `b`.
@@ -206,5 +211,7 @@ mod send_sync {
         assert_send_sync::<super::LinearField<f64>>();
         assert_send_sync::<super::MlpConfig>();
         assert_send_sync::<super::FieldError>();
+        assert_send_sync::<super::CountingField<super::Mlp<f32>>>();
+        assert_send_sync::<super::AutoDiffWorkspace<f64>>();
     }
 }
