@@ -95,7 +95,7 @@ pub(crate) fn check_finite<T: num_traits::Float>(x: &[T], dim: usize) -> Result<
 
 /// Returns the number of points in a flat batch of `dim`-dimensional points.
 pub(crate) fn batch_size(len: usize, dim: usize) -> Result<usize, Error> {
-    if dim > 0 && len % dim == 0 {
+    if dim > 0 && len.is_multiple_of(dim) {
         Ok(len / dim)
     } else {
         Err(Error::BatchShape { len, dim })

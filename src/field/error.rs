@@ -69,7 +69,7 @@ pub(crate) fn check_len<T>(
 /// Returns the batch size B of a `B × dim` state buffer.
 #[inline]
 pub(crate) fn batch_of(len: usize, dim: usize) -> Result<usize, FieldError> {
-    if dim == 0 || len % dim != 0 {
+    if dim == 0 || !len.is_multiple_of(dim) {
         Err(FieldError::BatchShape { len, dim })
     } else {
         Ok(len / dim)
