@@ -76,10 +76,18 @@ fn w2_log_density(c: &mut Criterion) {
         report(&label, &m, &x32, &reference);
         g.bench_function(&label, |b| b.iter(|| m.log_prob(black_box(&x32)).unwrap()));
     }
-    let label = "f64 dopri5 1e-5 per-sample".to_string();
-    let m = cnf::<f64>(&mlp, Method::Dopri5, 1e-5, SolveMode::PerSample);
-    report(&label, &m, &x, &reference);
-    g.bench_function(&label, |b| b.iter(|| m.log_prob(black_box(&x)).unwrap()));
+    for (method, tol, mode, name) in [
+        (Method::Dopri5, 1e-5, SolveMode::PerSample, "per-sample"),
+        (Method::Dopri5, 1e-5, SolveMode::Chunked(512), "chunks of 512"),
+        (Method::Dopri5, 1e-4, SolveMode::Chunked(512), "chunks of 512"),
+        (Method::Tsit5, 1e-4, SolveMode::Chunked(512), "chunks of 512"),
+        (Method::Dop853, 1e-4, SolveMode::Chunked(512), "chunks of 512"),
+    ] {
+        let label = format!("f64 {method} {tol:e} {name}");
+        let m = cnf::<f64>(&mlp, method, tol, mode);
+        report(&label, &m, &x, &reference);
+        g.bench_function(&label, |b| b.iter(|| m.log_prob(black_box(&x)).unwrap()));
+    }
     g.finish();
 }
 

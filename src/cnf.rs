@@ -20,7 +20,8 @@
 //!
 //! The whole batch is one ODE state `[z (B·d) | ℓ (B)]` with one shared step size
 //! ([`SolveMode::Batch`], as FFJORD), or every point is solved on its own with its own step
-//! size, in parallel ([`SolveMode::PerSample`]).
+//! size, in parallel ([`SolveMode::PerSample`]), or chunks of points are
+//! ([`SolveMode::Chunked`]).
 //!
 //! ```
 //! use odeflow::cnf::{Cnf, CnfConfig};
@@ -57,6 +58,10 @@ pub enum SolveMode {
     /// Each point is its own ODE with its own step size, solved in parallel over rayon:
     /// fewer evaluations for easy points, but each evaluation is a batch of one.
     PerSample,
+    /// The batch is cut into chunks of this many points, each its own ODE with its own step
+    /// size, solved in parallel: between the two above (GEMM-sized evaluations, and a hard
+    /// point sets the step only for its own chunk).
+    Chunked(usize),
 }
 
 /// The solver settings of a CNF.
@@ -356,7 +361,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 }
                 Ok(stats)
             }
-            SolveMode::PerSample => {
+            SolveMode::PerSample | SolveMode::Chunked(_) => {
+                let chunk = if let SolveMode::Chunked(c) = self.config.mode { c } else { 1 };
                 let mut scratch;
                 let dl = match delta_logp {
                     Some(dl) => dl,
@@ -365,7 +371,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                         &mut scratch[..]
                     }
                 };
-                self.run_per_sample(t_from, t_to, y, out, dl, track, &eps)
+                self.run_chunked(chunk, t_from, t_to, y, out, dl, track, &eps)
             }
         }
     }
@@ -551,12 +557,14 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         Ok(stats)
     }
 
-    /// [`SolveMode::PerSample`]: each point is a (d + 1)-dimensional ODE with its own steps;
-    /// points are spread over rayon's threads (results do not depend on the thread count:
-    /// each point's solve is independent).
+    /// [`SolveMode::PerSample`] and [`SolveMode::Chunked`]: the batch is cut into chunks of
+    /// `chunk` points (the last may be shorter), each its own ODE `[z | ℓ]` with its own step
+    /// sizes, solved in parallel over rayon. Each chunk's solve depends only on its points,
+    /// so results do not depend on the number of threads.
     #[allow(clippy::too_many_arguments)]
-    fn run_per_sample(
+    fn run_chunked(
         &self,
+        chunk: usize,
         t_from: T,
         t_to: T,
         y: &[T],
@@ -567,31 +575,33 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     ) -> Result<Stats, Error> {
         let d = self.dim();
         let b = delta_logp.len();
+        let chunk = chunk.clamp(1, b.max(1));
         let n_blocks = self.blocks.len();
-        out.par_chunks_mut(d)
-            .zip(delta_logp.par_iter_mut())
-            .zip(y.par_chunks(d))
+        out.par_chunks_mut(chunk * d)
+            .zip(delta_logp.par_chunks_mut(chunk))
+            .zip(y.par_chunks(chunk * d))
             .enumerate()
-            .map_init(
-                || {
-                    (
-                        vec![T::zero(); d + usize::from(track_logp)],
-                        vec![T::zero(); if eps.is_empty() { 0 } else { n_blocks * d }],
-                    )
-                },
-                |(state, my_eps), (i, ((o, dl), yi))| {
-                    state.fill(T::zero());
-                    state[..d].copy_from_slice(yi);
-                    for k in 0..my_eps.len() / d.max(1) {
-                        let src = &eps[(k * b + i) * d..(k * b + i + 1) * d];
-                        my_eps[k * d..(k + 1) * d].copy_from_slice(src);
+            .map(|(i, ((o, dl), yi))| {
+                let m = dl.len();
+                let mut state = vec![T::zero(); m * (d + usize::from(track_logp))];
+                state[..m * d].copy_from_slice(yi);
+                // This chunk's rows of every block's noise.
+                let mut my_eps =
+                    Vec::with_capacity(if eps.is_empty() { 0 } else { n_blocks * m * d });
+                if !eps.is_empty() {
+                    for k in 0..n_blocks {
+                        let start = (k * b + i * chunk) * d;
+                        my_eps.extend_from_slice(&eps[start..start + m * d]);
                     }
-                    let stats = self.run(t_from, t_to, state, track_logp, my_eps, &[], &mut [])?;
-                    o.copy_from_slice(&state[..d]);
-                    *dl = state.get(d).copied().unwrap_or_else(T::zero);
-                    Ok(stats)
-                },
-            )
+                }
+                let stats =
+                    self.run(t_from, t_to, &mut state, track_logp, &my_eps, &[], &mut [])?;
+                o.copy_from_slice(&state[..m * d]);
+                if track_logp {
+                    dl.copy_from_slice(&state[m * d..]);
+                }
+                Ok(stats)
+            })
             .try_reduce(Stats::default, |mut s1, s2| {
                 s1 += s2;
                 Ok(s1)
