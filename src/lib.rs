@@ -12,3 +12,8 @@ pub mod workprecision;
 
 pub use error::Error;
 pub use field::Real;
+
+/// The README's code examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
