@@ -18,6 +18,11 @@
 //! plain evaluation (1 unit) per stage. Peak: 78 GFLOP/s f64, 156 f32 (both cores).
 //! The peers' W1/W4 rows also contain an Adam step (negligible next to the solves).
 //!
+//! The machine is shared and loaded: absolute times move by 2× with the load. The group
+//! `w5_field_calls_b512` times one field evaluation with the exact divergence and one VJP of
+//! the augmented field (peers.md W5) in the same run, so a gradient can be read in units of
+//! the run's own VJP and compared with the peers' W1/W5 ratios.
+//!
 //! Run: `cargo bench --bench adjoint` (about four minutes on two cores).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -225,5 +230,46 @@ fn d64(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, toy, d64);
+/// peers.md W5: one `eval_div` (exact trace) and one `vjp_aug`, toy net at init, batch 512.
+fn w5(c: &mut Criterion) {
+    use odeflow::field::{AugmentedVjp, Divergence};
+    let (_, data) = read_npy_matrix(peers_dir().join("eval2k_8gaussians.npy"), 2).unwrap();
+    let mlp = load_peer_checkpoint(peers_dir().join("init_toy.npz"), Activation::Tanh).unwrap();
+    let mut g = c.benchmark_group("w5_field_calls_b512");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    fn calls<T: Real>(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        mlp: &Mlp<T>,
+        z: &[T],
+    ) {
+        let b = z.len() / 2;
+        let mut ws = mlp.workspace(b);
+        let (mut f, mut q, mut zc) =
+            (vec![T::zero(); z.len()], vec![T::zero(); b], vec![T::zero(); z.len()]);
+        let mut th = vec![T::zero(); mlp.n_params()];
+        let c = vec![T::from_f64c(-1.0 / b as f64); b];
+        let t = T::from_f64c(0.25);
+        g.bench_function(format!("{name} eval_div"), |bch| {
+            bch.iter(|| {
+                mlp.eval_div(t, black_box(z), Divergence::Exact, &mut f, &mut q, None, &mut ws)
+                    .unwrap()
+            })
+        });
+        g.bench_function(format!("{name} vjp_aug"), |bch| {
+            bch.iter(|| {
+                let out =
+                    AugmentedVjp { f: &mut f, q: &mut q, z_cot: &mut zc, theta_cot: Some(&mut th) };
+                mlp.vjp_aug(t, black_box(z), Divergence::Exact, z, &c, out, &mut ws).unwrap()
+            })
+        });
+    }
+    let z = &data[..1024];
+    let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+    calls(&mut g, "f64", &mlp, z);
+    calls(&mut g, "f32", &convert::<f32>(&mlp), &z32);
+    g.finish();
+}
+
+criterion_group!(benches, w5, toy, d64);
 criterion_main!(benches);
