@@ -14,6 +14,36 @@ use odeflow::Error;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Counts allocations per thread (the harness's other threads do not interfere).
+struct Counting;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCS.with(|c| c.get());
+    let r = f();
+    (r, ALLOCS.with(|c| c.get()) - before)
+}
+
 const STRATEGIES: [Strategy; 3] = [Strategy::Backsolve, Strategy::Checkpointed, Strategy::Discrete];
 
 fn small_mlp(seed: u64, act: Activation) -> Mlp<f64> {
@@ -742,5 +772,48 @@ fn trajectory_backward_in_time_and_repeated_times() {
             );
             assert!(rel(g.y0[i], fd) < 1e-6, "{strategy:?} y0[{i}]: {} vs {fd}", g.y0[i]);
         }
+    }
+}
+
+/// No allocation per right-hand-side call: the adjoint's buffers are allocated once per
+/// solve, so the backward pass's allocation count does not grow with the number of
+/// evaluations (a loose and a tight tolerance, same problem). The field is an
+/// [`AutoDiffField`], whose calls allocate nothing: the MLP's GEMM backend (matrixmultiply)
+/// allocates a packing buffer per GEMM call, which would hide the adjoint's own behaviour.
+#[test]
+fn backward_allocations_do_not_grow_with_the_evaluations() {
+    let x = points(8, 19, 1.5);
+    for strategy in STRATEGIES {
+        let run = |tol: f64| {
+            let blocks = vec![
+                CnfBlock { field: AutoDiffField::new(Rotate), t_end: 0.6 },
+                CnfBlock { field: AutoDiffField::new(Rotate), t_end: 0.4 },
+            ];
+            let cnf = Cnf::chain(blocks, tight(tol, TraceEstimator::Exact)).unwrap();
+            let adj = AdjointConfig::with_strategy(strategy);
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let tape = cnf_forward(&cnf, &x, &mut rng, &adj).unwrap();
+            let dz: Vec<f64> = tape.z().iter().map(|z| z / 8.0).collect();
+            let dl = vec![1.0 / 8.0; 8];
+            let (g, n) = allocations(|| tape.backward(&dz, &dl).unwrap());
+            (g.stats.backward.n_rhs, n)
+        };
+        let ((nfe_loose, a_loose), (nfe_tight, a_tight)) = (run(1e-4), run(1e-10));
+        println!("{strategy:?}: NFE {nfe_loose} → {nfe_tight}, allocations {a_loose} → {a_tight}");
+        assert!(nfe_tight > 4 * nfe_loose, "{nfe_loose} → {nfe_tight}");
+        assert_eq!(a_loose, a_tight, "{strategy:?}: allocations grow with the evaluations");
+    }
+}
+
+/// A nonlinear, time-dependent 2-D field written once for dual numbers (its calls allocate
+/// nothing, unlike the MLP, whose GEMM backend allocates packing buffers per call).
+struct Rotate;
+impl ScalarField<f64> for Rotate {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn eval<D: DualScalar<f64>>(&self, t: D, z: &[D], out: &mut [D]) {
+        out[0] = z[1] * (t + 1.0) - z[0].tanh();
+        out[1] = -z[0] + z[1] * z[0] * 0.3;
     }
 }
