@@ -674,6 +674,33 @@ fn general_cotangents_are_linear() {
         // tolerance (discrete: to rounding).
         let d = rel_diff(&flat(&g), &lin);
         assert!(d < 1e-8, "{strategy:?}: {d:e}");
+        // The backward method and options do not change the discrete gradient: it replays
+        // the forward's own steps with the forward's tableau.
+        let other = AdjointConfig {
+            strategy,
+            method: Some(Method::Rk4),
+            options: Some(SolveOptions::fixed(0.3)),
+            ..Default::default()
+        };
+        if strategy == Strategy::Discrete {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let tape2 = cnf_forward(&cnf, &x, &mut rng, &other).unwrap();
+            let g2 = tape2.backward(&dz, &dl).unwrap();
+            assert!(rel_diff(&flat(&g2), &flat(&g)) < 1e-15);
+        } else {
+            // A different backward method at the same tolerance: the same gradient.
+            let dop = AdjointConfig {
+                strategy,
+                method: Some(Method::Dop853),
+                options: Some(SolveOptions::tol(1e-10, 1e-10)),
+                ..Default::default()
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let tape2 = cnf_forward(&cnf, &x, &mut rng, &dop).unwrap();
+            let g2 = tape2.backward(&dz, &dl).unwrap();
+            let d = rel_diff(&flat(&g2), &flat(&g));
+            assert!(d < 1e-8, "{strategy:?} backward dop853: {d:e}");
+        }
         // Bad buffers are errors.
         assert!(matches!(tape.backward(&dz[..4], &dl), Err(Error::BufferLength { .. })));
         let mut bad = dz.clone();
