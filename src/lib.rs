@@ -8,6 +8,7 @@ pub mod field;
 pub mod io;
 pub mod plot;
 pub mod trace;
+pub mod train;
 
 pub use error::Error;
 pub use field::Real;
