@@ -375,8 +375,8 @@ impl<T: Real> Dataset<T> {
         let mut is_test = vec![false; n];
         idx[..n_test].iter().for_each(|&i| is_test[i] = true);
         let (mut tr, mut te) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            if is_test[i] { &mut te } else { &mut tr }.extend_from_slice(self.row(i));
+        for (i, &test) in is_test.iter().enumerate() {
+            if test { &mut te } else { &mut tr }.extend_from_slice(self.row(i));
         }
         Ok((Dataset { dim: self.dim, data: tr }, Dataset { dim: self.dim, data: te }))
     }

@@ -275,7 +275,7 @@ impl<T: Real> Adam<T> {
                 *v = *v * b2 + one_m_b2 * gr * gr;
                 let denom = v.sqrt() / b2s + eps;
                 // torch.addcdiv(θ, m, denom, value = −step): θ + (−step · m) / denom.
-                *th = *th + (-step_size * *m) / denom;
+                *th += (-step_size * *m) / denom;
                 i += 1;
             }
         }
