@@ -633,13 +633,13 @@ fn min<T: Real>(a: T, b: T) -> T {
 /// The field's workspace is borrowed, so evaluations allocate nothing. A field error (which
 /// the checks before a solve rule out) is kept and the derivative set to NaN, so the solver
 /// stops with `NonFinite` and the caller reports the field's error instead.
-struct CnfDynamics<'a, T: Real, F: VectorField<T>> {
-    field: &'a F,
-    div: Divergence<'a, T>,
-    ws: &'a mut F::Workspace,
-    n_z: usize,
-    track_logp: bool,
-    error: Option<FieldError>,
+pub(crate) struct CnfDynamics<'a, T: Real, F: VectorField<T>> {
+    pub(crate) field: &'a F,
+    pub(crate) div: Divergence<'a, T>,
+    pub(crate) ws: &'a mut F::Workspace,
+    pub(crate) n_z: usize,
+    pub(crate) track_logp: bool,
+    pub(crate) error: Option<FieldError>,
 }
 
 impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {

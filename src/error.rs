@@ -68,6 +68,29 @@ pub enum Error {
         #[source]
         source: SolveError,
     },
+    /// The backward (adjoint) solve failed: `source` carries the time t reached and the
+    /// step size h (or the step limit); `segment` is the CNF block or the observation
+    /// interval (`t_obs[segment − 1] → t_obs[segment]`, segment 0 starting at t0) it failed in.
+    #[error("adjoint backward solve in segment {segment} failed: {source}")]
+    AdjointSolve {
+        /// The CNF block, or the observation interval of a neural-ODE solve.
+        segment: usize,
+        /// The solver's error, with its t and h.
+        #[source]
+        source: SolveError,
+    },
+    /// A gradient came out NaN or infinite (reported instead of returned).
+    #[error("non-finite gradient {what}[{index}] = {value} (segment {segment})")]
+    NonFiniteGradient {
+        /// Which gradient: `"theta"`, `"x"` (initial state), `"t_end"`, `"t_obs"`, `"t0"`.
+        what: &'static str,
+        /// The CNF block (for `theta`, `t_end`) or observation index; 0 otherwise.
+        segment: usize,
+        /// The first offending index into that gradient.
+        index: usize,
+        /// Its value (as f64).
+        value: f64,
+    },
     /// A data set name is not one of the built-in toy sets.
     #[error("unknown data set '{name}' (expected one of swissroll, 8gaussians, pinwheel, circles, moons, 2spirals, checkerboard, rings)")]
     UnknownDataset {
@@ -83,12 +106,6 @@ pub enum Error {
         line: usize,
         /// What is wrong with it.
         reason: String,
-    },
-    /// A gradient has a NaN or infinite component (flat index into the parameters).
-    #[error("non-finite gradient component at index {index}")]
-    NonFiniteGradient {
-        /// Index into the flat parameter vector.
-        index: usize,
     },
     /// The loss evaluated to NaN or infinity.
     #[error("non-finite loss {value}")]

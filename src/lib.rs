@@ -2,6 +2,7 @@
 
 pub use odeflow_solvers as solvers;
 
+pub mod adjoint;
 pub mod cnf;
 mod error;
 pub mod field;

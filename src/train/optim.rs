@@ -249,8 +249,11 @@ impl<T: Real> Adam<T> {
             let found = grads.iter().map(|g| g.len()).sum();
             return Err(Error::BufferLength { buffer: "grads", expected: n, found });
         }
-        if let Some(index) = grads.iter().flat_map(|g| g.iter()).position(|g| !g.is_finite()) {
-            return Err(Error::NonFiniteGradient { index });
+        if let Some((index, g)) =
+            grads.iter().flat_map(|g| g.iter()).enumerate().find(|(_, g)| !g.is_finite())
+        {
+            let value = g.to_f64c();
+            return Err(Error::NonFiniteGradient { what: "params", segment: 0, index, value });
         }
         self.t += 1;
         let c = &self.cfg;
