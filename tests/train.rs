@@ -750,3 +750,41 @@ fn spiral_fit_reaches_the_stated_error() {
     assert!(f1 < 0.4, "field error {f1}");
     assert!(s1 < 0.045, "segment error {s1}, constant prediction {constant}");
 }
+
+/// The neural-ODE fitter resumes exactly too.
+#[test]
+fn spiral_fit_resumes_bit_for_bit() {
+    use odeflow::field::{Mlp, MlpConfig, TimeConditioning};
+    use odeflow::train::node::{spiral, NodeFitConfig, NodeFitter};
+    let make = || {
+        let obs = spiral::<f64>(200, 5.0, 0.01, 3).unwrap();
+        let mlp = Mlp::new(&MlpConfig {
+            hidden: vec![16],
+            time: TimeConditioning::Ignore,
+            ..Default::default()
+        })
+        .unwrap();
+        let cfg =
+            NodeFitConfig { iterations: 6, rtol: 1e-5, atol: 1e-7, seed: 8, ..Default::default() };
+        NodeFitter::new(mlp, obs, cfg).unwrap()
+    };
+    let mut straight = make();
+    straight.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
+    let mut first = make();
+    first
+        .run(|p| {
+            if p.iteration == 4 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    let path = tmp("node.state");
+    first.state().save(&path).unwrap();
+    let mut resumed = make();
+    resumed.restore(TrainState::load(&path).unwrap()).unwrap();
+    assert_eq!(resumed.iteration(), 4);
+    resumed.run(|_| std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(straight.state(), resumed.state());
+}
