@@ -45,6 +45,7 @@ pub mod cnf;
 pub mod data;
 pub mod node;
 pub mod optim;
+mod reg;
 pub mod state;
 
 pub use cnf::{CnfTrainConfig, CnfTrainer, Progress, RunSummary};
