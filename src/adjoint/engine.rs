@@ -471,6 +471,9 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for InterpSys<'_, '_, T, F> {
 /// `ā_ℓ`: `K̄_i = h b_i ȳ₁ + h Σ_{j>i} a_ji Z̄_j`, `(Z̄_i, θ̄_i, t̄_i) = VJP of
 /// Φ_i = K̄_iᵀ f − h b_i ā_ℓᵀ q at (t_i, Z_i)`, `ȳ₀ = ȳ₁ + Σ_i Z̄_i`, and
 /// `h̄ = ȳ₁ᵀ Σ b_i K_i + Σ_i [Z̄_iᵀ Σ_j a_ij K_j + c_i t̄_i − b_i ā_ℓᵀ q_i]`, `t̄ = Σ_i t̄_i`.
+/// Stages after the last nonzero `b_i` (the FSAL stage) are skipped; the stages are
+/// re-evaluated from the recorded `y₀` (one evaluation each but the last, whose `K` the
+/// VJP returns), then one VJP per stage.
 #[allow(clippy::too_many_arguments)]
 fn discrete_backward<T: Real, F: VectorField<T>>(
     seg: Seg<'_, T, F>,
@@ -520,20 +523,19 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                     }
                 }
             }
-            seg.field.eval(t + cn[i] * h, zi, &mut rest[..n], ws)?;
+            // The last stage's K feeds no later stage; its VJP below returns it.
+            if i + 1 < s {
+                seg.field.eval(t + cn[i] * h, zi, &mut rest[..n], ws)?;
+                out.extra_evals += 1;
+            }
         }
-        out.extra_evals += s;
         // Reverse them.
         let mut hbar = T::zero();
         for i in 0..s {
-            let kb = &mut kbar[i * n..(i + 1) * n];
             let w = h * bw[i];
-            let mut dot = T::zero();
-            for ((kbv, &a), &k) in kb.iter_mut().zip(a_z.iter()).zip(&ks[i * n..(i + 1) * n]) {
+            for (kbv, &a) in kbar[i * n..(i + 1) * n].iter_mut().zip(a_z.iter()) {
                 *kbv = w * a;
-                dot += a * k;
             }
-            hbar += bw[i] * dot;
         }
         acc.copy_from_slice(a_z);
         for i in (0..s).rev() {
@@ -554,6 +556,8 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                 ws,
             )?;
             out.stats.n_rhs += 1;
+            // y₁ = y₀ + h Σ b_i K_i: explicit h-dependence (K_i = f from the VJP).
+            hbar += bw[i] * a_z.iter().zip(&fscr).fold(T::zero(), |s, (&a, &k)| s + a * k);
             add_into(g, &thscr);
             add_into(&mut acc, &zbar);
             let (kb_lo, _) = kbar.split_at_mut(i * n);
