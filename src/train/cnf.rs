@@ -77,7 +77,8 @@ pub struct CnfTrainConfig<T> {
     /// Iterations between checkpoints (≥ 1 when `checkpoint` is set). Default 100.
     pub checkpoint_every: u64,
     /// How gradients are computed (strategy, seminorm, backward tolerances). Default:
-    /// backsolve with the seminorm at the forward's tolerances (as `odeint_adjoint`).
+    /// the adjoint's defaults (backsolve, full error norm, the forward's tolerances: as
+    /// torchdiffeq's `odeint_adjoint`).
     pub adjoint: AdjointConfig<T>,
 }
 

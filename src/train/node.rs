@@ -151,7 +151,7 @@ pub struct NodeFitConfig<T> {
     pub rtol: T,
     /// See `rtol`.
     pub atol: T,
-    /// Gradient settings. Default backsolve with the seminorm.
+    /// Gradient settings. Default: the adjoint's defaults (backsolve).
     pub adjoint: AdjointConfig<T>,
     /// Seed of the segment draws. Default 0.
     pub seed: u64,
