@@ -525,8 +525,9 @@ mod cnf_training {
         assert!(after < 3.9, "test NLL after 100 iterations: {after}");
     }
 
-    /// Save after 3 iterations, resume in a new trainer, run 3 more: bit-identical to 6 in one
-    /// go (Hutchinson noise and learnable T exercise the generator and τ).
+    /// Checkpoint at 3 iterations (stopped at 4), resume from the file in a new trainer, run to
+    /// 6: bit-identical to 6 in one go (two blocks, Hutchinson noise and learnable T exercise
+    /// the generator and τ).
     #[test]
     fn save_and_resume_is_bit_identical() {
         let cfg = CnfTrainConfig {
@@ -541,20 +542,24 @@ mod cnf_training {
         let mut straight = trainer(hutch, cfg.clone(), 2);
         straight.run(|_| ControlFlow::Continue(())).unwrap();
 
-        let mut first = trainer(hutch, cfg.clone(), 2);
+        // The interrupted run checkpoints every 3 iterations (the file is what a Ctrl-C
+        // leaves) and is stopped by its callback after iteration 4.
+        let path = super::tmp("resume.state");
+        let ck =
+            CnfTrainConfig { checkpoint: Some(path.clone()), checkpoint_every: 3, ..cfg.clone() };
+        let mut first = trainer(hutch, ck, 2);
         let s = first.run(|p| {
-            if p.iteration == 3 {
+            if p.iteration == 4 {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         });
         assert!(s.unwrap().stopped);
-        let path = super::tmp("resume.state");
-        first.save_state(&path).unwrap();
+        assert_eq!(first.iteration(), 4);
         drop(first);
         let state = TrainState::load(&path).unwrap();
-        assert_eq!(state.iteration, 3);
+        assert_eq!(state.iteration, 3); // the last checkpoint
         let fresh = trainer(hutch, cfg, 2);
         let mut resumed = CnfTrainer::resume(
             fresh.into_cnf(),
