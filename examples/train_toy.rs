@@ -5,26 +5,36 @@
 //! 100, 300, 500 and 1000. Prints the wall time and the test NLL beside the peers' figure
 //! (test NLL 2.894 after 1000 iterations; 334 s diffrax f32, 701 s torchdiffeq f32).
 //!
-//! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED]`
-//! (defaults f64, 1000, 0). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
+//! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]`
+//! (defaults f64, 1000, 0, backsolve; STRATEGY is backsolve, checkpointed or discrete). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
 //! NumPy stream, so the curve matches theirs in distribution, not draw for draw.
 
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
+use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Activation, Real};
 use odeflow::io::load_peer_checkpoint;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy};
 
-fn run<T: Real>(iterations: u64, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+fn run<T: Real>(
+    iterations: u64,
+    seed: u64,
+    strategy: Strategy,
+) -> Result<(), Box<dyn std::error::Error>> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(peers.join("init_toy.npz"), Activation::Tanh)?;
     let cnf = Cnf::new(mlp, T::from_f64c(0.5), CnfConfig::default())?;
     let test = Dataset::<T>::from_npy(peers.join("eval2k_8gaussians.npy"), 2)?;
-    let cfg =
-        CnfTrainConfig { iterations, batch_size: 512, test_every: 0, seed, ..Default::default() };
+    let cfg = CnfTrainConfig {
+        iterations,
+        batch_size: 512,
+        test_every: 0,
+        seed,
+        adjoint: AdjointConfig::with_strategy(strategy),
+        ..Default::default()
+    };
     let mut trainer = CnfTrainer::new(cnf, DataSource::Toy(Toy::EightGaussians), Some(test), cfg)?;
     let at = [100u64, 300, 500, 1000];
     let start = Instant::now();
@@ -62,7 +72,6 @@ fn run<T: Real>(iterations: u64, seed: u64) -> Result<(), Box<dyn std::error::Er
             );
         }
     }
-    let _ = ControlFlow::<()>::Continue(());
     println!(
         "{} iterations: {:.1} s training ({:.1} s with the test evaluations), NFE fwd {} bwd {} in total",
         iterations,
@@ -80,9 +89,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtype = args.first().map_or("f64", String::as_str);
     let iterations = args.get(1).map_or(Ok(1000), |s| s.parse())?;
     let seed = args.get(2).map_or(Ok(0), |s| s.parse())?;
+    let strategy = match args.get(3).map_or("backsolve", String::as_str) {
+        "backsolve" => Strategy::Backsolve,
+        "checkpointed" => Strategy::Checkpointed,
+        "discrete" => Strategy::Discrete,
+        other => return Err(format!("unknown strategy {other}").into()),
+    };
+    println!("{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint");
     match dtype {
-        "f64" => run::<f64>(iterations, seed),
-        "f32" => run::<f32>(iterations, seed),
+        "f64" => run::<f64>(iterations, seed, strategy),
+        "f32" => run::<f32>(iterations, seed, strategy),
         other => Err(format!("dtype must be f64 or f32, not {other}").into()),
     }
 }

@@ -634,6 +634,35 @@ mod cnf_training {
         assert!(matches!(bad.validate(), Err(Error::InvalidConfig { name: "jacobian", .. })));
     }
 
+    /// Training runs in f32 too (same code path, single precision): 40 iterations of the CI
+    /// configuration lower the test NLL. Observed 5.880 → 4.307 (f64 gives the same to four digits).
+    /// Bound: below 4.8.
+    #[test]
+    fn training_in_f32() {
+        let mlp =
+            Mlp::<f32>::new(&MlpConfig { hidden: vec![32, 32], seed: 3, ..Default::default() })
+                .unwrap();
+        let cnf = Cnf::new(mlp, 0.5f32, CnfConfig { rtol: 1e-4, atol: 1e-4, ..Default::default() })
+            .unwrap();
+        let test = Dataset::<f32>::toy(Toy::EightGaussians, 512, 7);
+        let cfg = CnfTrainConfig {
+            iterations: 40,
+            batch_size: 128,
+            adam: odeflow::train::AdamConfig { lr: 3e-3, ..Default::default() },
+            test_every: 40,
+            seed: 1,
+            ..Default::default()
+        };
+        let mut tr =
+            CnfTrainer::new(cnf, DataSource::Toy(Toy::EightGaussians), Some(test), cfg).unwrap();
+        let before = tr.test_nll().unwrap();
+        let s = tr.run(|_| ControlFlow::Continue(())).unwrap();
+        let after = s.last_test.unwrap().1;
+        eprintln!("f32: test NLL {before:.4} → {after:.4}");
+        assert!(before > 5.0 && after < 4.8, "{before} → {after}");
+        assert!(tr.cnf().blocks()[0].field.params().iter().all(|v| v.is_finite()));
+    }
+
     fn fresh_cfg() -> CnfTrainConfig<f64> {
         CnfTrainConfig {
             iterations: 6,
