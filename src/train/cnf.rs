@@ -158,7 +158,9 @@ pub struct Progress {
     pub test_nll: Option<f64>,
     /// Field evaluations of the forward solve.
     pub nfe_forward: usize,
-    /// Field evaluations (and VJPs) of the backward solve.
+    /// Right-hand-side calls of the backward solve (each a fused VJP; with the kinetic
+    /// regularizer each also evaluates f once more) plus the end-point evaluations of the
+    /// time gradients (one per block), as FFJORD counts backward NFE.
     pub nfe_backward: usize,
     /// Wall time of this iteration (gradient and update; the test NLL excluded).
     pub iter_time: Duration,
