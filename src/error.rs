@@ -91,6 +91,46 @@ pub enum Error {
         /// Its value (as f64).
         value: f64,
     },
+    /// A data set name is not one of the built-in toy sets.
+    #[error("unknown data set '{name}' (expected one of swissroll, 8gaussians, pinwheel, circles, moons, 2spirals, checkerboard, rings)")]
+    UnknownDataset {
+        /// The name given.
+        name: String,
+    },
+    /// A data file could not be read or parsed; `line` is 1-based (0: the file as a whole).
+    #[error("{path}, line {line}: {reason}")]
+    DataFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The offending line (1-based), or 0.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The loss evaluated to NaN or infinity.
+    #[error("non-finite loss {value}")]
+    NonFiniteLoss {
+        /// The loss value.
+        value: f64,
+    },
+    /// Training stopped at `iteration` (1-based: the iteration that failed); the trainer
+    /// keeps the state after iteration − 1, the last good one.
+    #[error("training stopped at iteration {iteration}: {source}")]
+    Training {
+        /// The iteration that failed.
+        iteration: u64,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A training-state file is unreadable, truncated, or for another model.
+    #[error("training state {path}: {reason}")]
+    StateFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A vector-field call failed.
     #[error(transparent)]
     Field(#[from] FieldError),

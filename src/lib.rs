@@ -9,6 +9,7 @@ pub mod field;
 pub mod io;
 pub mod plot;
 pub mod trace;
+pub mod train;
 pub mod workprecision;
 
 pub use error::Error;

@@ -1,0 +1,77 @@
+//! One training iteration of FFJORD's toy experiment (peers.md W1): an 8gaussians batch of
+//! 512, FFJORD's toy net (ConcatSquash 2 → 64 → 64 → 64 → 2, tanh), T = 0.5, dopri5
+//! rtol = atol = 1e-5, exact trace, Adam lr 1e-3 with weight decay 1e-5; f64 and f32.
+//!
+//! Each sample times `CnfTrainer::step` (batch draw, forward solve, backward solve, Adam
+//! update) on a fresh trainer, so every sample is the same first iteration from the same
+//! weights:
+//! - the initial weights (`data/peers/init_toy.npz`), the peers' "initial weights" row
+//!   (quiet machine: diffrax f64 118 ms, f32 73 ms; torchdiffeq f64 196 ms);
+//! - the weights after 300 PyTorch iterations (`torch_f32_iter0300.npz`), the peers' "after
+//!   300 iterations" row (diffrax f64 170 ms, f32 159 ms; torchdiffeq f64 666 ms), with the
+//!   backsolve adjoint and, in f64, the checkpointed one.
+//!
+//! Before timing, each configuration prints its loss and NFE forward and backward.
+//!
+//! Run: `cargo bench --bench train` (about a minute).
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use odeflow::adjoint::{AdjointConfig, Strategy};
+use odeflow::cnf::{Cnf, CnfConfig};
+use odeflow::field::{Activation, Mlp, Real};
+use odeflow::io::load_peer_checkpoint;
+use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
+
+fn cnf<T: Real>(weights: &str) -> Cnf<T, Mlp<T>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
+    let mlp = load_peer_checkpoint::<T>(dir.join(weights), Activation::Tanh).unwrap();
+    Cnf::new(mlp, T::from_f64c(0.5), CnfConfig::default()).unwrap()
+}
+
+fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, Mlp<T>> {
+    let cfg = CnfTrainConfig {
+        batch_size: 512,
+        test_every: 0,
+        seed: 1,
+        adjoint: AdjointConfig::with_strategy(strategy),
+        ..Default::default()
+    };
+    CnfTrainer::new(cnf.clone(), DataSource::Toy(Toy::EightGaussians), None, cfg).unwrap()
+}
+
+fn bench_one<T: Real>(c: &mut Criterion, weights: &str, label: &str, strategy: Strategy) {
+    let cnf = cnf::<T>(weights);
+    let p = trainer(&cnf, strategy).step().unwrap();
+    println!(
+        "W1 {label}: loss {:.4}, NFE forward {}, backward {}",
+        p.loss, p.nfe_forward, p.nfe_backward
+    );
+    let mut g = c.benchmark_group("train_iteration");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.bench_function(label, |b| {
+        b.iter_batched(
+            || trainer(&cnf, strategy),
+            |mut tr| black_box(tr.step().unwrap()),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn train_iteration(c: &mut Criterion) {
+    let bs = Strategy::Backsolve;
+    bench_one::<f64>(c, "init_toy.npz", "init_b512_dopri5_1e-5_exact_backsolve_f64", bs);
+    bench_one::<f32>(c, "init_toy.npz", "init_b512_dopri5_1e-5_exact_backsolve_f32", bs);
+    let w300 = "torch_f32_iter0300.npz";
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f64", bs);
+    bench_one::<f32>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f32", bs);
+    let ck = Strategy::Checkpointed;
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_checkpointed_f64", ck);
+}
+
+criterion_group!(benches, train_iteration);
+criterion_main!(benches);
