@@ -265,3 +265,155 @@ fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
     let err = fails(&["logprob", "--model", &model, "--input", &s(&points), "--method", "rk5"]);
     assert!(err.contains("rk5"), "{err}");
 }
+
+fn load_params(path: &Path) -> Vec<u64> {
+    let cnf = odeflow::io::load_cnf::<f64>(path).unwrap();
+    cnf.blocks()
+        .iter()
+        .flat_map(|b| odeflow::field::VectorField::params(&b.field).iter().map(|v| v.to_bits()))
+        .collect()
+}
+
+const SMALL: [&str; 8] =
+    ["--hidden", "16,16", "--batch", "64", "--test-points", "256", "--rtol", "1e-4"];
+
+#[test]
+fn train_writes_model_state_log_and_figures_and_resumes_exactly() {
+    let (dir, _) = setup("train");
+    let full = dir.join("full");
+    let args = |out: &Path, iters: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["train", "--iterations", iters, "--test-every", "3", "--quiet", "--out", &s(out)]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        v.extend(SMALL.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let msg = run(args(&full, "6"));
+    assert!(msg.contains("trained at iteration 6"), "{msg}");
+    for f in ["model.safetensors", "train_state.bin", "run.json", "train_log.csv"] {
+        assert!(full.join(f).exists(), "{f}");
+    }
+    check_png(&full.join("density.png"), 560, 560);
+    check_png(&full.join("training.png"), 1100, 420);
+    let log = std::fs::read_to_string(full.join("train_log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 1 + 6);
+    assert_eq!(
+        log.lines().skip(1).filter(|l| l.split(',').nth(3).is_some_and(|t| !t.is_empty())).count(),
+        2
+    );
+
+    // 3 iterations, then resume to 6: the same parameters, bit for bit, and the same log.
+    let split = dir.join("split");
+    run(args(&split, "3"));
+    let mut resume = args(&split, "6");
+    resume.push("--resume".into());
+    run(resume);
+    assert_eq!(
+        load_params(&full.join("model.safetensors")),
+        load_params(&split.join("model.safetensors"))
+    );
+    let strip = |l: &str| l.split(',').take(6).collect::<Vec<_>>().join(",");
+    let a: Vec<String> = log.lines().map(strip).collect();
+    let b: Vec<String> =
+        std::fs::read_to_string(split.join("train_log.csv")).unwrap().lines().map(strip).collect();
+    assert_eq!(a, b);
+    // The trained model serves the other commands.
+    let lp = dir.join("lp.csv");
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "0,0\n1,1\n").unwrap();
+    ok(&[
+        "logprob",
+        "--model",
+        &s(&full.join("model.safetensors")),
+        "--input",
+        &s(&pts),
+        "--output",
+        &s(&lp),
+    ]);
+    assert_eq!(read_csv(&lp, Some(1)).unwrap().rows, 2);
+}
+
+#[test]
+fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
+    let (dir, _) = setup("trainbad");
+    let out = dir.join("run");
+    let mut base: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
+    base.extend(SMALL);
+    let o = s(&out);
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(["--out", o.as_str()].iter())
+            .chain(extra.iter())
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let v = with(&[]);
+    ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let model = std::fs::read(out.join("model.safetensors")).unwrap();
+    let check = |extra: &[&str], needle: &str| {
+        let v = with(extra);
+        let err = fails(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert_eq!(
+            std::fs::read(out.join("model.safetensors")).unwrap(),
+            model,
+            "{extra:?} touched the model"
+        );
+    };
+    check(&["--atol=0"], "atol");
+    check(&["--data", "nosuchset"], "nosuchset");
+    let nan = dir.join("nan.csv");
+    std::fs::write(&nan, "1,2\n3,NaN\n").unwrap();
+    check(&["--data", &s(&nan)], "non-finite");
+    check(&["--activation", "relu6"], "relu6");
+    check(&["--adjoint", "magic"], "magic");
+    let empty = dir.join("empty");
+    let err = fails(&["train", "--resume", "--out", &s(&empty)]);
+    assert!(err.contains("nothing to resume"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_the_state_and_exits_cleanly() {
+    let (dir, _) = setup("ctrlc");
+    let out = dir.join("run");
+    let mut args: Vec<String> = [
+        "train",
+        "--iterations",
+        "100000",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+        "--no-plot",
+        "--out",
+        &s(&out),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    args.extend(SMALL.iter().map(|x| x.to_string()));
+    let child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then interrupt.
+    let start = std::time::Instant::now();
+    while !out.join("train_state.bin").exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("stopped (state saved"), "{stdout}");
+    let state = odeflow::train::TrainState::<f64>::load(out.join("train_state.bin")).unwrap();
+    assert!(state.iteration >= 2 && state.iteration < 100000);
+    assert!(odeflow::io::load_cnf::<f64>(out.join("model.safetensors")).is_ok());
+}

@@ -4,15 +4,21 @@
 //! printed as one message naming the problem, with exit code 1 (2 for usage errors); files
 //! are written atomically, so a failed command leaves existing outputs as they were.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use odeflow::cnf::{Cnf, CnfConfig};
-use odeflow::field::Mlp;
-use odeflow::io::{load_cnf, read_points, write_csv, write_npy};
-use odeflow::plot::ModelFigures;
+use indicatif::{ProgressBar, ProgressStyle};
+use odeflow::adjoint::{AdjointConfig, Strategy};
+use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
+use odeflow::field::{Mlp, MlpConfig};
+use odeflow::io::{load_cnf, read_points, save_cnf, write_atomically, write_csv, write_npy};
+use odeflow::plot::{render, ModelFigures, TrainingCurves};
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
+use odeflow::train::{
+    AdamConfig, CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy, TrainState,
+};
 use odeflow::workprecision::{work_precision, write_all, Setting};
 use odeflow::Error;
 use rand::SeedableRng;
@@ -26,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a CNF by maximum likelihood (with no arguments: 8gaussians, figures to ./out).
+    Train(TrainArgs),
     /// Log-densities of points under a model (CSV out: one log p per point).
     Logprob(LogprobArgs),
     /// Draw points from a model (CSV or .npy by the output's extension).
@@ -145,6 +153,7 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => train(a),
         Command::Logprob(a) => logprob(a),
         Command::Sample(a) => sample(a),
         Command::Plot(a) => plot(a),
@@ -345,4 +354,333 @@ fn builtin<S: OdeSystem<f64>>(
             Setting::Steps(n) => run(m, &SolveOptions::fixed(t1 / n as f64)),
         })?;
     Ok((format!("{name} (t = 0 to {t1:.3})"), rows))
+}
+
+#[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
+struct TrainArgs {
+    /// Data: a toy set (8gaussians, swissroll, pinwheel, circles, moons, 2spirals,
+    /// checkerboard, rings) or a file of points (CSV or .npy).
+    #[arg(long, default_value = "8gaussians")]
+    data: String,
+    /// Fraction of a data file held out for the test NLL.
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Hidden widths of each block's MLP, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,64,64")]
+    hidden: Vec<usize>,
+    /// Activation: tanh, softplus, silu, elu.
+    #[arg(long, default_value = "tanh")]
+    activation: String,
+    /// Time conditioning: concatsquash, concat, ignore.
+    #[arg(long, default_value = "concatsquash")]
+    time: String,
+    /// Number of CNF blocks.
+    #[arg(long, default_value_t = 1)]
+    blocks: usize,
+    /// Integration time T of each block.
+    #[arg(long, default_value_t = 0.5)]
+    t_end: f64,
+    /// Learn T (as FFJORD's train_T, T = τ²).
+    #[arg(long)]
+    train_t: bool,
+    /// Solver method.
+    #[arg(long, default_value = "dopri5")]
+    method: String,
+    /// Relative tolerance of the training solves.
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    /// Absolute tolerance of the training solves.
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// Divergence: exact, hutchinson-gaussian, hutchinson-rademacher.
+    #[arg(long, default_value = "exact")]
+    trace: String,
+    /// Gradient strategy: backsolve, checkpointed, discrete.
+    #[arg(long, default_value = "checkpointed")]
+    adjoint: String,
+    /// Kinetic-energy regularizer weight (RNODE).
+    #[arg(long, default_value_t = 0.0)]
+    kinetic: f64,
+    /// Training iterations (in total, counting those before a --resume).
+    #[arg(long, default_value_t = 500)]
+    iterations: u64,
+    /// Points per batch.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Adam (coupled) weight decay.
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f64,
+    /// Seed of the initial weights, the batches and the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Test NLL every this many iterations (0: never).
+    #[arg(long, default_value_t = 100)]
+    test_every: u64,
+    /// Points of a toy set's test set.
+    #[arg(long, default_value_t = 2048)]
+    test_points: usize,
+    /// Checkpoint (state + model) every this many iterations.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Output folder: model.safetensors, train_state.bin, train_log.csv, run.json, figures.
+    #[arg(long, default_value = "out")]
+    #[serde(skip)]
+    out: PathBuf,
+    /// Continue the run saved in --out (its run.json settings; --iterations may extend it).
+    #[arg(long)]
+    #[serde(skip)]
+    resume: bool,
+    /// Skip the figures at the end.
+    #[arg(long)]
+    #[serde(skip)]
+    no_plot: bool,
+    /// No progress bar (one line per test evaluation instead).
+    #[arg(long)]
+    #[serde(skip)]
+    quiet: bool,
+}
+
+fn parse_or<T>(
+    what: &'static str,
+    value: &str,
+    parsed: Option<T>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    parsed.ok_or_else(|| format!("unknown {what} {value:?}").into())
+}
+
+/// Trains a CNF and writes the model, the state, the log and the figures.
+fn train(mut a: TrainArgs) -> CliResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let out = a.out.clone();
+    let run_path = out.join("run.json");
+    let state_path = out.join("train_state.bin");
+    let model_path = out.join("model.safetensors");
+    let log_path = out.join("train_log.csv");
+    let resume = a.resume;
+    if resume {
+        // The run's settings come from its run.json; only the iteration count may change.
+        let text = std::fs::read_to_string(&run_path)
+            .map_err(|e| format!("{}: {e} (nothing to resume)", run_path.display()))?;
+        let saved: TrainArgs =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_path.display()))?;
+        let iterations = a.iterations;
+        a = TrainArgs {
+            out: a.out,
+            resume: true,
+            no_plot: a.no_plot,
+            quiet: a.quiet,
+            iterations,
+            ..saved
+        };
+    }
+    std::fs::create_dir_all(&out)?;
+
+    let activation =
+        parse_or("activation", &a.activation, odeflow::io::model::parse_activation(&a.activation))?;
+    let time = parse_or("time conditioning", &a.time, odeflow::io::model::parse_time(&a.time))?;
+    let trace = parse_or("trace", &a.trace, odeflow::io::model::parse_trace(&a.trace))?;
+    let method: Method = a.method.parse()?;
+    let strategy = match a.adjoint.as_str() {
+        "backsolve" => Strategy::Backsolve,
+        "checkpointed" => Strategy::Checkpointed,
+        "discrete" => Strategy::Discrete,
+        other => {
+            return Err(
+                format!("unknown adjoint {other:?} (backsolve, checkpointed, discrete)").into()
+            )
+        }
+    };
+    // Data: a toy set drawn fresh each iteration, or a file split into train and test.
+    let (source, test) = match a.data.parse::<Toy>() {
+        Ok(toy) => (DataSource::Toy(toy), Dataset::toy(toy, a.test_points, a.seed.wrapping_add(1))),
+        Err(_) => {
+            let points = read_points(&a.data, None)?;
+            let all = Dataset::new(points.cols, points.data)?;
+            let (tr, te) = all.split(a.test_fraction, a.seed)?;
+            (DataSource::Dataset { data: tr, seed: a.seed }, te)
+        }
+    };
+    let dim = source.dim();
+    let mlp_cfg =
+        MlpConfig { dim, hidden: a.hidden.clone(), activation, time, ..Default::default() };
+    let blocks = (0..a.blocks.max(1))
+        .map(|k| {
+            Ok(CnfBlock {
+                field: Mlp::new(&MlpConfig {
+                    seed: a.seed.wrapping_add(k as u64),
+                    ..mlp_cfg.clone()
+                })?,
+                t_end: a.t_end,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let cnf = Cnf::chain(
+        blocks,
+        CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() },
+    )?;
+    let cfg = CnfTrainConfig {
+        iterations: a.iterations,
+        batch_size: a.batch,
+        adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
+        train_t: a.train_t,
+        kinetic: a.kinetic,
+        test_every: a.test_every,
+        seed: a.seed,
+        checkpoint: Some(state_path.clone()),
+        checkpoint_every: a.checkpoint_every.max(1),
+        adjoint: AdjointConfig { strategy, ..Default::default() },
+        ..Default::default()
+    };
+    let mut trainer = if resume {
+        let state = TrainState::load(&state_path)?;
+        CnfTrainer::resume(cnf, source, Some(test.clone()), cfg, state)?
+    } else {
+        let json = serde_json::to_string_pretty(&a)?;
+        write_atomically(&run_path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
+        CnfTrainer::new(cnf, source, Some(test.clone()), cfg)?
+    };
+
+    // The log keeps every iteration; a resumed run appends to the rows before its start.
+    let mut log =
+        if resume { std::fs::read_to_string(&log_path).unwrap_or_default() } else { String::new() };
+    if log.is_empty() {
+        log.push_str("iteration,loss,nll,test_nll,nfe_forward,nfe_backward,iter_seconds,elapsed_seconds,t_end\n");
+    }
+    let start_iter = trainer.iteration();
+    log = log
+        .lines()
+        .take_while(|l| {
+            l.split(',').next().and_then(|i| i.parse::<u64>().ok()).is_none_or(|i| i <= start_iter)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while saving falls back to the default (immediate exit).
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(a.iterations) };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start_iter);
+    let mut last_test = None;
+    let result = trainer.run(|p| {
+        if let Some(t) = p.test_nll {
+            last_test = Some(t);
+            if a.quiet {
+                println!("iteration {}: test NLL {t:.4}", p.iteration);
+            }
+        }
+        let rate =
+            if p.iter_time.as_secs_f64() > 0.0 { 1.0 / p.iter_time.as_secs_f64() } else { 0.0 };
+        bar.set_message(format!(
+            "loss {:.4} | test NLL {} | NFE {}/{} | {rate:.1} it/s",
+            p.loss,
+            last_test.map_or("-".to_string(), |t: f64| format!("{t:.4}")),
+            p.nfe_forward,
+            p.nfe_backward
+        ));
+        bar.set_position(p.iteration);
+        let t_end: Vec<String> = p.t_end.iter().map(|t| t.to_string()).collect();
+        log.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            p.iteration,
+            p.loss,
+            p.nll,
+            p.test_nll.map_or(String::new(), |t| t.to_string()),
+            p.nfe_forward,
+            p.nfe_backward,
+            p.iter_time.as_secs_f64(),
+            p.elapsed.as_secs_f64(),
+            t_end.join(";")
+        ));
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    bar.finish();
+    // Whatever happened, keep what was trained: the last good state, model and log.
+    write_atomically(&log_path, |w| std::io::Write::write_all(w, log.as_bytes()))?;
+    trainer.save_state(&state_path)?;
+    save_cnf(&model_path, trainer.cnf())?;
+    let summary = result?;
+    println!(
+        "{} at iteration {} in {:.1} s{}; wrote {}, {}, {}",
+        if summary.stopped { "stopped (state saved; continue with --resume)" } else { "trained" },
+        summary.iteration,
+        summary.elapsed.as_secs_f64(),
+        summary
+            .last_test
+            .map_or(String::new(), |(i, t)| format!(", test NLL {t:.4} (iteration {i})")),
+        model_path.display(),
+        state_path.display(),
+        log_path.display()
+    );
+    if summary.stopped || a.no_plot {
+        return Ok(());
+    }
+    if dim == 2 {
+        let figures = ModelFigures {
+            data: Some(test.as_slice()),
+            range: plot_range(test.as_slice()),
+            ..Default::default()
+        };
+        for p in figures.write(trainer.cnf(), &out)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    let curves = training_curves(&log);
+    let path = out.join("training.png");
+    render(
+        &path,
+        (1100, 420),
+        &TrainingCurves { loss: &curves.0, test_nll: &curves.1, nfe: &curves.2 },
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// A symmetric plot range around the data (10% margin), or ±4.
+fn plot_range(data: &[f64]) -> (f64, f64) {
+    let half = 1.1 * data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if half > 0.0 && half.is_finite() {
+        (-half, half)
+    } else {
+        (-4.0, 4.0)
+    }
+}
+
+type Curves = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
+
+/// The loss, test NLL and NFE series of a training log.
+fn training_curves(log: &str) -> Curves {
+    let (mut loss, mut test, mut nfe) = (Vec::new(), Vec::new(), Vec::new());
+    for line in log.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        let Some(it) = num(0) else { continue };
+        if let Some(l) = num(1) {
+            loss.push((it, l));
+        }
+        if let Some(t) = num(3) {
+            test.push((it, t));
+        }
+        if let (Some(a), Some(b)) = (num(4), num(5)) {
+            nfe.push((it, a, b));
+        }
+    }
+    (loss, test, nfe)
 }

@@ -251,6 +251,94 @@ impl Figure for Trajectories<'_> {
     }
 }
 
+/// Training curves: loss and test NLL against iteration, and the forward and backward
+/// function evaluations per iteration.
+#[derive(Debug, Clone)]
+pub struct TrainingCurves<'a> {
+    /// (iteration, training loss) of every iteration.
+    pub loss: &'a [(f64, f64)],
+    /// (iteration, test NLL) where it was evaluated.
+    pub test_nll: &'a [(f64, f64)],
+    /// (iteration, forward NFE, backward NFE) of every iteration.
+    pub nfe: &'a [(f64, f64, f64)],
+}
+
+impl Figure for TrainingCurves<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        area.fill(&WHITE).map_err(|e| e.to_string())?;
+        let halves = panels(area, 2);
+        let last = self.loss.last().map_or(1.0, |p| p.0).max(1.0);
+        let finite = |v: &f64| v.is_finite();
+        let ys: Vec<f64> = self
+            .loss
+            .iter()
+            .map(|p| p.1)
+            .chain(self.test_nll.iter().map(|p| p.1))
+            .filter(finite)
+            .collect();
+        let (lo, hi) =
+            ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo < hi {
+            (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        } else {
+            (lo - 1.0, lo + 1.0)
+        };
+        let mut chart = ChartBuilder::on(&halves[0])
+            .caption("loss and test NLL", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..last, lo..hi)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("iteration").draw().map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(
+                self.loss.iter().copied().filter(|p| p.1.is_finite()),
+                BLUE.mix(0.6),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("training loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(self.test_nll.iter().copied(), RED.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("test NLL")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let top = self.nfe.iter().fold(1.0f64, |m, p| m.max(p.1).max(p.2)) * 1.1;
+        let mut chart = ChartBuilder::on(&halves[1])
+            .caption("function evaluations per iteration", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..last, 0.0..top)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("iteration").draw().map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(self.nfe.iter().map(|p| (p.0, p.1)), BLUE))
+            .map_err(|e| e.to_string())?
+            .label("forward")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(self.nfe.iter().map(|p| (p.0, p.2)), GREEN))
+            .map_err(|e| e.to_string())?
+            .label("backward")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
 /// Writes an animated GIF of point clouds, one frame per entry (title, points), `delay_ms`
 /// between frames, atomically.
 pub fn animate_points(

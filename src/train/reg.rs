@@ -59,7 +59,7 @@ fn gather<T: Real>(src: &[T], d: usize, dst: &mut Vec<T>) {
 }
 
 fn batch(len: usize, d: usize) -> Result<usize, FieldError> {
-    if len % (d + 1) == 0 {
+    if len.is_multiple_of(d + 1) {
         Ok(len / (d + 1))
     } else {
         Err(FieldError::BatchShape { len, dim: d + 1 })
