@@ -674,6 +674,33 @@ fn general_cotangents_are_linear() {
         // tolerance (discrete: to rounding).
         let d = rel_diff(&flat(&g), &lin);
         assert!(d < 1e-8, "{strategy:?}: {d:e}");
+        // The backward method and options do not change the discrete gradient: it replays
+        // the forward's own steps with the forward's tableau.
+        let other = AdjointConfig {
+            strategy,
+            method: Some(Method::Rk4),
+            options: Some(SolveOptions::fixed(0.3)),
+            ..Default::default()
+        };
+        if strategy == Strategy::Discrete {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let tape2 = cnf_forward(&cnf, &x, &mut rng, &other).unwrap();
+            let g2 = tape2.backward(&dz, &dl).unwrap();
+            assert!(rel_diff(&flat(&g2), &flat(&g)) < 1e-15);
+        } else {
+            // A different backward method at the same tolerance: the same gradient.
+            let dop = AdjointConfig {
+                strategy,
+                method: Some(Method::Dop853),
+                options: Some(SolveOptions::tol(1e-10, 1e-10)),
+                ..Default::default()
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let tape2 = cnf_forward(&cnf, &x, &mut rng, &dop).unwrap();
+            let g2 = tape2.backward(&dz, &dl).unwrap();
+            let d = rel_diff(&flat(&g2), &flat(&g));
+            assert!(d < 1e-8, "{strategy:?} backward dop853: {d:e}");
+        }
         // Bad buffers are errors.
         assert!(matches!(tape.backward(&dz[..4], &dl), Err(Error::BufferLength { .. })));
         let mut bad = dz.clone();
@@ -815,5 +842,56 @@ impl ScalarField<f64> for Rotate {
     fn eval<D: DualScalar<f64>>(&self, t: D, z: &[D], out: &mut [D]) {
         out[0] = z[1] * (t + 1.0) - z[0].tanh();
         out[1] = -z[0] + z[1] * z[0] * 0.3;
+    }
+}
+
+/// dz/dt = −5 z³ + sin(t): every trajectory is drawn into the same attractor, and backward
+/// in time the flow blows up in finite time.
+struct Contracting;
+
+impl ScalarField<f64> for Contracting {
+    fn dim(&self) -> usize {
+        1
+    }
+    fn eval<D: DualScalar<f64>>(&self, t: D, z: &[D], out: &mut [D]) {
+        out[0] = z[0] * z[0] * z[0] * (-5.0) + t.sin();
+    }
+}
+
+/// Backsolve's weakness, shown: on a strongly contracting flow over T = 4 at tol 1e-4 the
+/// backward reconstruction of z blows up and the solve fails with StepSizeUnderflow (an
+/// error with t and h, not a wrong gradient), while the checkpointed and discrete strategies
+/// (z from the forward pass) return gradients within the tolerance of a tight reference.
+/// (The gradient is ~1e-7: below atol, so its *relative* error is not what tol controls.)
+#[test]
+fn contracting_flow_breaks_backsolve_not_checkpointed() {
+    let field = AutoDiffField::new(Contracting);
+    let y0 = [2.0, -1.5, 0.7, 3.0];
+    let loss = |s: &[f64], c: &mut [f64]| {
+        c.copy_from_slice(s);
+        0.5 * s.iter().map(|v| v * v).sum::<f64>()
+    };
+    let spec = |tol: f64| OdeSpec {
+        t0: 0.0,
+        t_obs: vec![4.0],
+        method: Method::Dopri5,
+        options: SolveOptions::tol(tol, tol),
+    };
+    let disc = AdjointConfig::with_strategy(Strategy::Discrete);
+    let reference = ode_grad(&field, &spec(1e-12), &y0, &disc, loss).unwrap().1.y0;
+    let adj = AdjointConfig::with_strategy(Strategy::Backsolve);
+    match ode_grad(&field, &spec(1e-4), &y0, &adj, loss) {
+        Err(Error::AdjointSolve { segment: 0, source: SolveError::StepSizeUnderflow { t, h } }) => {
+            println!("backsolve: step size underflow at t = {t}, h = {h:e}");
+            assert!(t > 0.0 && t < 4.0 && h.abs() < 1e-10);
+        }
+        other => panic!("expected the backsolve to fail, got {other:?}"),
+    }
+    for strategy in [Strategy::Checkpointed, Strategy::Discrete] {
+        let adj = AdjointConfig::with_strategy(strategy);
+        let (_, g) = ode_grad(&field, &spec(1e-4), &y0, &adj, loss).unwrap();
+        let err = g.y0.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        println!("{strategy:?}: max |∂L/∂y0 − reference| = {err:.1e}");
+        assert!(err < 1e-4, "{strategy:?}: {err:e}");
     }
 }

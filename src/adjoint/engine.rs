@@ -173,6 +173,8 @@ pub(crate) struct SegTape<T> {
     /// `z(t_b)`.
     pub z_end: Vec<T>,
     pub rec: StepRecord<T>,
+    /// The forward's method (the discrete replay's tableau, whatever the backward method).
+    pub method: Method,
 }
 
 /// Integrates `state` (`[z | ℓ]` or `z`) over `[t_a, t_b]`, keeping what `strategy` needs.
@@ -219,7 +221,8 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
             Err(e) => return Err(sys.error.take().map_or(Fail::Solve(e), Fail::Field)),
         };
     }
-    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec }))
+    let method = integ.method();
+    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method }))
 }
 
 /// `a_zᵀ f(t, z) − Σ_b a_ℓ,b q_b(t, z)` (the rate of change of the loss as the segment's end
@@ -338,7 +341,7 @@ pub(crate) fn backward_segment<T: Real, F: VectorField<T>>(
             add_into(g, &y[n..]);
         }
         Strategy::Discrete => {
-            discrete_backward(seg, tape, a_z, a_l, &c, g, integ.method(), &mut ws, &mut out)?;
+            discrete_backward(seg, tape, a_z, a_l, &c, g, tape.method, &mut ws, &mut out)?;
         }
     }
     Ok(out)
