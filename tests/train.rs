@@ -663,6 +663,57 @@ mod cnf_training {
         assert!(tr.cnf().blocks()[0].field.params().iter().all(|v| v.is_finite()));
     }
 
+    /// Training on a user's CSV file: split, shuffled epochs, test NLL on the held-out part;
+    /// two runs agree bit for bit. A point so far out that log N(z) overflows makes the loss
+    /// infinite: iteration 1 stops with `NonFiniteLoss` and nothing changes.
+    #[test]
+    fn training_on_user_data_and_a_non_finite_loss() {
+        let path = super::tmp("moons.csv");
+        let pts: Vec<f64> = Toy::Moons
+            .sample(300, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2));
+        let mut text = String::from("x,y\n");
+        for p in pts.chunks(2) {
+            text += &format!("{},{}\n", p[0], p[1]);
+        }
+        std::fs::write(&path, text).unwrap();
+        let data = Dataset::<f64>::from_csv(&path).unwrap();
+        let (train, test) = data.split(0.2, 1).unwrap();
+        assert_eq!((train.len(), test.len()), (240, 60));
+        let run = |train: Dataset<f64>| {
+            let cfg = CnfTrainConfig {
+                iterations: 5,
+                batch_size: 100,
+                test_every: 5,
+                seed: 3,
+                ..Default::default()
+            };
+            let cnf = small_cnf(vec![16, 16], TraceEstimator::Exact, 1e-4);
+            let src = DataSource::Dataset { data: train, seed: 9 };
+            let mut tr = CnfTrainer::new(cnf, src, Some(test.clone()), cfg).unwrap();
+            let s = tr.run(|_| ControlFlow::Continue(()));
+            (tr, s)
+        };
+        let (a, sa) = run(train.clone());
+        let (b, _) = run(train.clone());
+        assert!(sa.unwrap().last_test.unwrap().1.is_finite());
+        assert_eq!(bits(&a.state()), bits(&b.state()));
+
+        let mut bad = train.as_slice().to_vec();
+        for v in bad.iter_mut().step_by(20) {
+            *v = 1e200; // finite, but ‖z‖² overflows; one point in ten, so in the first batch
+        }
+        let (c, sc) = run(Dataset::new(2, bad).unwrap());
+        let err = sc.unwrap_err();
+        eprintln!("absurd data point: {err}");
+        assert!(
+            matches!(&err, Error::Training { iteration: 1, source } if matches!(**source, Error::NonFiniteLoss { .. })),
+            "{err}"
+        );
+        assert_eq!(c.iteration(), 0);
+        let init = small_cnf(vec![16, 16], TraceEstimator::Exact, 1e-4);
+        assert_eq!(c.state().params, init.blocks()[0].field.params());
+    }
+
     fn fresh_cfg() -> CnfTrainConfig<f64> {
         CnfTrainConfig {
             iterations: 6,

@@ -52,3 +52,20 @@ pub use cnf::{CnfTrainConfig, CnfTrainer, Progress, RunSummary};
 pub use data::{DataSource, Dataset, Toy};
 pub use optim::{Adam, AdamConfig, LrSchedule};
 pub use state::TrainState;
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<X: Send + Sync>() {}
+    #[test]
+    fn public_types_are_send_sync() {
+        use crate::field::Mlp;
+        assert_send_sync::<super::CnfTrainer<f64, Mlp<f64>>>();
+        assert_send_sync::<super::CnfTrainer<f32, Mlp<f32>>>();
+        assert_send_sync::<super::node::NodeFitter<f64, Mlp<f64>>>();
+        assert_send_sync::<super::TrainState<f64>>();
+        assert_send_sync::<super::Adam<f32>>();
+        assert_send_sync::<super::DataSource<f64>>();
+        assert_send_sync::<super::CnfTrainConfig<f64>>();
+        assert_send_sync::<super::Progress>();
+    }
+}
