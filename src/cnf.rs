@@ -129,8 +129,8 @@ pub struct Trajectory<T> {
     pub times: Vec<T>,
     /// `states[i]` is the batch (`B × d`, sample-major) at `times[i]`.
     pub states: Vec<Vec<T>>,
-    /// `delta_logp[i][b]` = ℓ_b(times[i]) − ℓ_b(start): the log-density change along the
-    /// path, so log p_{times[i]}(z_b(times[i])) = log p_{start}(z_b(start)) + delta_logp.
+    /// `delta_logp[i][b]` = `ℓ_b(times[i]) − ℓ_b(start)`: the log-density change along the
+    /// path, so `log p_{times[i]}(z_b(times[i])) = log p_start(z_b(start)) + delta_logp[i][b]`.
     pub delta_logp: Vec<Vec<T>>,
     /// Solver statistics.
     pub stats: Stats,

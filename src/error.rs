@@ -97,16 +97,6 @@ pub enum Error {
         /// The name given.
         name: String,
     },
-    /// A data file could not be read or parsed; `line` is 1-based (0: the file as a whole).
-    #[error("{path}, line {line}: {reason}")]
-    DataFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The offending line (1-based), or 0.
-        line: usize,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The loss evaluated to NaN or infinity.
     #[error("non-finite loss {value}")]
     NonFiniteLoss {

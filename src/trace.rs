@@ -2,7 +2,7 @@
 //!
 //! A CNF advances the log-density with dℓ/dt = −tr(∂f/∂z). The trace is either computed
 //! exactly (d tangent lanes per sample) or estimated by Hutchinson's identity
-//! tr(J) = E[εᵀ J ε] for noise with E[εεᵀ] = I, with ε drawn once per solve and held fixed
+//! `tr(J) = E[εᵀ J ε]` for noise with `E[εεᵀ] = I`, with ε drawn once per solve and held fixed
 //! during it (FFJORD), so the integrand is a smooth function of t and the adaptive solver
 //! sees one ODE.
 
@@ -14,9 +14,9 @@ use crate::field::{Divergence, Real};
 /// The distribution of the Hutchinson noise ε.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Noise {
-    /// ε ~ N(0, I): Var[εᵀJε] = ‖J‖²_F + tr(J²) (symmetric part), never zero.
+    /// ε ~ N(0, I): `Var[εᵀJε] = ‖J‖²_F + tr(J²)`.
     Gaussian,
-    /// ε uniform on {−1, +1}ᵈ: Var[εᵀJε] = ‖J‖²_F + tr(J²) − 2 Σ_i J_ii², the smaller
+    /// ε uniform on {−1, +1}ᵈ: `Var[εᵀJε] = ‖J‖²_F + tr(J²) − 2 Σ_i J_ii²`, the smaller
     /// variance of the two for the same cost.
     Rademacher,
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use odeflow::io::CsvError;
 use odeflow::train::{Adam, AdamConfig, DataSource, Dataset, LrSchedule, Toy, TrainState};
 use odeflow::Error;
 use rand::SeedableRng;
@@ -366,14 +367,23 @@ fn csv_and_npy_data_and_split() {
     assert_eq!(d.as_slice(), &[1.0, 2.0, 3.0, 4.0, -0.5, 6.0]);
     std::fs::write(&p, "1,2\n3\n").unwrap();
     match Dataset::<f64>::from_csv(&p) {
-        Err(Error::DataFile { line: 2, .. }) => {}
+        Err(Error::Csv(CsvError::Columns { line: 2, .. })) => {}
         other => panic!("{other:?}"),
     }
     std::fs::write(&p, "1,2\n3,abc\n").unwrap();
-    assert!(matches!(Dataset::<f64>::from_csv(&p), Err(Error::DataFile { line: 2, .. })));
+    assert!(matches!(
+        Dataset::<f64>::from_csv(&p),
+        Err(Error::Csv(CsvError::NotANumber { line: 2, .. }))
+    ));
     std::fs::write(&p, "1,2\n3,nan\n").unwrap();
-    assert!(matches!(Dataset::<f64>::from_csv(&p), Err(Error::DataFile { line: 2, .. })));
-    assert!(matches!(Dataset::<f64>::from_csv(tmp("missing.csv")), Err(Error::DataFile { .. })));
+    assert!(matches!(
+        Dataset::<f64>::from_csv(&p),
+        Err(Error::Csv(CsvError::NonFinite { line: 2, .. }))
+    ));
+    assert!(matches!(
+        Dataset::<f64>::from_csv(tmp("missing.csv")),
+        Err(Error::Csv(CsvError::Io { .. }))
+    ));
 
     let q = tmp("data.npy");
     let vals: Vec<f64> = (0..20).map(f64::from).collect();

@@ -20,7 +20,7 @@
 //! [`VectorField::vjp_aug`]. Since `F` does not depend on ℓ, `a_ℓ` is constant and
 //! neither ℓ nor `a_ℓ` is integrated: the backsolve state is the flat buffer
 //! `[z (B·d) | a_z (B·d) | g (|θ|)]`, another [`OdeSystem`](crate::solvers::OdeSystem)
-//! driven by the same [`Integrator`](crate::solvers::Integrator) backward in time. Chained
+//! driven by the same [`Integrator`] backward in time. Chained
 //! blocks are passed in reverse, block `k` from the forward's `z(T_k)`, carrying `a_z` (and
 //! `a_ℓ`). A plain neural ODE (no ℓ) has `Φ = a_zᵀ f`; with observations at times `t_k` the
 //! adjoint jumps by `∂L/∂z(t_k)` as the backward solve passes `t_k`, and

@@ -6,7 +6,7 @@
 //! definitions are on the variants of [`Toy`]. `U` is uniform on [0, 1), `N` standard normal.
 //! Every draw comes from the caller's random generator, so a seed fixes the data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use rand::seq::SliceRandom;
@@ -270,67 +270,12 @@ impl<T: Real> Dataset<T> {
         Self::new(dim, data.into_iter().map(T::from_f64c).collect())
     }
 
-    /// Reads a CSV file of numbers, one point per line, columns separated by commas (spaces
-    /// around them allowed). An optional first line of column names is skipped; empty lines
-    /// and lines starting with `#` are ignored. Every row must have the first row's number
-    /// of columns, and every value must parse and be finite; otherwise the error names the
-    /// line and column.
+    /// Reads a CSV file of points ([`crate::io::read_csv`]: one point per line, an optional
+    /// header, `#` comments; every row the same number of columns, every value finite —
+    /// otherwise the error names the line and column).
     pub fn from_csv(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::DataFile {
-            path: path.to_path_buf(),
-            line: 0,
-            reason: e.to_string(),
-        })?;
-        Self::parse_csv(&text, path)
-    }
-
-    /// Parses CSV text (see [`Dataset::from_csv`]); `path` only names the source in errors.
-    pub fn parse_csv(text: &str, path: &Path) -> Result<Self, Error> {
-        let err = |line: usize, reason: String| Error::DataFile {
-            path: PathBuf::from(path),
-            line,
-            reason,
-        };
-        let mut dim = 0;
-        let mut data = Vec::new();
-        let mut first = true;
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let parsed: Result<Vec<f64>, _> = fields.iter().map(|f| f.parse::<f64>()).collect();
-            let row = match parsed {
-                Ok(row) => row,
-                Err(_) if first && fields.iter().any(|f| f.parse::<f64>().is_err()) => {
-                    // A header line: names, not numbers.
-                    first = false;
-                    dim = fields.len();
-                    continue;
-                }
-                Err(e) => {
-                    let col = fields.iter().position(|f| f.parse::<f64>().is_err()).unwrap_or(0);
-                    return Err(err(i + 1, format!("column {}: {e} ({:?})", col + 1, fields[col])));
-                }
-            };
-            first = false;
-            if dim == 0 {
-                dim = row.len();
-            }
-            if row.len() != dim {
-                return Err(err(i + 1, format!("{} columns, expected {dim}", row.len())));
-            }
-            if let Some(col) = row.iter().position(|v| !v.is_finite()) {
-                return Err(err(i + 1, format!("column {}: non-finite value", col + 1)));
-            }
-            data.extend(row.into_iter().map(T::from_f64c));
-        }
-        if data.is_empty() {
-            return Err(err(0, "no data rows".into()));
-        }
-        Ok(Dataset { dim, data })
+        let points = crate::io::read_csv(path, None)?;
+        Self::new(points.cols, points.data.into_iter().map(T::from_f64c).collect())
     }
 
     /// The dimension of a point.
