@@ -1,0 +1,259 @@
+//! Discrete flows: log-determinants against brute-force Jacobians, round trips, the 2-D
+//! density's mass, MAF/IAF duality, gradients against finite differences, bad input, and
+//! maximum-likelihood training on toy sets.
+
+use nalgebra::DMatrix;
+use odeflow::flows::{
+    Coupling, CouplingKind, DenseAffine, ElementwiseAffine, Flow, FlowModel, Iaf, LuAffine, Maf,
+    Permutation,
+};
+use odeflow::Error;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type Layers = Vec<Box<dyn Flow<f64>>>;
+
+/// Every layer kind on its own (d = 3) and one composition of all of them.
+fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
+    let aff = CouplingKind::Affine { scale_bound: 2.0 };
+    vec![
+        ("elementwise-affine", vec![Box::new(ElementwiseAffine::new(d))]),
+        ("lu-affine", vec![Box::new(LuAffine::new(d, Some((0..d).rev().collect()), true).unwrap())]),
+        ("glow-1x1", vec![Box::new(LuAffine::glow(d, 3))]),
+        ("dense-affine", vec![Box::new(DenseAffine::new(d))]),
+        ("permutation", vec![Box::new(Permutation::random(d, 5)), Box::new(ElementwiseAffine::new(d))]),
+        ("additive-coupling", vec![Box::new(Coupling::new(d, CouplingKind::Additive, &[8, 8], false).unwrap())]),
+        ("affine-coupling", vec![Box::new(Coupling::new(d, aff, &[8, 8], true).unwrap())]),
+        ("maf", vec![Box::new(Maf::new(d, &[10, 10], 2.0).unwrap())]),
+        ("iaf", vec![Box::new(Iaf::new(d, &[10, 10], 2.0).unwrap())]),
+        (
+            "composition",
+            vec![
+                Box::new(ElementwiseAffine::new(d)),
+                Box::new(Coupling::new(d, aff, &[8], false).unwrap()),
+                Box::new(Permutation::reverse(d)),
+                Box::new(LuAffine::glow(d, 1)),
+                Box::new(Maf::new(d, &[8], 2.0).unwrap()),
+                Box::new(Coupling::new(d, CouplingKind::Additive, &[8], true).unwrap()),
+                Box::new(Iaf::new(d, &[8], 2.0).unwrap()),
+                Box::new(DenseAffine::new(d)),
+            ],
+        ),
+    ]
+}
+
+/// A model with random, non-trivial parameters (`scale` sized), so no layer is the identity.
+fn randomized(layers: Layers, seed: u64, scale: f64) -> FlowModel<f64> {
+    let mut m = FlowModel::new(layers, seed).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+    let init = m.params().to_vec();
+    for (p, &p0) in m.params_mut().iter_mut().zip(&init) {
+        *p = p0 + scale * (2.0 * rng.random::<f64>() - 1.0);
+    }
+    m
+}
+
+fn normal(n: usize, seed: u64) -> Vec<f64> {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+/// log|det| of the central-difference Jacobian of `f` at `z` (one point), via nalgebra's LU.
+fn fd_logdet(f: &dyn Fn(&[f64]) -> Vec<f64>, z: &[f64], h: f64) -> f64 {
+    let d = z.len();
+    let mut j = DMatrix::<f64>::zeros(d, d);
+    for k in 0..d {
+        let (mut zp, mut zm) = (z.to_vec(), z.to_vec());
+        zp[k] += h;
+        zm[k] -= h;
+        let (fp, fm) = (f(&zp), f(&zm));
+        for i in 0..d {
+            j[(i, k)] = (fp[i] - fm[i]) / (2.0 * h);
+        }
+    }
+    j.determinant().abs().ln()
+}
+
+#[test]
+fn logdet_matches_brute_force_jacobian_and_round_trips() {
+    let d = 3;
+    let mut worst = (0.0f64, 0.0f64, 0.0f64);
+    for (name, layers) in catalogue(d) {
+        let m = randomized(layers, 11, 0.3);
+        let z = normal(4 * d, 2);
+        let (x, ld_f) = m.forward(&z).unwrap();
+        let (z2, ld_i) = m.inverse(&x).unwrap();
+        for b in 0..4 {
+            let zb = &z[b * d..(b + 1) * d];
+            let fwd = |v: &[f64]| m.forward(v).unwrap().0;
+            let inv = |v: &[f64]| m.inverse(v).unwrap().0;
+            let ld_fd = fd_logdet(&fwd, zb, 1e-5);
+            let ld_fd_inv = fd_logdet(&inv, &x[b * d..(b + 1) * d], 1e-5);
+            let e1 = (ld_f[b] - ld_fd).abs();
+            let e2 = (ld_i[b] - ld_fd_inv).abs();
+            assert!(e1 < 1e-7 && e2 < 1e-7, "{name}: log-det {} vs FD {ld_fd} / {} vs {ld_fd_inv}", ld_f[b], ld_i[b]);
+            assert!((ld_f[b] + ld_i[b]).abs() < 1e-12, "{name}: ld_f + ld_i = {}", ld_f[b] + ld_i[b]);
+            worst.0 = worst.0.max(e1.max(e2));
+        }
+        let rt = z.iter().zip(&z2).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(rt < 1e-12, "{name}: round trip error {rt:e}");
+        worst.1 = worst.1.max(rt);
+        // And the other way round: forward(inverse(x)) = x.
+        let xs = normal(4 * d, 9);
+        let (zz, _) = m.inverse(&xs).unwrap();
+        let (xx, _) = m.forward(&zz).unwrap();
+        let rt2 = xs.iter().zip(&xx).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(rt2 < 1e-12, "{name}: round trip (x) error {rt2:e}");
+        worst.2 = worst.2.max(rt2);
+    }
+    eprintln!(
+        "worst |log-det − FD| = {:.2e}, |z − f⁻¹(f(z))| = {:.2e}, |x − f(f⁻¹(x))| = {:.2e}",
+        worst.0, worst.1, worst.2
+    );
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let d = 3;
+    let b = 3;
+    let mut worst = (0.0f64, 0.0f64);
+    for (name, layers) in catalogue(d) {
+        let mut m = randomized(layers, 21, 0.3);
+        let x = normal(b * d, 4);
+        let w = [0.7, -0.4, 1.3];
+        let phi = |m: &FlowModel<f64>, x: &[f64]| -> f64 {
+            m.log_prob(x).unwrap().iter().zip(&w).map(|(l, w)| l * w).sum()
+        };
+        let mut gx = vec![0.0; b * d];
+        let mut gt = vec![0.0; m.n_params()];
+        let mut ws = m.workspace();
+        let p = m.log_prob_vjp(&x, &w, &mut gx, &mut gt, &mut ws).unwrap();
+        assert!((p - phi(&m, &x)).abs() < 1e-12, "{name}: Φ");
+        let h = 1e-6;
+        for k in 0..m.n_params() {
+            let p0 = m.params()[k];
+            m.params_mut()[k] = p0 + h;
+            let fp = phi(&m, &x);
+            m.params_mut()[k] = p0 - h;
+            let fm = phi(&m, &x);
+            m.params_mut()[k] = p0;
+            let fd = (fp - fm) / (2.0 * h);
+            let err = (fd - gt[k]).abs() / (1.0 + fd.abs());
+            assert!(err < 1e-6, "{name}: ∂Φ/∂θ[{k}] = {} vs FD {fd}", gt[k]);
+            worst.0 = worst.0.max(err);
+        }
+        for k in 0..b * d {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[k] += h;
+            xm[k] -= h;
+            let fd = (phi(&m, &xp) - phi(&m, &xm)) / (2.0 * h);
+            let err = (fd - gx[k]).abs() / (1.0 + fd.abs());
+            assert!(err < 1e-6, "{name}: ∂Φ/∂x[{k}] = {} vs FD {fd}", gx[k]);
+            worst.1 = worst.1.max(err);
+        }
+    }
+    eprintln!("worst relative gradient error: θ {:.2e}, x {:.2e}", worst.0, worst.1);
+}
+
+#[test]
+fn maf_and_iaf_with_the_same_parameters_are_inverses() {
+    let d = 4;
+    let maf = FlowModel::new(vec![Box::new(Maf::new(d, &[16], 2.0).unwrap()) as Box<dyn Flow<f64>>], 0).unwrap();
+    let mut maf = maf;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for p in maf.params_mut() {
+        *p = 0.5 * (2.0 * rng.random::<f64>() - 1.0);
+    }
+    let mut iaf = FlowModel::new(vec![Box::new(Iaf::new(d, &[16], 2.0).unwrap()) as Box<dyn Flow<f64>>], 0).unwrap();
+    iaf.params_mut().copy_from_slice(maf.params());
+    let z = normal(5 * d, 3);
+    // MAF sampling is sequential, IAF density is sequential: the same map computed twice.
+    let (x_maf, ld_maf) = maf.forward(&z).unwrap();
+    let (x_iaf, ld_iaf) = iaf.inverse(&z).unwrap();
+    // IAF sampling is one pass, and inverts MAF sampling.
+    let (z_back, ld_back) = iaf.forward(&x_maf).unwrap();
+    for k in 0..z.len() {
+        assert!((x_maf[k] - x_iaf[k]).abs() < 1e-14);
+        assert!((z_back[k] - z[k]).abs() < 1e-12, "IAF∘MAF ≠ id at {k}");
+    }
+    for b in 0..5 {
+        assert!((ld_maf[b] - ld_iaf[b]).abs() < 1e-14);
+        assert!((ld_back[b] + ld_maf[b]).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn composed_2d_density_integrates_to_one() {
+    let d = 2;
+    let aff = CouplingKind::Affine { scale_bound: 1.0 };
+    let layers: Layers = vec![
+        Box::new(Coupling::new(d, aff, &[16], false).unwrap()),
+        Box::new(LuAffine::glow(d, 2)),
+        Box::new(Maf::new(d, &[16], 1.0).unwrap()),
+        Box::new(Coupling::new(d, CouplingKind::Additive, &[16], true).unwrap()),
+        Box::new(ElementwiseAffine::new(d)),
+        Box::new(DenseAffine::new(d)),
+    ];
+    let m = randomized(layers, 5, 0.3);
+    // Midpoint rule on [−L, L]² with n² cells.
+    let (l, n) = (12.0, 600);
+    let h = 2.0 * l / n as f64;
+    let mut pts = Vec::with_capacity(2 * n * n);
+    for i in 0..n {
+        for j in 0..n {
+            pts.push(-l + (i as f64 + 0.5) * h);
+            pts.push(-l + (j as f64 + 0.5) * h);
+        }
+    }
+    let lp = m.log_prob(&pts).unwrap();
+    let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h * h;
+    eprintln!("mass on [−{l}, {l}]² ({n}² cells) = {mass:.6}");
+    assert!((mass - 1.0).abs() < 2e-3, "mass = {mass}");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let d = 3;
+    for (name, layers) in catalogue(d) {
+        let m = randomized(layers, 1, 0.1);
+        assert!(matches!(m.log_prob(&[0.0; 4]), Err(Error::BatchShape { len: 4, dim: 3 })), "{name}");
+        assert!(matches!(m.inverse(&[0.0, f64::NAN, 1.0]), Err(Error::NonFiniteInput { index: 1, point: 0 })), "{name}");
+        assert!(matches!(m.forward(&[0.0, 1.0, f64::INFINITY]), Err(Error::NonFiniteInput { index: 2, .. })), "{name}");
+        let mut ws = m.workspace();
+        let mut gt = vec![0.0; m.n_params() + 1];
+        let mut gx = vec![0.0; 3];
+        let r = m.log_prob_vjp(&[0.0; 3], &[1.0], &mut gx, &mut gt, &mut ws);
+        assert!(matches!(r, Err(Error::BufferLength { buffer: "theta_cot", .. })), "{name}");
+        // A layer called directly with a wrong θ.
+        let layer = &m.layers()[0];
+        let mut out = [0.0; 3];
+        let mut ld = [0.0; 1];
+        let r = layer.forward(&[0.0; 1_000], &[0.0; 3], &mut out, &mut ld, &mut Default::default());
+        assert!(matches!(r, Err(Error::BufferLength { buffer: "theta", .. })), "{name}");
+    }
+    // A singular dense matrix.
+    let mut m = FlowModel::new(vec![Box::new(DenseAffine::new(2)) as Box<dyn Flow<f64>>], 0).unwrap();
+    m.params_mut()[..4].copy_from_slice(&[1.0, 2.0, 2.0, 4.0]);
+    assert!(matches!(m.log_prob(&[0.0, 0.0]), Err(Error::SingularMatrix { layer: 0, column: 1 })));
+    // Bad construction.
+    assert!(Permutation::new(vec![0, 0]).is_err());
+    assert!(Coupling::new(1, CouplingKind::Additive, &[4], false).is_err());
+    assert!(Maf::new(2, &[4], f64::NAN).is_err());
+    assert!(FlowModel::<f64>::new(vec![], 0).is_err());
+    let mixed: Layers = vec![Box::new(ElementwiseAffine::new(2)), Box::new(ElementwiseAffine::new(3))];
+    assert!(matches!(FlowModel::new(mixed, 0), Err(Error::BlockDimension { block: 1, expected: 2, found: 3 })));
+}
+
+#[test]
+fn sample_log_prob_agrees_with_density() {
+    let d = 3;
+    let (_, layers) = catalogue(d).pop().unwrap();
+    let m = randomized(layers, 8, 0.3);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (x, lp) = m.sample_with_log_prob(20, &mut rng).unwrap();
+    let lp2 = m.log_prob(&x).unwrap();
+    for (a, b) in lp.iter().zip(&lp2) {
+        assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+    }
+}
