@@ -65,7 +65,14 @@ impl Maf {
     }
 
     /// The one-pass map `z = g(x)` (MAF's inverse) with `ld = −Σ s`.
-    fn one_pass<T: Real>(&self, theta: &[T], x: &[T], z: &mut [T], ld: &mut [T], ws: &mut FlowWs<T>) {
+    fn one_pass<T: Real>(
+        &self,
+        theta: &[T],
+        x: &[T],
+        z: &mut [T],
+        ld: &mut [T],
+        ws: &mut FlowWs<T>,
+    ) {
         let (d, b) = (self.dim, ld.len());
         let (buf, sub) = ws.split(self.ws_len(b), 0);
         let out = &mut buf[..2 * b * d];
@@ -82,7 +89,14 @@ impl Maf {
     }
 
     /// The sequential map `x = g⁻¹(z)` (MAF's forward) with `ld = Σ s`.
-    fn sequential<T: Real>(&self, theta: &[T], z: &[T], x: &mut [T], ld: &mut [T], ws: &mut FlowWs<T>) {
+    fn sequential<T: Real>(
+        &self,
+        theta: &[T],
+        z: &[T],
+        x: &mut [T],
+        ld: &mut [T],
+        ws: &mut FlowWs<T>,
+    ) {
         let (d, b) = (self.dim, ld.len());
         let (buf, sub) = ws.split(self.ws_len(b), 0);
         let (out, rest) = buf.split_at_mut(2 * b * d);

@@ -44,7 +44,12 @@ pub struct Coupling {
 
 impl Coupling {
     /// A coupling layer of dimension `dim ≥ 2` with conditioner hidden widths `hidden`.
-    pub fn new(dim: usize, kind: CouplingKind, hidden: &[usize], flip: bool) -> Result<Self, Error> {
+    pub fn new(
+        dim: usize,
+        kind: CouplingKind,
+        hidden: &[usize],
+        flip: bool,
+    ) -> Result<Self, Error> {
         if dim < 2 {
             return Err(Error::InvalidConfig {
                 name: "coupling dim",
@@ -62,8 +67,11 @@ impl Coupling {
             }
         }
         let m = dim / 2;
-        let (cond, trans): (Vec<usize>, Vec<usize>) =
-            if flip { ((dim - m..dim).collect(), (0..dim - m).collect()) } else { ((0..m).collect(), (m..dim).collect()) };
+        let (cond, trans): (Vec<usize>, Vec<usize>) = if flip {
+            ((dim - m..dim).collect(), (0..dim - m).collect())
+        } else {
+            ((0..m).collect(), (m..dim).collect())
+        };
         let k = match kind {
             CouplingKind::Additive => 1,
             CouplingKind::Affine { .. } => 2,

@@ -548,7 +548,7 @@ pub(crate) fn lu_factor<T: Real>(a: &mut [T], piv: &mut [usize], d: usize) -> Re
             }
         }
         let pivot = a[p * d + k];
-        if !(pivot.abs() > tiny) {
+        if pivot.abs() <= tiny || pivot.is_nan() {
             return Err(k);
         }
         if p != k {
@@ -589,7 +589,14 @@ pub(crate) fn lu_solve<T: Real>(lu: &[T], piv: &[usize], d: usize, r: &[T], y: &
 }
 
 /// Solves `Aᵀ y = r` from the factors of [`lu_factor`]: `Uᵀ Lᵀ P y = r`.
-pub(crate) fn lu_solve_t<T: Real>(lu: &[T], piv: &[usize], d: usize, r: &[T], t: &mut [T], y: &mut [T]) {
+pub(crate) fn lu_solve_t<T: Real>(
+    lu: &[T],
+    piv: &[usize],
+    d: usize,
+    r: &[T],
+    t: &mut [T],
+    y: &mut [T],
+) {
     for i in 0..d {
         let mut a = r[i];
         for j in 0..i {

@@ -364,9 +364,7 @@ impl<T: Real> FlowModel<T> {
             let (buf, sub) = ws.split(n + b, k);
             let (h, ld) = buf.split_at_mut(n);
             h.copy_from_slice(x);
-            self.layers[k]
-                .forward(self.theta(k), h, x, ld, sub)
-                .map_err(|e| Self::tag(k, e))?;
+            self.layers[k].forward(self.theta(k), h, x, ld, sub).map_err(|e| Self::tag(k, e))?;
             for (a, v) in logdet.iter_mut().zip(ld.iter()) {
                 *a += *v;
             }

@@ -141,7 +141,14 @@ impl MaskedMlp {
 
     /// `y = net(u)` for a batch of `b` inputs (`u`: `b × n_in`, `y`: `b × n_out`). Keeps
     /// the activations in `ws` for a following [`MaskedMlp::backward`].
-    pub fn forward<T: Real>(&self, theta: &[T], u: &[T], b: usize, y: &mut [T], ws: &mut FlowWs<T>) {
+    pub fn forward<T: Real>(
+        &self,
+        theta: &[T],
+        u: &[T],
+        b: usize,
+        y: &mut [T],
+        ws: &mut FlowWs<T>,
+    ) {
         let buf = ws.take(self.ws_len(b));
         let n_w: usize = if let Some(masks) = &self.masks {
             let mut off = 0;
@@ -241,28 +248,40 @@ impl MaskedMlp {
             let input: &[T] = if l == 0 { u } else { &acts[a_end - b * ni..a_end] };
             // ∂θ: gW = gpᵀ a_{l−1}; gb = Σ_rows gp.
             if let Some(theta_cot) = theta_cot.as_deref_mut() {
-            let gw_blk = &mut gw[..ni * no];
-            T::gemm(no, b, ni, T::one(), gp, (1, no), input, (ni, 1), T::zero(), gw_blk, (ni, 1));
-            let tw = &mut theta_cot[self.w_off[l]..self.w_off[l] + ni * no + no];
-            match &self.masks {
-                Some(m) => {
-                    for k in 0..ni * no {
-                        if m[l][k] {
+                let gw_blk = &mut gw[..ni * no];
+                T::gemm(
+                    no,
+                    b,
+                    ni,
+                    T::one(),
+                    gp,
+                    (1, no),
+                    input,
+                    (ni, 1),
+                    T::zero(),
+                    gw_blk,
+                    (ni, 1),
+                );
+                let tw = &mut theta_cot[self.w_off[l]..self.w_off[l] + ni * no + no];
+                match &self.masks {
+                    Some(m) => {
+                        for k in 0..ni * no {
+                            if m[l][k] {
+                                tw[k] += gw_blk[k];
+                            }
+                        }
+                    }
+                    None => {
+                        for k in 0..ni * no {
                             tw[k] += gw_blk[k];
                         }
                     }
                 }
-                None => {
-                    for k in 0..ni * no {
-                        tw[k] += gw_blk[k];
+                for r in 0..b {
+                    for k in 0..no {
+                        tw[ni * no + k] += gp[r * no + k];
                     }
                 }
-            }
-            for r in 0..b {
-                for k in 0..no {
-                    tw[ni * no + k] += gp[r * no + k];
-                }
-            }
             }
             if l == 0 && g_u.is_none() {
                 break;
