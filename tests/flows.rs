@@ -8,7 +8,7 @@
 use nalgebra::DMatrix;
 use odeflow::flows::{
     Coupling, CouplingKind, DenseAffine, ElementwiseAffine, Flow, FlowModel, Iaf, LuAffine, Maf,
-    Permutation,
+    Permutation, RqShape, RqSpline,
 };
 use odeflow::Error;
 use rand::{Rng, SeedableRng};
@@ -36,6 +36,19 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
             vec![Box::new(Coupling::new(d, CouplingKind::Additive, &[8, 8], false).unwrap())],
         ),
         ("affine-coupling", vec![Box::new(Coupling::new(d, aff, &[8, 8], true).unwrap())]),
+        ("rq-spline", vec![Box::new(RqSpline::new(d, RqShape { bins: 5, bound: 2.0 }).unwrap())]),
+        (
+            "spline-coupling",
+            vec![Box::new(
+                Coupling::new(
+                    d,
+                    CouplingKind::RationalQuadratic(RqShape { bins: 4, bound: 2.5 }),
+                    &[8],
+                    false,
+                )
+                .unwrap(),
+            )],
+        ),
         ("maf", vec![Box::new(Maf::new(d, &[10, 10], 2.0).unwrap())]),
         ("iaf", vec![Box::new(Iaf::new(d, &[10, 10], 2.0).unwrap())]),
         (
@@ -48,6 +61,7 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
                 Box::new(Maf::new(d, &[8], 2.0).unwrap()),
                 Box::new(Coupling::new(d, CouplingKind::Additive, &[8], true).unwrap()),
                 Box::new(Iaf::new(d, &[8], 2.0).unwrap()),
+                Box::new(RqSpline::new(d, RqShape { bins: 6, bound: 3.0 }).unwrap()),
                 Box::new(DenseAffine::new(d)),
             ],
         ),

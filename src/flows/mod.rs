@@ -53,8 +53,10 @@
 //! | [`ElementwiseAffine`] | `x = z ⊙ eˢ + t` | O(d) | `Σ s` | 2d |
 //! | [`LuAffine`] | `x = P L U z + b` | O(d²) | `Σ s`, `U_ii = e^{s_i}` | d² + d |
 //! | [`DenseAffine`] | `x = A z + b` | O(d³) (LU per call) | `log|det A|` | d² + d |
+//! | [`RqSpline`] | `z_i = RQ_i(x_i)` (Neural Spline Flows) | O(d) | `−Σ log RQ'` | d(3K−1) |
 //! | [`Permutation`] | `x_i = z_{π(i)}` | O(d) | 0 | 0 |
 //! | [`Coupling`] (additive, affine) | `x_B = z_B ⊙ e^{s(z_A)} + t(z_A)` | one pass | `Σ s` | MLP |
+//! | [`Coupling`] (spline) | `z_B = RQ(x_B; h(x_A))` | one pass (sampling: a quadratic) | `−Σ log RQ'` | MLP |
 //! | [`Maf`] | `x_i = z_i e^{α_i(x_<i)} + μ_i(x_<i)` | one pass (sampling: d passes) | `Σ α` | MADE |
 //! | [`Iaf`] | the inverse of [`Maf`] with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
 //! | [`CnfFlow`] | a CNF block (ODE) | ODE solve | `−Δℓ` | 0 (frozen, see there) |
@@ -94,12 +96,14 @@ mod cnf_block;
 mod coupling;
 mod linear;
 mod net;
+mod spline;
 
 pub use autoregressive::{Iaf, Maf};
 pub use cnf_block::CnfFlow;
 pub use coupling::{Coupling, CouplingKind};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
+pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
