@@ -8,7 +8,7 @@
 use nalgebra::DMatrix;
 use odeflow::flows::{
     Coupling, CouplingKind, DenseAffine, ElementwiseAffine, Flow, FlowModel, Iaf, LuAffine, Maf,
-    Permutation, RqShape, RqSpline,
+    Permutation, Planar, Radial, RqShape, RqSpline,
 };
 use odeflow::Error;
 use rand::{Rng, SeedableRng};
@@ -49,6 +49,8 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
                 .unwrap(),
             )],
         ),
+        ("planar", vec![Box::new(Planar::new(d)), Box::new(Planar::new(d))]),
+        ("radial", vec![Box::new(Radial::new(d)), Box::new(Radial::new(d))]),
         ("maf", vec![Box::new(Maf::new(d, &[10, 10], 2.0).unwrap())]),
         ("iaf", vec![Box::new(Iaf::new(d, &[10, 10], 2.0).unwrap())]),
         (
@@ -62,6 +64,8 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
                 Box::new(Coupling::new(d, CouplingKind::Additive, &[8], true).unwrap()),
                 Box::new(Iaf::new(d, &[8], 2.0).unwrap()),
                 Box::new(RqSpline::new(d, RqShape { bins: 6, bound: 3.0 }).unwrap()),
+                Box::new(Planar::new(d)),
+                Box::new(Radial::new(d)),
                 Box::new(DenseAffine::new(d)),
             ],
         ),
@@ -232,6 +236,18 @@ fn composed_2d_density_integrates_to_one() {
         Box::new(Maf::new(d, &[16], 1.0).unwrap()),
         Box::new(Coupling::new(d, CouplingKind::Additive, &[16], true).unwrap()),
         Box::new(ElementwiseAffine::new(d)),
+        Box::new(Planar::new(d)),
+        Box::new(Radial::new(d)),
+        Box::new(RqSpline::new(d, RqShape { bins: 6, bound: 3.0 }).unwrap()),
+        Box::new(
+            Coupling::new(
+                d,
+                CouplingKind::RationalQuadratic(RqShape { bins: 5, bound: 3.0 }),
+                &[16],
+                false,
+            )
+            .unwrap(),
+        ),
         Box::new(DenseAffine::new(d)),
     ];
     let m = randomized(layers, 5, 0.3);

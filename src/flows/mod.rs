@@ -59,6 +59,8 @@
 //! | [`Coupling`] (spline) | `z_B = RQ(x_B; h(x_A))` | one pass (sampling: a quadratic) | `−Σ log RQ'` | MLP |
 //! | [`Maf`] | `x_i = z_i e^{α_i(x_<i)} + μ_i(x_<i)` | one pass (sampling: d passes) | `Σ α` | MADE |
 //! | [`Iaf`] | the inverse of [`Maf`] with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
+//! | [`Planar`] | `x = z + û tanh(wᵀz + b)` | 1-D root (Newton) | `log(1 + wᵀû tanh')` | 2d + 1 |
+//! | [`Radial`] | `x = z + β(z − z₀)/(α + r)` | closed form | see there | d + 2 |
 //! | [`CnfFlow`] | a CNF block (ODE) | ODE solve | `−Δℓ` | 0 (frozen, see there) |
 //!
 //! The learned 1×1 mixing of Glow is [`LuAffine::glow`] (random fixed permutation, unit
@@ -96,6 +98,7 @@ mod cnf_block;
 mod coupling;
 mod linear;
 mod net;
+mod planar;
 mod spline;
 
 pub use autoregressive::{Iaf, Maf};
@@ -103,6 +106,7 @@ pub use cnf_block::CnfFlow;
 pub use coupling::{Coupling, CouplingKind};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
+pub use planar::{Planar, Radial};
 pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS};
 
 use rand::{RngCore, SeedableRng};
