@@ -61,6 +61,7 @@
 //! | [`Iaf`] | the inverse of [`Maf`] with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
 //! | [`Planar`] | `x = z + û tanh(wᵀz + b)` | 1-D root (Newton) | `log(1 + wᵀû tanh')` | 2d + 1 |
 //! | [`Radial`] | `x = z + β(z − z₀)/(α + r)` | closed form | see there | d + 2 |
+//! | [`InverseCdf`] | `x_i = F⁻¹(Φ(z_i) | x_<i)` (tabulated density) | one pass | `Σ log p̂(x_i|x_<i) − log φ(z_i)` | 0 |
 //! | [`CnfFlow`] | a CNF block (ODE) | ODE solve | `−Δℓ` | 0 (frozen, see there) |
 //!
 //! The learned 1×1 mixing of Glow is [`LuAffine::glow`] (random fixed permutation, unit
@@ -96,6 +97,7 @@
 mod autoregressive;
 mod cnf_block;
 mod coupling;
+mod icdf;
 mod linear;
 mod net;
 mod planar;
@@ -104,6 +106,7 @@ mod spline;
 pub use autoregressive::{Iaf, Maf};
 pub use cnf_block::CnfFlow;
 pub use coupling::{Coupling, CouplingKind};
+pub use icdf::{normal_cdf, normal_quantile, Cdf1d, InverseCdf};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
 pub use planar::{Planar, Radial};
