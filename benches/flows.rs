@@ -4,12 +4,15 @@
 //! the LU-parametrised affine flow (two triangular solves, O(d²)) and the elementwise affine
 //! flow (O(d)): the survey's §3.1/§3.3 cost claims, measured.
 //!
-//! Layers: elementwise affine; LU affine (with bias); dense affine; RealNVP = 4 affine
-//! couplings with hidden [64, 64]; MAF = 4 MAF layers with reversals, hidden [64, 64]
+//! Layers: elementwise affine; LU affine (with bias); dense affine; elementwise
+//! rational-quadratic spline (K = 8, B = 3); 4 planar; 4 radial; RealNVP = 4 affine
+//! couplings with hidden [64, 64]; NSF = 4 spline couplings (K = 8) with hidden [64, 64]; MAF = 4 MAF layers with reversals, hidden [64, 64]
 //! (density one pass, sampling d passes); IAF = the same with IAF layers (sampling one
 //! pass, density d passes). Parameters are randomised so no layer is the identity.
 //!
-//! Run: `cargo bench --bench flows` (about two minutes).
+//! The inverse-CDF flow is not benchmarked here: its tensor-grid table grows as n^d.
+//!
+//! Run: `cargo bench --bench flows` (about three minutes).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::Duration;
@@ -17,7 +20,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use odeflow::flows::{
     Coupling, CouplingKind, DenseAffine, ElementwiseAffine, Flow, FlowModel, Iaf, LuAffine, Maf,
-    Permutation,
+    Permutation, Planar, Radial, RqShape, RqSpline,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +31,24 @@ fn model(kind: &str, d: usize) -> FlowModel<f64> {
         "elementwise" => layers.push(Box::new(ElementwiseAffine::new(d))),
         "lu-affine" => layers.push(Box::new(LuAffine::new(d, None, true).unwrap())),
         "dense-affine" => layers.push(Box::new(DenseAffine::new(d))),
+        "rq-spline" => {
+            layers.push(Box::new(RqSpline::new(d, RqShape { bins: 8, bound: 3.0 }).unwrap()))
+        }
+        "planar" | "radial" => {
+            for _ in 0..4 {
+                if kind == "planar" {
+                    layers.push(Box::new(Planar::new(d)));
+                } else {
+                    layers.push(Box::new(Radial::new(d)));
+                }
+            }
+        }
+        "nsf" => {
+            for i in 0..4 {
+                let k = CouplingKind::RationalQuadratic(RqShape { bins: 8, bound: 3.0 });
+                layers.push(Box::new(Coupling::new(d, k, &[64, 64], i % 2 == 1).unwrap()));
+            }
+        }
         "realnvp" => {
             for i in 0..4 {
                 let k = CouplingKind::Affine { scale_bound: 3.0 };
@@ -62,12 +83,22 @@ fn points(n: usize, seed: u64) -> Vec<f64> {
     (0..n).map(|_| 2.0 * rng.random::<f64>() - 1.0).collect()
 }
 
+const KINDS: [&str; 10] = [
+    "elementwise",
+    "lu-affine",
+    "dense-affine",
+    "rq-spline",
+    "planar",
+    "radial",
+    "realnvp",
+    "nsf",
+    "maf",
+    "iaf",
+];
+
 fn throughput(c: &mut Criterion) {
     let b = 256;
-    for (mode, kinds) in [
-        ("density", ["elementwise", "lu-affine", "dense-affine", "realnvp", "maf", "iaf"]),
-        ("sample", ["elementwise", "lu-affine", "dense-affine", "realnvp", "maf", "iaf"]),
-    ] {
+    for (mode, kinds) in [("density", KINDS), ("sample", KINDS)] {
         let mut g = c.benchmark_group(format!("flows/{mode}"));
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(300))

@@ -495,3 +495,38 @@ fn inverse_cdf_1d_reproduces_the_tabulated_density() {
     // Out of the grid: an error.
     assert!(matches!(m.log_prob(&[9.0]), Err(Error::OutOfDomain { index: 0, .. })));
 }
+
+/// A CNF block composes with discrete layers: with the linear field f = A z + b the
+/// time-T flow map is affine with log|det ∂z(T)/∂x| = T·tr A, so the model's log-density is
+/// known in closed form through the other layers' log-dets; the block round-trips to the
+/// solver's tolerance, and its parameter gradient is refused (the documented gap).
+#[test]
+fn cnf_block_composes_with_discrete_layers() {
+    use odeflow::cnf::{Cnf, CnfConfig};
+    use odeflow::field::LinearField;
+    use odeflow::flows::CnfFlow;
+    let a = [-0.3, 0.4, -0.2, 0.1];
+    let field = LinearField::new(&a, &[0.2, -0.1]).unwrap();
+    let t_end = 0.7;
+    let cnf = Cnf::new(field, t_end, CnfConfig { rtol: 1e-10, atol: 1e-10, ..Default::default() })
+        .unwrap();
+    let layers: Layers = vec![Box::new(ElementwiseAffine::new(2)), Box::new(CnfFlow::new(cnf))];
+    let mut m = FlowModel::new(layers, 0).unwrap();
+    m.params_mut().copy_from_slice(&[0.3, -0.2, 0.5, 0.1]); // s, t of the elementwise layer
+    let x = [0.4, -1.1, 2.0, 0.3];
+    let (z, ld) = m.inverse(&x).unwrap();
+    // log|det ∂z/∂x| = T tr A (CNF, data → latent) − Σ s (elementwise inverse).
+    let expected = t_end * (a[0] + a[3]) - (0.3 - 0.2);
+    for b in 0..2 {
+        assert!((ld[b] - expected).abs() < 1e-8, "{} vs {expected}", ld[b]);
+    }
+    let (x2, ld_f) = m.forward(&z).unwrap();
+    for k in 0..4 {
+        assert!((x2[k] - x[k]).abs() < 1e-8, "round trip {k}: {} vs {}", x2[k], x[k]);
+    }
+    assert!((ld_f[0] + ld[0]).abs() < 1e-8);
+    let mut ws = m.workspace();
+    let (mut gx, mut gt) = (vec![0.0; 4], vec![0.0; 4]);
+    let r = m.log_prob_vjp(&x, &[1.0, 1.0], &mut gx, &mut gt, &mut ws);
+    assert!(matches!(r, Err(Error::Unsupported { flow: "cnf", .. })));
+}

@@ -46,15 +46,19 @@ impl<T: Real> Flow<T> for ElementwiseAffine {
         z: &[T],
         x: &mut [T],
         ld: &mut [T],
-        _ws: &mut FlowWs<T>,
+        ws: &mut FlowWs<T>,
     ) -> Result<(), Error> {
         let d = self.dim;
         let b = check_map(d, 2 * d, theta, z, x.len(), ld.len())?;
         let (s, t) = theta.split_at(d);
         let sum = s.iter().fold(T::zero(), |a, &v| a + v);
+        let e = ws.take(d);
+        for j in 0..d {
+            e[j] = s[j].exp();
+        }
         for i in 0..b {
             for j in 0..d {
-                x[i * d + j] = z[i * d + j] * s[j].exp() + t[j];
+                x[i * d + j] = z[i * d + j] * e[j] + t[j];
             }
             ld[i] = sum;
         }
@@ -66,15 +70,19 @@ impl<T: Real> Flow<T> for ElementwiseAffine {
         x: &[T],
         z: &mut [T],
         ld: &mut [T],
-        _ws: &mut FlowWs<T>,
+        ws: &mut FlowWs<T>,
     ) -> Result<(), Error> {
         let d = self.dim;
         let b = check_map(d, 2 * d, theta, x, z.len(), ld.len())?;
         let (s, t) = theta.split_at(d);
         let sum = s.iter().fold(T::zero(), |a, &v| a + v);
+        let e = ws.take(d);
+        for j in 0..d {
+            e[j] = (-s[j]).exp();
+        }
         for i in 0..b {
             for j in 0..d {
-                z[i * d + j] = (x[i * d + j] - t[j]) * (-s[j]).exp();
+                z[i * d + j] = (x[i * d + j] - t[j]) * e[j];
             }
             ld[i] = -sum;
         }
@@ -296,6 +304,26 @@ impl LuAffine {
     fn s_off(&self) -> usize {
         2 * self.n_tri()
     }
+
+    /// Row i of L's strict lower part, `L_{i,0..i}` (contiguous in θ).
+    #[inline]
+    fn l_row<T>(theta: &[T], i: usize) -> &[T] {
+        &theta[i * i.saturating_sub(1) / 2..][..i]
+    }
+
+    /// Row i of U's strict upper part, `U_{i,i+1..d}` (contiguous in θ).
+    #[inline]
+    fn u_row<'a, T>(&self, theta: &'a [T], i: usize) -> &'a [T] {
+        let d = self.dim;
+        let start = self.n_tri() + i * (2 * d - i - 1) / 2;
+        &theta[start..start + (d - i - 1)]
+    }
+}
+
+/// `Σ_k a_k b_k` over the shorter of the two slices.
+#[inline]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
 }
 
 impl<T: Real> Flow<T> for LuAffine {
@@ -331,18 +359,10 @@ impl<T: Real> Flow<T> for LuAffine {
             let xi = &mut x[r * d..(r + 1) * d];
             // v = U z (into xi), then w = L v computed bottom-up in place, then x = P w + b.
             for i in 0..d {
-                let mut a = theta[so + i].exp() * zi[i];
-                for j in i + 1..d {
-                    a += theta[self.ui(i, j)] * zi[j];
-                }
-                xi[i] = a;
+                xi[i] = theta[so + i].exp() * zi[i] + dot(self.u_row(theta, i), &zi[i + 1..]);
             }
             for i in (0..d).rev() {
-                let mut a = xi[i];
-                for j in 0..i {
-                    a += theta[Self::li(i, j)] * xi[j];
-                }
-                xi[i] = a;
+                xi[i] += dot(Self::l_row(theta, i), &xi[..i]);
             }
             // x = P w: x_i = w_{π(i)}.
             permute_in_place(xi, &self.perm);
@@ -455,21 +475,13 @@ impl LuAffine {
             z[self.perm[i]] = x[i] - bi;
         }
         for i in 0..d {
-            let mut a = z[i];
-            for j in 0..i {
-                a -= theta[Self::li(i, j)] * z[j];
-            }
-            z[i] = a;
+            z[i] = z[i] - dot(Self::l_row(theta, i), &z[..i]);
         }
         if let Some(w) = w_out {
             w.copy_from_slice(z);
         }
         for i in (0..d).rev() {
-            let mut a = z[i];
-            for j in i + 1..d {
-                a -= theta[self.ui(i, j)] * z[j];
-            }
-            z[i] = a / theta[so + i].exp();
+            z[i] = (z[i] - dot(self.u_row(theta, i), &z[i + 1..])) / theta[so + i].exp();
         }
     }
 }

@@ -558,9 +558,17 @@ impl<T: Real> FlowModel<T> {
         if b == 0 {
             return Err(Error::BatchShape { len: 0, dim: self.dim });
         }
-        let w = vec![-T::one() / c::<T>(b as f64); b];
-        let mut xc = vec![T::zero(); x.len()];
-        let phi = self.log_prob_vjp(x, &w, &mut xc, grad, ws)?;
+        // Scratch for w and ∂Φ/∂x in the child workspace after the layers' (taken out
+        // for the call and put back, so nothing allocates after the first call).
+        let kk = self.layers.len();
+        ws.split(0, kk);
+        let mut extra = std::mem::take(&mut ws.sub[kk]);
+        let buf = extra.take(b + x.len());
+        let (w, xc) = buf.split_at_mut(b);
+        w.iter_mut().for_each(|v| *v = -T::one() / c::<T>(b as f64));
+        let phi = self.log_prob_vjp(x, w, xc, grad, ws);
+        ws.sub[kk] = extra;
+        let phi = phi?;
         Ok(phi)
     }
 }
