@@ -475,7 +475,7 @@ impl LuAffine {
             z[self.perm[i]] = x[i] - bi;
         }
         for i in 0..d {
-            z[i] = z[i] - dot(Self::l_row(theta, i), &z[..i]);
+            z[i] -= dot(Self::l_row(theta, i), &z[..i]);
         }
         if let Some(w) = w_out {
             w.copy_from_slice(z);
