@@ -8,7 +8,7 @@
 use nalgebra::DMatrix;
 use odeflow::flows::{
     Coupling, CouplingKind, DenseAffine, ElementwiseAffine, Flow, FlowModel, Iaf, InverseCdf,
-    LuAffine, Maf, Permutation, Planar, Radial, RqShape, RqSpline,
+    LuAffine, Maf, MafSpline, Permutation, Planar, Radial, RqShape, RqSpline,
 };
 use odeflow::Error;
 use rand::{Rng, SeedableRng};
@@ -54,6 +54,14 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
         ("inverse-cdf", vec![Box::new(tabulated(d))]),
         ("maf", vec![Box::new(Maf::new(d, &[10, 10], 2.0).unwrap())]),
         ("iaf", vec![Box::new(Iaf::new(d, &[10, 10], 2.0).unwrap())]),
+        (
+            "maf-spline",
+            vec![Box::new(MafSpline::new(d, &[10], RqShape { bins: 4, bound: 2.5 }).unwrap())],
+        ),
+        (
+            "iaf-spline",
+            vec![Box::new(Iaf::spline(d, &[10], RqShape { bins: 4, bound: 2.5 }).unwrap())],
+        ),
         (
             "composition",
             vec![
@@ -250,6 +258,38 @@ fn maf_and_iaf_with_the_same_parameters_are_inverses() {
     }
     for b in 0..5 {
         assert!((ld_maf[b] - ld_iaf[b]).abs() < 1e-14);
+        assert!((ld_back[b] + ld_maf[b]).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn spline_maf_and_iaf_with_the_same_parameters_are_inverses() {
+    let d = 3;
+    let shape = RqShape { bins: 6, bound: 3.0 };
+    let mut maf = FlowModel::new(
+        vec![Box::new(MafSpline::new(d, &[16], shape).unwrap()) as Box<dyn Flow<f64>>],
+        0,
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for p in maf.params_mut() {
+        *p = 0.5 * (2.0 * rng.random::<f64>() - 1.0);
+    }
+    let mut iaf = FlowModel::new(
+        vec![Box::new(Iaf::spline(d, &[16], shape).unwrap()) as Box<dyn Flow<f64>>],
+        0,
+    )
+    .unwrap();
+    iaf.params_mut().copy_from_slice(maf.params());
+    let z = normal(5 * d, 4);
+    let (x_maf, ld_maf) = maf.forward(&z).unwrap();
+    let (z_back, ld_back) = iaf.forward(&x_maf).unwrap();
+    let (x_maf2, _) = iaf.inverse(&z).unwrap();
+    for k in 0..z.len() {
+        assert!((z_back[k] - z[k]).abs() < 1e-12, "IAF∘MAF ≠ id at {k}");
+        assert!((x_maf2[k] - x_maf[k]).abs() < 1e-14);
+    }
+    for b in 0..5 {
         assert!((ld_back[b] + ld_maf[b]).abs() < 1e-12);
     }
 }

@@ -58,7 +58,8 @@
 //! | [`Coupling`] (additive, affine) | `x_B = z_B ⊙ e^{s(z_A)} + t(z_A)` | one pass | `Σ s` | MLP |
 //! | [`Coupling`] (spline) | `z_B = RQ(x_B; h(x_A))` | one pass (sampling: a quadratic) | `−Σ log RQ'` | MLP |
 //! | [`Maf`] | `x_i = z_i e^{α_i(x_<i)} + μ_i(x_<i)` | one pass (sampling: d passes) | `Σ α` | MADE |
-//! | [`Iaf`] | the inverse of [`Maf`] with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
+//! | [`MafSpline`] | `x_i = RQ⁻¹(z_i; h_i(x_<i))` | one pass (sampling: d passes) | `−Σ log RQ′` | MADE |
+//! | [`Iaf`] | the inverse of [`Maf`] (or [`MafSpline`]) with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
 //! | [`Planar`] | `x = z + û tanh(wᵀz + b)` | 1-D root (Newton) | `log(1 + wᵀû tanh')` | 2d + 1 |
 //! | [`Radial`] | `x = z + β(z − z₀)/(α + r)` | closed form | see there | d + 2 |
 //! | [`InverseCdf`] | `x_i = F⁻¹(Φ(z_i) | x_<i)` (tabulated density) | one pass | `Σ log p̂(x_i|x_<i) − log φ(z_i)` | 0 |
@@ -103,7 +104,7 @@ mod net;
 mod planar;
 mod spline;
 
-pub use autoregressive::{Iaf, Maf};
+pub use autoregressive::{Autoregressive, Iaf, Maf, MafSpline};
 pub use cnf_block::CnfFlow;
 pub use coupling::{Coupling, CouplingKind};
 pub use icdf::{normal_cdf, normal_quantile, Cdf1d, InverseCdf};
