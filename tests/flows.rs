@@ -570,3 +570,56 @@ fn cnf_block_composes_with_discrete_layers() {
     let r = m.log_prob_vjp(&x, &[1.0, 1.0], &mut gx, &mut gt, &mut ws);
     assert!(matches!(r, Err(Error::Unsupported { flow: "cnf", .. })));
 }
+
+/// The same layers in f32: round trip and log-det at f32 tolerances, log-density close to
+/// the f64 model with the same (rounded) parameters.
+#[test]
+fn f32_models_agree_with_f64() {
+    let d = 3;
+    let build = || -> Vec<Box<dyn Flow<f32>>> {
+        vec![
+            Box::new(
+                Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[8], false).unwrap(),
+            ),
+            Box::new(LuAffine::glow(d, 1)),
+            Box::new(Maf::new(d, &[8], 2.0).unwrap()),
+            Box::new(RqSpline::new(d, RqShape { bins: 5, bound: 3.0 }).unwrap()),
+            Box::new(Planar::new(d)),
+        ]
+    };
+    let m64 = randomized(
+        vec![
+            Box::new(
+                Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[8], false).unwrap(),
+            ),
+            Box::new(LuAffine::glow(d, 1)),
+            Box::new(Maf::new(d, &[8], 2.0).unwrap()),
+            Box::new(RqSpline::new(d, RqShape { bins: 5, bound: 3.0 }).unwrap()),
+            Box::new(Planar::new(d)),
+        ],
+        4,
+        0.3,
+    );
+    let mut m32 = FlowModel::<f32>::new(build(), 0).unwrap();
+    for (p, &q) in m32.params_mut().iter_mut().zip(m64.params()) {
+        *p = q as f32;
+    }
+    let x64 = normal(6 * d, 5);
+    let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+    let (z, ld) = m32.inverse(&x32).unwrap();
+    let (xb, ldf) = m32.forward(&z).unwrap();
+    for k in 0..x32.len() {
+        assert!((xb[k] - x32[k]).abs() < 1e-5, "f32 round trip {k}: {} vs {}", xb[k], x32[k]);
+    }
+    let lp64 = m64.log_prob(&x64).unwrap();
+    let lp32 = m32.log_prob(&x32).unwrap();
+    for b in 0..6 {
+        assert!((ld[b] + ldf[b]).abs() < 1e-5);
+        assert!(
+            (lp32[b] as f64 - lp64[b]).abs() < 1e-4 * (1.0 + lp64[b].abs()),
+            "{} vs {}",
+            lp32[b],
+            lp64[b]
+        );
+    }
+}

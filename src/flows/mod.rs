@@ -48,21 +48,21 @@
 //!
 //! # Layers
 //!
-//! | layer | map (forward, z → x) | inverse | log-det | params |
+//! | layer | map | density (inverse) cost | forward log-det | params |
 //! |---|---|---|---|---|
 //! | [`ElementwiseAffine`] | `x = z ⊙ eˢ + t` | O(d) | `Σ s` | 2d |
 //! | [`LuAffine`] | `x = P L U z + b` | O(d²) | `Σ s`, `U_ii = e^{s_i}` | d² + d |
-//! | [`DenseAffine`] | `x = A z + b` | O(d³) (LU per call) | `log|det A|` | d² + d |
+//! | [`DenseAffine`] | `x = A z + b` | O(d³) (LU per call) | `log \|det A\|` | d² + d |
 //! | [`RqSpline`] | `z_i = RQ_i(x_i)` (Neural Spline Flows) | O(d) | `−Σ log RQ'` | d(3K−1) |
 //! | [`Permutation`] | `x_i = z_{π(i)}` | O(d) | 0 | 0 |
 //! | [`Coupling`] (additive, affine) | `x_B = z_B ⊙ e^{s(z_A)} + t(z_A)` | one pass | `Σ s` | MLP |
 //! | [`Coupling`] (spline) | `z_B = RQ(x_B; h(x_A))` | one pass (sampling: a quadratic) | `−Σ log RQ'` | MLP |
-//! | [`Maf`] | `x_i = z_i e^{α_i(x_<i)} + μ_i(x_<i)` | one pass (sampling: d passes) | `Σ α` | MADE |
+//! | [`Maf`] | `x_i = z_i e^{s_i(x_<i)} + μ_i(x_<i)` | one pass (sampling: d passes) | `Σ s` | MADE |
 //! | [`MafSpline`] | `x_i = RQ⁻¹(z_i; h_i(x_<i))` | one pass (sampling: d passes) | `−Σ log RQ′` | MADE |
-//! | [`Iaf`] | the inverse of [`Maf`] (or [`MafSpline`]) with the same θ | d passes (sampling: one) | `−Σ α` | MADE |
+//! | [`Iaf`] | the inverse of [`Maf`] (or [`MafSpline`]) with the same θ | d passes (sampling: one) | minus the inverted layer's | MADE |
 //! | [`Planar`] | `x = z + û tanh(wᵀz + b)` | 1-D root (Newton) | `log(1 + wᵀû tanh')` | 2d + 1 |
 //! | [`Radial`] | `x = z + β(z − z₀)/(α + r)` | closed form | see there | d + 2 |
-//! | [`InverseCdf`] | `x_i = F⁻¹(Φ(z_i) | x_<i)` (tabulated density) | one pass | `Σ log p̂(x_i|x_<i) − log φ(z_i)` | 0 |
+//! | [`InverseCdf`] | `x_i = F⁻¹(Φ(z_i); x_<i)` (tabulated density) | one pass (sampling: d 1-D roots) | `Σ log φ(z_i) − log p̂(x_i; x_<i)` | 0 |
 //! | [`CnfFlow`] | a CNF block (ODE) | ODE solve | `−Δℓ` | 0 (frozen, see there) |
 //!
 //! The learned 1×1 mixing of Glow is [`LuAffine::glow`] (random fixed permutation, unit

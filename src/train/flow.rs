@@ -333,3 +333,18 @@ impl<T: Real> FlowTrainer<T> {
         })
     }
 }
+
+/// Trains `model` by maximum likelihood in one call: [`FlowTrainer::new`] then
+/// [`FlowTrainer::run`] with `callback`; returns the trained model and the run's summary.
+/// The discrete-flow counterpart of building a [`super::CnfTrainer`] and running it.
+pub fn train_flow<T: Real>(
+    model: FlowModel<T>,
+    data: DataSource<T>,
+    test: Option<Dataset<T>>,
+    cfg: FlowTrainConfig,
+    callback: impl FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<(FlowModel<T>, RunSummary), Error> {
+    let mut tr = FlowTrainer::new(model, data, test, cfg)?;
+    let summary = tr.run(callback)?;
+    Ok((tr.into_model(), summary))
+}

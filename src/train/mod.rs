@@ -53,6 +53,6 @@ pub mod state;
 
 pub use cnf::{CnfTrainConfig, CnfTrainer, Progress, RunSummary};
 pub use data::{DataSource, Dataset, Toy};
-pub use flow::{FlowTrainConfig, FlowTrainer};
+pub use flow::{train_flow, FlowTrainConfig, FlowTrainer};
 pub use optim::{Adam, AdamConfig, LrSchedule};
 pub use state::TrainState;
