@@ -455,7 +455,88 @@ mod training {
     // iterations (bound 3.9); the peers' CNF reaches 2.894 after 1000 (hours of f32 time).
     // Observed (test NLL before → after, seeded): realnvp 8gaussians 5.983 → 3.275, realnvp
     // moons 3.903 → 2.548, maf 8gaussians 5.983 → 3.246, maf moons 3.903 → 2.642 (6 couplings
-    // or 4 MAFs, hidden [32, 32]). The bounds leave ~0.1 nat for GEMM-kernel differences.
+    // or 4 MAFs, hidden [32, 32]); nsf moons (4 spline couplings, K = 8, B = 4) 3.903 → 2.468.
+    // The bounds leave ~0.1 nat for GEMM-kernel differences.
+
+    fn nsf(k: usize, hidden: &[usize]) -> FlowModel<f64> {
+        let kind = CouplingKind::RationalQuadratic(RqShape { bins: 8, bound: 4.0 });
+        let layers: Layers = (0..k)
+            .map(|i| {
+                Box::new(Coupling::new(2, kind, hidden, i % 2 == 1).unwrap()) as Box<dyn Flow<f64>>
+            })
+            .collect();
+        FlowModel::new(layers, 0).unwrap()
+    }
+
+    #[test]
+    fn nsf_learns_moons() {
+        let (before, after) = train(nsf(4, &[32, 32]), Toy::Moons, 500);
+        eprintln!("nsf moons: test NLL {before:.4} → {after:.4}");
+        assert!(after < 2.60, "nsf moons test NLL {after}");
+    }
+
+    /// Stopped after 3 iterations and resumed from the state: bit-identical to 6 in one go.
+    #[test]
+    fn resume_is_bit_identical() {
+        let cfg = FlowTrainConfig {
+            iterations: 6,
+            batch_size: 32,
+            test_every: 0,
+            seed: 4,
+            ..Default::default()
+        };
+        let run = |stop: Option<u64>| {
+            let mut tr =
+                FlowTrainer::new(realnvp(2, &[8]), DataSource::Toy(Toy::Moons), None, cfg.clone())
+                    .unwrap();
+            tr.run(|p| {
+                if Some(p.iteration) == stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+            tr
+        };
+        let a = run(Some(3));
+        assert_eq!(a.iteration(), 3);
+        let mut b = FlowTrainer::resume(
+            realnvp(2, &[8]),
+            DataSource::Toy(Toy::Moons),
+            None,
+            cfg.clone(),
+            a.state(),
+        )
+        .unwrap();
+        b.run(|_| ControlFlow::Continue(())).unwrap();
+        let c = run(None);
+        assert_eq!(b.state(), c.state());
+        assert_ne!(c.state().params, realnvp(2, &[8]).params().to_vec());
+    }
+
+    /// A batch whose loss is not finite fails the iteration and leaves the trainer as it was.
+    #[test]
+    fn failed_iteration_keeps_the_last_good_state() {
+        let data = Dataset::new(2, vec![0.0, 1.0, 1e300, 0.5]).unwrap(); // log N(z) overflows
+        let cfg =
+            FlowTrainConfig { iterations: 4, batch_size: 2, test_every: 0, ..Default::default() };
+        let mut tr =
+            FlowTrainer::new(realnvp(2, &[8]), DataSource::Dataset { data, seed: 0 }, None, cfg)
+                .unwrap();
+        let before = tr.state();
+        let err = tr.step().unwrap_err();
+        assert!(matches!(err, Error::Training { iteration: 1, .. }), "{err}");
+        assert_eq!(tr.state(), before);
+        // Data of the wrong dimension is refused up front.
+        let bad = FlowTrainer::new(
+            realnvp(2, &[8]),
+            DataSource::Toy(Toy::Moons),
+            Some(Dataset::new(3, vec![0.0; 3]).unwrap()),
+            FlowTrainConfig::default(),
+        );
+        assert!(matches!(bad, Err(Error::InvalidConfig { name: "test", .. })));
+    }
 
     #[test]
     fn realnvp_learns_8gaussians() {
