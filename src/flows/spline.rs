@@ -156,7 +156,14 @@ pub fn rq_eval<T: Real>(shape: RqShape, raw: &[T], x: T) -> (T, T) {
     if x <= -b || x >= b {
         return (x, T::zero());
     }
-    let kn = Knots::new(shape, raw);
+    eval_kn(shape, &Knots::new(shape, raw), x)
+}
+
+fn eval_kn<T: Real>(shape: RqShape, kn: &Knots<T>, x: T) -> (T, T) {
+    let b: T = c(shape.bound);
+    if x <= -b || x >= b {
+        return (x, T::zero());
+    }
     let k = Knots::bin(&kn.xk, shape.bins, x);
     let (wk, hk, d0, d1) = (kn.w[k], kn.h[k], kn.d[k], kn.d[k + 1]);
     let s = hk / wk;
@@ -175,7 +182,14 @@ pub fn rq_inverse<T: Real>(shape: RqShape, raw: &[T], y: T) -> (T, T) {
     if y <= -b || y >= b {
         return (y, T::zero());
     }
-    let kn = Knots::new(shape, raw);
+    inverse_kn(shape, &Knots::new(shape, raw), y)
+}
+
+fn inverse_kn<T: Real>(shape: RqShape, kn: &Knots<T>, y: T) -> (T, T) {
+    let b: T = c(shape.bound);
+    if y <= -b || y >= b {
+        return (y, T::zero());
+    }
     let k = Knots::bin(&kn.yk, shape.bins, y);
     let (wk, hk, d0, d1) = (kn.w[k], kn.h[k], kn.d[k], kn.d[k + 1]);
     let s = hk / wk;
@@ -202,8 +216,23 @@ pub fn rq_eval_vjp<T: Real>(shape: RqShape, raw: &[T], x: T, g_y: T, g_l: T, g_r
     if x <= -bnd || x >= bnd {
         return g_y;
     }
+    vjp_kn(shape, &Knots::new(shape, raw), raw, x, g_y, g_l, g_raw)
+}
+
+fn vjp_kn<T: Real>(
+    shape: RqShape,
+    kn: &Knots<T>,
+    raw: &[T],
+    x: T,
+    g_y: T,
+    g_l: T,
+    g_raw: &mut [T],
+) -> T {
+    let bnd: T = c(shape.bound);
+    if x <= -bnd || x >= bnd {
+        return g_y;
+    }
     let kk = shape.bins;
-    let kn = Knots::new(shape, raw);
     let k = Knots::bin(&kn.xk, kk, x);
     let (wk, hk, d0, d1) = (kn.w[k], kn.h[k], kn.d[k], kn.d[k + 1]);
     let one = T::one();
@@ -313,14 +342,14 @@ impl<T: Real> Flow<T> for RqSpline {
     ) -> Result<(), Error> {
         let (d, np) = (self.dim, self.shape.n_params());
         let b = check_map(d, d * np, theta, z, x.len(), ld.len())?;
-        for r in 0..b {
-            let mut sum = T::zero();
-            for i in 0..d {
-                let (v, l) = rq_inverse(self.shape, &theta[i * np..(i + 1) * np], z[r * d + i]);
+        ld.iter_mut().for_each(|v| *v = T::zero());
+        for i in 0..d {
+            let kn = Knots::new(self.shape, &theta[i * np..(i + 1) * np]);
+            for r in 0..b {
+                let (v, l) = inverse_kn(self.shape, &kn, z[r * d + i]);
                 x[r * d + i] = v;
-                sum += l;
+                ld[r] += l;
             }
-            ld[r] = sum;
         }
         Ok(())
     }
@@ -334,14 +363,14 @@ impl<T: Real> Flow<T> for RqSpline {
     ) -> Result<(), Error> {
         let (d, np) = (self.dim, self.shape.n_params());
         let b = check_map(d, d * np, theta, x, z.len(), ld.len())?;
-        for r in 0..b {
-            let mut sum = T::zero();
-            for i in 0..d {
-                let (v, l) = rq_eval(self.shape, &theta[i * np..(i + 1) * np], x[r * d + i]);
+        ld.iter_mut().for_each(|v| *v = T::zero());
+        for i in 0..d {
+            let kn = Knots::new(self.shape, &theta[i * np..(i + 1) * np]);
+            for r in 0..b {
+                let (v, l) = eval_kn(self.shape, &kn, x[r * d + i]);
                 z[r * d + i] = v;
-                sum += l;
+                ld[r] += l;
             }
-            ld[r] = sum;
         }
         Ok(())
     }
@@ -357,12 +386,15 @@ impl<T: Real> Flow<T> for RqSpline {
     ) -> Result<(), Error> {
         let (d, np) = (self.dim, self.shape.n_params());
         let b = check_vjp(d, d * np, theta, x, z_cot, ld_cot, x_cot, theta_cot)?;
-        for r in 0..b {
-            for i in 0..d {
+        for i in 0..d {
+            let raw = &theta[i * np..(i + 1) * np];
+            let kn = Knots::new(self.shape, raw);
+            for r in 0..b {
                 let k = r * d + i;
-                x_cot[k] = rq_eval_vjp(
+                x_cot[k] = vjp_kn(
                     self.shape,
-                    &theta[i * np..(i + 1) * np],
+                    &kn,
+                    raw,
                     x[k],
                     z_cot[k],
                     ld_cot[r],
