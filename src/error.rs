@@ -121,6 +121,35 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A flow cannot do what was asked (e.g. the reverse-mode gradient of a direction it
+    /// does not implement); `flow` names the layer, `what` the missing operation.
+    #[error("flow '{flow}' does not support {what}")]
+    Unsupported {
+        /// The flow's name.
+        flow: &'static str,
+        /// The operation.
+        what: &'static str,
+    },
+    /// A matrix of a flow is singular (or numerically so): the LU factorisation met a zero
+    /// pivot in column `column`; `layer` is the flow's index in its composition.
+    #[error("singular matrix in flow layer {layer}: zero pivot in column {column}")]
+    SingularMatrix {
+        /// The layer (0 for a flow used on its own).
+        layer: usize,
+        /// The column whose pivot vanished.
+        column: usize,
+    },
+    /// An input lies outside the domain of a map (e.g. u ∉ [0, 1] for an inverse CDF), or a
+    /// 1-D root find for an inverse did not converge; `index` is into the flat input buffer.
+    #[error("input {value} at index {index} is outside the domain: {expected}")]
+    OutOfDomain {
+        /// Index into the flat input buffer.
+        index: usize,
+        /// The value (as f64).
+        value: f64,
+        /// What the domain is.
+        expected: &'static str,
+    },
     /// A vector-field call failed.
     #[error(transparent)]
     Field(#[from] FieldError),

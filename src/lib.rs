@@ -6,6 +6,7 @@ pub mod adjoint;
 pub mod cnf;
 mod error;
 pub mod field;
+pub mod flows;
 pub mod io;
 pub mod plot;
 pub mod trace;

@@ -4,6 +4,8 @@
 //! - [`data`]: FFJORD's toy sets ([`Toy`]), user data ([`Dataset`]), batches ([`DataSource`]).
 //! - [`cnf`]: [`CnfTrainer`], maximum likelihood for a [`Cnf`](crate::cnf::Cnf):
 //!   L = −(1/B) Σ_b log p(x_b), gradients by the adjoint, optionally a learnable T = τ².
+//! - [`flow`]: [`FlowTrainer`], maximum likelihood for a discrete
+//!   [`FlowModel`](crate::flows::FlowModel) with the same data, optimizer and callback.
 //! - [`node`]: [`NodeFitter`](node::NodeFitter), a neural ODE fitted to one observed trajectory.
 //! - [`state`]: [`TrainState`], the resumable state and its file.
 //!
@@ -43,6 +45,7 @@
 
 pub mod cnf;
 pub mod data;
+pub mod flow;
 pub mod node;
 pub mod optim;
 mod reg;
@@ -50,6 +53,7 @@ pub mod state;
 
 pub use cnf::{CnfTrainConfig, CnfTrainer, Progress, RunSummary};
 pub use data::{DataSource, Dataset, Toy};
+pub use flow::{train_flow, FlowTrainConfig, FlowTrainer};
 pub use optim::{Adam, AdamConfig, LrSchedule};
 pub use state::TrainState;
 
