@@ -25,6 +25,8 @@ pub struct ModelFigures<'a> {
     pub frames: usize,
     /// Seed of the samples.
     pub seed: u64,
+    /// Image format of the still figures: `"png"` or `"svg"` (the animation is a GIF).
+    pub format: &'static str,
 }
 
 impl Default for ModelFigures<'_> {
@@ -36,12 +38,14 @@ impl Default for ModelFigures<'_> {
             samples: 2000,
             frames: 30,
             seed: 0,
+            format: "png",
         }
     }
 }
 
 impl ModelFigures<'_> {
-    /// Draws into `dir`: `density.png` (data, learned density, samples), `trajectories.png`
+    /// Draws into `dir` (still figures in [`ModelFigures::format`], PNG shown here):
+    /// `density.png` (data, learned density, samples), `trajectories.png`
     /// (paths of samples from the base at t = T to t = 0 and of a grid of points from t = 0
     /// to T) and `flow.gif` (the samples moving from the base to the data). Needs d = 2.
     pub fn write<F: VectorField<f64>>(
@@ -71,21 +75,21 @@ impl ModelFigures<'_> {
         let (samples, _) = cnf.sample(self.samples, &mut rng)?;
         let mut paths = Vec::new();
 
-        let density_path = dir.join("density.png");
+        let density_path = dir.join(format!("density.{}", self.format));
         match self.data {
             Some(data) => {
                 let scatter = ScatterPanels {
                     panels: vec![("data".into(), data), ("samples".into(), &samples)],
                     range: self.range,
                 };
-                render(dir.join("samples.png"), (1000, 500), &scatter)?;
-                paths.push(dir.join("samples.png"));
+                render(dir.join(format!("samples.{}", self.format)), (1000, 500), &scatter)?;
+                paths.push(dir.join(format!("samples.{}", self.format)));
             }
             None => {
                 let scatter =
                     ScatterPanels { panels: vec![("samples".into(), &samples)], range: self.range };
-                render(dir.join("samples.png"), (500, 500), &scatter)?;
-                paths.push(dir.join("samples.png"));
+                render(dir.join(format!("samples.{}", self.format)), (500, 500), &scatter)?;
+                paths.push(dir.join(format!("samples.{}", self.format)));
             }
         }
         let mass = density.values.iter().sum::<f64>() * density.cell_area();
@@ -106,7 +110,7 @@ impl ModelFigures<'_> {
             .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
             .collect();
         let back = cnf.trajectory(t_end, &z, &times_back)?;
-        let traj_path = dir.join("trajectories.png");
+        let traj_path = dir.join(format!("trajectories.{}", self.format));
         render(
             &traj_path,
             (560, 560),
@@ -122,7 +126,7 @@ impl ModelFigures<'_> {
         let grid_pts: Vec<f64> = Grid2::centres((lo * 0.8, hi * 0.8), (lo * 0.8, hi * 0.8), k, k);
         let times_fwd: Vec<f64> = (0..=steps).map(|k| t_end * k as f64 / steps as f64).collect();
         let fwd = cnf.trajectory(0.0, &grid_pts, &times_fwd)?;
-        let grid_path = dir.join("grid_trajectories.png");
+        let grid_path = dir.join(format!("grid_trajectories.{}", self.format));
         render(
             &grid_path,
             (560, 560),
