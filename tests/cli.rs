@@ -590,3 +590,49 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     let err = fails(&["logprob", "--model", &s(&model), "--input", &s(&p3), "--output", &s(&lp)]);
     assert!(err.contains("columns") || err.contains("3"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_flow_run_and_exits_cleanly() {
+    let (dir, _) = setup("ctrlcflow");
+    let out = dir.join("run");
+    let mut args: Vec<String> = [
+        "train",
+        "--flow",
+        "realnvp",
+        "--iterations",
+        "10000000",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+        "--no-plot",
+        "--out",
+        &s(&out),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    args.extend(FLOW_SMALL.iter().map(|x| x.to_string()));
+    let child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then interrupt.
+    let start = std::time::Instant::now();
+    while !out.join("train_state.bin").exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("stopped (state saved"), "{stdout}");
+    let state = odeflow::train::TrainState::<f64>::load(out.join("train_state.bin")).unwrap();
+    assert!(state.iteration >= 2 && state.iteration < 10000000);
+    let (_, model) = odeflow::io::load_flow::<f64>(out.join("model.safetensors")).unwrap();
+    assert_eq!(model.params(), state.params.as_slice());
+}

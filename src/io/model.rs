@@ -747,4 +747,29 @@ mod tests {
         assert!(matches!(err, Error::ModelFile(ModelFileError::Tensor { .. })), "{err}");
         assert!(err.to_string().contains("params"), "{err}");
     }
+
+    #[test]
+    fn cnf_files_without_a_model_entry_still_load_as_cnfs() {
+        let cnf = model(TimeConditioning::ConcatSquash);
+        let path = tmp("old-cnf.safetensors");
+        save_cnf(&path, &cnf).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut info = meta.metadata().clone().unwrap();
+        assert_eq!(info.remove("model").as_deref(), Some("cnf"));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<(String, TensorView<'_>)> = st.tensors();
+        let old = safetensors::serialize(views, Some(info)).unwrap();
+        std::fs::write(&path, old).unwrap();
+        let x = [0.3, -0.4];
+        assert_eq!(
+            load_cnf::<f64>(&path).unwrap().log_prob(&x).unwrap().0,
+            cnf.log_prob(&x).unwrap().0
+        );
+        assert!(matches!(load_model::<f64>(&path).unwrap(), Model::Cnf(_)));
+        assert!(matches!(
+            load_flow::<f64>(&path),
+            Err(Error::ModelFile(ModelFileError::Kind { .. }))
+        ));
+    }
 }
