@@ -401,9 +401,10 @@ struct TrainArgs {
     /// Fraction of a data file held out for the test NLL.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// Train a discrete flow instead of a CNF: realnvp, nice, maf or nsf (spline coupling).
-    /// The CNF's architecture, solver, trace, adjoint, --train-t and --kinetic options do
-    /// not apply to it.
+    /// Train a discrete flow instead of a CNF: realnvp, nice, maf or nsf (spline coupling),
+    /// shaped by --layers and --hidden. The CNF-only options (--activation, --time, --blocks,
+    /// --t-end, --train-t, --method, --rtol, --atol, --trace, --adjoint, --kinetic) do not
+    /// apply to it.
     #[arg(long)]
     #[serde(default)]
     flow: Option<String>,
