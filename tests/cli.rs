@@ -417,3 +417,254 @@ fn ctrl_c_saves_the_state_and_exits_cleanly() {
     assert!(state.iteration >= 2 && state.iteration < 100000);
     assert!(odeflow::io::load_cnf::<f64>(out.join("model.safetensors")).is_ok());
 }
+
+fn load_flow_params(path: &Path) -> Vec<u64> {
+    let (_, model) = odeflow::io::load_flow::<f64>(path).unwrap();
+    model.params().iter().map(|v| v.to_bits()).collect()
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+const FLOW_SMALL: [&str; 8] =
+    ["--hidden", "8,8", "--layers", "2", "--batch", "64", "--test-points", "256"];
+
+#[test]
+fn train_flow_writes_model_state_log_and_figures_and_resumes_exactly() {
+    for kind in ["realnvp", "maf"] {
+        let (dir, _) = setup(&format!("trainflow-{kind}"));
+        let args = |out: &Path, iters: &str| -> Vec<String> {
+            let mut v: Vec<String> = [
+                "train",
+                "--flow",
+                kind,
+                "--iterations",
+                iters,
+                "--test-every",
+                "3",
+                "--quiet",
+                "--out",
+                &s(out),
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+            v.extend(FLOW_SMALL.iter().map(|x| x.to_string()));
+            v
+        };
+        let run = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        let full = dir.join("full");
+        let msg = run(args(&full, "6"));
+        assert!(msg.contains("trained at iteration 6"), "{kind}: {msg}");
+        for f in ["model.safetensors", "train_state.bin", "run.json", "train_log.csv"] {
+            assert!(full.join(f).exists(), "{kind}: {f}");
+        }
+        check_png(&full.join("density.png"), 560, 560);
+        check_png(&full.join("samples.png"), 1000, 500);
+        check_png(&full.join("training.png"), 1100, 420);
+        // A discrete flow has no trajectories.
+        assert!(!full.join("trajectories.png").exists() && !full.join("flow.gif").exists());
+        let log = std::fs::read_to_string(full.join("train_log.csv")).unwrap();
+        assert_eq!(log.lines().count(), 1 + 6, "{kind}");
+        assert_eq!(
+            log.lines()
+                .skip(1)
+                .filter(|l| l.split(',').nth(3).is_some_and(|t| !t.is_empty()))
+                .count(),
+            2,
+            "{kind}"
+        );
+        // The model file is a flow file of the requested kind.
+        let model_path = full.join("model.safetensors");
+        let (spec, model) = odeflow::io::load_flow::<f64>(&model_path).unwrap();
+        assert_eq!(spec.kind.name(), kind);
+        assert_eq!((spec.dim, spec.layers, spec.hidden.clone()), (2, 2, vec![8, 8]));
+        let err = odeflow::io::load_cnf::<f64>(&model_path).unwrap_err().to_string();
+        assert!(err.contains("a flow model file"), "{err}");
+
+        // 3 iterations, then resume to 6: the same parameters, bit for bit, and the same log.
+        let split = dir.join("split");
+        run(args(&split, "3"));
+        let mut resume = args(&split, "6");
+        resume.push("--resume".into());
+        run(resume);
+        assert_eq!(
+            load_flow_params(&model_path),
+            load_flow_params(&split.join("model.safetensors")),
+            "{kind}"
+        );
+        let strip = |l: &str| l.split(',').take(6).collect::<Vec<_>>().join(",");
+        let a: Vec<String> = log.lines().map(strip).collect();
+        let b: Vec<String> = std::fs::read_to_string(split.join("train_log.csv"))
+            .unwrap()
+            .lines()
+            .map(strip)
+            .collect();
+        assert_eq!(a, b, "{kind}");
+
+        // logprob and sample on the flow model agree with the library, bit for bit.
+        let pts = dir.join("pts.csv");
+        std::fs::write(&pts, "x,y\n0,0\n1,1\n-0.5,2\n").unwrap();
+        let lp = dir.join("lp.csv");
+        let m = s(&model_path);
+        let msg = ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &s(&lp)]);
+        assert!(msg.contains("discrete flow"), "{msg}");
+        let got = read_csv(&lp, Some(1)).unwrap();
+        let want = model.log_prob(&[0.0, 0.0, 1.0, 1.0, -0.5, 2.0]).unwrap();
+        assert_eq!(bits(&got.data), bits(&want), "{kind}");
+        // Solver options are accepted and ignored for a flow.
+        ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &s(&lp), "--rtol", "1e-3"]);
+        assert_eq!(bits(&read_csv(&lp, Some(1)).unwrap().data), bits(&want));
+
+        let samples = dir.join("s.csv");
+        ok(&[
+            "sample",
+            "--model",
+            &m,
+            "-n",
+            "20",
+            "--output",
+            &s(&samples),
+            "--with-log-prob",
+            "--seed",
+            "5",
+        ]);
+        let sp = read_csv(&samples, Some(3)).unwrap();
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (x, l) = model.sample_with_log_prob(20, &mut rng).unwrap();
+        let rows: Vec<f64> = x.chunks(2).zip(&l).flat_map(|(p, v)| [p[0], p[1], *v]).collect();
+        assert_eq!(bits(&sp.data), bits(&rows), "{kind}");
+        let npy = dir.join("s.npy");
+        ok(&["sample", "--model", &m, "-n", "7", "--output", &s(&npy)]);
+        assert_eq!(read_npy(&npy).unwrap().shape, vec![7, 2]);
+
+        // plot reads the flow file: density and samples, no trajectories.
+        let figs = dir.join("figs");
+        ok(&["plot", "--model", &m, "--out", &s(&figs), "--grid", "40", "--data", &s(&pts)]);
+        check_png(&figs.join("density.png"), 560, 560);
+        check_png(&figs.join("samples.png"), 1000, 500);
+        assert!(!figs.join("trajectories.png").exists());
+    }
+}
+
+#[test]
+fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
+    let (dir, _) = setup("flowbad");
+    let out = dir.join("run");
+    let mut v: Vec<&str> =
+        vec!["train", "--flow", "nice", "--iterations", "2", "--quiet", "--no-plot"];
+    v.extend(FLOW_SMALL);
+    let o = s(&out);
+    v.extend(["--out", o.as_str()]);
+    ok(&v);
+    let model = out.join("model.safetensors");
+    assert_eq!(odeflow::io::load_flow::<f64>(&model).unwrap().0.kind.name(), "nice");
+    let err = fails(&["train", "--flow", "glow", "--out", &s(&dir.join("glow"))]);
+    assert!(err.contains("unknown flow \"glow\"") && err.contains("realnvp"), "{err}");
+    let err = fails(&["train", "--flow", "maf", "--layers", "0", "--out", &s(&dir.join("l0"))]);
+    assert!(err.contains("layers"), "{err}");
+    // bench needs an ODE.
+    let err = fails(&["bench", "--problem", "model", "--model", &s(&model)]);
+    assert!(err.contains("discrete flow"), "{err}");
+    // A truncated flow file: a clear error, no output written.
+    let bytes = std::fs::read(&model).unwrap();
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, &bytes[..bytes.len() - 5]).unwrap();
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "0,0\n").unwrap();
+    let lp = dir.join("lp.csv");
+    let err =
+        fails(&["logprob", "--model", &s(&corrupt), "--input", &s(&pts), "--output", &s(&lp)]);
+    assert!(
+        err.contains("corrupt.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    assert!(!lp.exists());
+    let err = fails(&["sample", "--model", &s(&corrupt), "--output", &s(&dir.join("s.csv"))]);
+    assert!(err.contains("not a valid safetensors"), "{err}");
+    // Points of the wrong dimension for the flow.
+    let p3 = dir.join("p3.csv");
+    std::fs::write(&p3, "0,0,0\n").unwrap();
+    let err = fails(&["logprob", "--model", &s(&model), "--input", &s(&p3), "--output", &s(&lp)]);
+    assert!(err.contains("columns") || err.contains("3"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_flow_run_and_exits_cleanly() {
+    let (dir, _) = setup("ctrlcflow");
+    let out = dir.join("run");
+    let mut args: Vec<String> = [
+        "train",
+        "--flow",
+        "realnvp",
+        "--iterations",
+        "10000000",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+        "--no-plot",
+        "--out",
+        &s(&out),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    args.extend(FLOW_SMALL.iter().map(|x| x.to_string()));
+    let child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then interrupt.
+    let start = std::time::Instant::now();
+    while !out.join("train_state.bin").exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("stopped (state saved"), "{stdout}");
+    let state = odeflow::train::TrainState::<f64>::load(out.join("train_state.bin")).unwrap();
+    assert!(state.iteration >= 2 && state.iteration < 10000000);
+    let (_, model) = odeflow::io::load_flow::<f64>(out.join("model.safetensors")).unwrap();
+    assert_eq!(model.params(), state.params.as_slice());
+}
+
+#[test]
+fn plot_writes_svg_and_the_training_curves_of_a_run() {
+    let (dir, _) = setup("plotsvg");
+    let run = dir.join("run");
+    let mut args: Vec<&str> = vec!["train", "--iterations", "3", "--quiet", "--no-plot", "--out"];
+    let run_s = s(&run);
+    args.push(&run_s);
+    args.extend(SMALL);
+    ok(&args);
+    let figs = dir.join("figs");
+    let model = s(&run.join("model.safetensors"));
+    ok(&[
+        "plot",
+        "--model",
+        &model,
+        "--out",
+        &s(&figs),
+        "--format",
+        "svg",
+        "--grid",
+        "30",
+        "--samples",
+        "200",
+    ]);
+    for f in ["density.svg", "samples.svg", "trajectories.svg", "training.svg"] {
+        let text = std::fs::read_to_string(figs.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(text.contains("<svg") && text.len() > 2000, "{f}");
+    }
+    let err = fails(&["plot", "--model", &model, "--out", &s(&figs), "--format", "jpg"]);
+    assert!(err.contains("jpg"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! The odeflow command line: evaluate, sample, plot and benchmark continuous normalizing flows.
+//! The odeflow command line: train, evaluate, sample, plot and benchmark continuous
+//! normalizing flows and discrete flows (`train --flow realnvp|nice|maf|nsf`).
 //!
 //! Thin by design: it parses arguments, calls the library, and reports. Every error is
 //! printed as one message naming the problem, with exit code 1 (2 for usage errors); files
@@ -13,18 +14,26 @@ use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
 use odeflow::field::{Mlp, MlpConfig};
-use odeflow::io::{load_cnf, read_points, save_cnf, write_atomically, write_csv, write_npy};
+use odeflow::flows::{FlowKind, FlowSpec};
+use odeflow::io::{
+    load_model, read_points, save_cnf, save_flow, write_atomically, write_csv, write_npy, Model,
+};
 use odeflow::plot::{render, ModelFigures, TrainingCurves};
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
 use odeflow::train::{
-    AdamConfig, CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy, TrainState,
+    AdamConfig, CnfTrainConfig, CnfTrainer, DataSource, Dataset, FlowTrainConfig, FlowTrainer,
+    Progress, RunSummary, Toy, TrainState,
 };
 use odeflow::workprecision::{work_precision, write_all, Setting};
 use odeflow::Error;
 use rand::SeedableRng;
 
 #[derive(Parser)]
-#[command(name = "odeflow", version, about = "Continuous normalizing flows and neural ODEs")]
+#[command(
+    name = "odeflow",
+    version,
+    about = "Continuous normalizing flows, discrete flows and neural ODEs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,22 +41,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a CNF by maximum likelihood (with no arguments: 8gaussians, figures to ./out).
+    /// Train a CNF, or with --flow a discrete flow, by maximum likelihood (with no arguments:
+    /// a CNF on 8gaussians, figures to ./out).
     Train(TrainArgs),
     /// Log-densities of points under a model (CSV out: one log p per point).
     Logprob(LogprobArgs),
     /// Draw points from a model (CSV or .npy by the output's extension).
     Sample(SampleArgs),
-    /// Figures of a 2-D model: density beside data, samples, trajectories, an animated GIF.
+    /// Figures of a 2-D model: density beside data, samples, and for a CNF trajectories and
+    /// an animated GIF.
     Plot(PlotArgs),
     /// Work-precision table and diagram for solver methods and tolerances.
     Bench(BenchArgs),
 }
 
-/// Solver settings that override those saved in the model.
+/// Solver settings that override those saved in the model (CNF models only: a discrete flow
+/// solves no ODE, and ignores them).
 #[derive(Args, Clone)]
 struct SolverArgs {
-    /// Solver method (euler, midpoint, heun, rk4, bosh3, dopri5, tsit5, dop853).
+    /// Solver method (euler, midpoint, heun, rk4, bosh3, dopri5, tsit5, dop853); CNF models
+    /// only, like --rtol and --atol.
     #[arg(long)]
     method: Option<Method>,
     /// Relative tolerance.
@@ -60,7 +73,7 @@ struct SolverArgs {
 
 #[derive(Args)]
 struct LogprobArgs {
-    /// Model file (safetensors, from `odeflow train`).
+    /// Model file (safetensors, from `odeflow train`: a CNF or a discrete flow).
     #[arg(long)]
     model: PathBuf,
     /// Points: CSV (one point per line, optional header) or .npy [n, d].
@@ -75,7 +88,7 @@ struct LogprobArgs {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// Model file.
+    /// Model file (a CNF or a discrete flow).
     #[arg(long)]
     model: PathBuf,
     /// Number of points.
@@ -96,7 +109,7 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct PlotArgs {
-    /// Model file.
+    /// Model file (a CNF or a discrete flow).
     #[arg(long)]
     model: PathBuf,
     /// Data to show beside the model (CSV or .npy).
@@ -117,6 +130,13 @@ struct PlotArgs {
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Image format of the figures: png or svg (the animation is always a GIF).
+    #[arg(long, default_value = "png", value_parser = ["png", "svg"])]
+    format: String,
+    /// A training log (`train_log.csv` of `odeflow train`) to draw the training curves of
+    /// (default: the one beside the model, if any).
+    #[arg(long)]
+    log: Option<PathBuf>,
     #[command(flatten)]
     solver: SolverArgs,
 }
@@ -175,36 +195,46 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Loads a model and applies the solver overrides.
-fn model(path: &Path, solver: &SolverArgs) -> Result<Cnf<f64, Mlp<f64>>, Error> {
-    let mut cnf = load_cnf::<f64>(path)?;
-    let mut cfg: CnfConfig<f64> = cnf.config().clone();
-    if let Some(m) = solver.method {
-        cfg.method = m;
+/// Loads a model of either kind and applies the solver overrides (to a CNF; a discrete
+/// flow has no solver).
+fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
+    let mut m = load_model::<f64>(path)?;
+    if let Model::Cnf(cnf) = &mut m {
+        let mut cfg: CnfConfig<f64> = cnf.config().clone();
+        if let Some(method) = solver.method {
+            cfg.method = method;
+        }
+        if let Some(r) = solver.rtol {
+            cfg.rtol = r;
+        }
+        if let Some(a) = solver.atol {
+            cfg.atol = a;
+        }
+        cnf.set_config(cfg)?;
     }
-    if let Some(r) = solver.rtol {
-        cfg.rtol = r;
-    }
-    if let Some(a) = solver.atol {
-        cfg.atol = a;
-    }
-    cnf.set_config(cfg)?;
-    Ok(cnf)
+    Ok(m)
 }
 
-fn stats_line(what: &str, n: usize, s: &Stats) -> String {
-    format!(
-        "{what} {n} points: {} function evaluations, {} steps accepted, {} rejected",
-        s.n_rhs, s.n_accepted, s.n_rejected
-    )
+fn stats_line(what: &str, n: usize, s: Option<&Stats>) -> String {
+    match s {
+        Some(s) => format!(
+            "{what} {n} points: {} function evaluations, {} steps accepted, {} rejected",
+            s.n_rhs, s.n_accepted, s.n_rejected
+        ),
+        None => format!("{what} {n} points (discrete flow)"),
+    }
 }
 
 fn logprob(a: LogprobArgs) -> CliResult {
-    let cnf = model(&a.model, &a.solver)?;
-    let points = read_points(&a.input, Some(cnf.dim()))?;
-    let (logp, stats) = cnf.log_prob(&points.data)?;
+    let m = model(&a.model, &a.solver)?;
+    let points = read_points(&a.input, Some(m.dim()))?;
+    let (logp, stats) = m.log_prob(&points.data)?;
     write_csv(&a.output, &["log_prob"], &logp)?;
-    println!("{}; wrote {}", stats_line("log-density of", points.rows, &stats), a.output.display());
+    println!(
+        "{}; wrote {}",
+        stats_line("log-density of", points.rows, stats.as_ref()),
+        a.output.display()
+    );
     Ok(())
 }
 
@@ -232,7 +262,7 @@ fn sample(a: SampleArgs) -> CliResult {
         let header: Vec<&str> = names.iter().map(String::as_str).collect();
         write_csv(&a.output, &header, &data)?;
     }
-    println!("{}; wrote {}", stats_line("sampled", a.n, &stats), a.output.display());
+    println!("{}; wrote {}", stats_line("sampled", a.n, stats.as_ref()), a.output.display());
     Ok(())
 }
 
@@ -252,9 +282,27 @@ fn plot(a: PlotArgs) -> CliResult {
         grid: a.grid,
         samples: a.samples,
         seed: a.seed,
+        format: if a.format == "svg" { "svg" } else { "png" },
         ..Default::default()
     };
-    for p in figures.write(&cnf, &a.out)? {
+    let mut written = match &cnf {
+        Model::Cnf(c) => figures.write(c, &a.out)?,
+        Model::Flow(_, f) => figures.write_flow(f, &a.out)?,
+    };
+    let beside = a.model.parent().map(|d| d.join("train_log.csv")).filter(|p| p.exists());
+    if let Some(log_path) = a.log.clone().or(beside) {
+        let log = std::fs::read_to_string(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let curves = training_curves(&log);
+        let path = a.out.join(format!("training.{}", figures.format));
+        render(
+            &path,
+            (1100, 420),
+            &TrainingCurves { loss: &curves.0, test_nll: &curves.1, nfe: &curves.2 },
+        )?;
+        written.push(path);
+    }
+    for p in written {
         println!("wrote {}", p.display());
     }
     Ok(())
@@ -265,7 +313,16 @@ fn bench(a: BenchArgs) -> CliResult {
     let (title, rows) = match a.problem.as_str() {
         "model" => {
             let path = a.model.as_ref().ok_or("--problem model needs --model")?;
-            let cnf = model(path, &SolverArgs { method: None, rtol: None, atol: None })?;
+            let cnf = match model(path, &SolverArgs { method: None, rtol: None, atol: None })? {
+                Model::Cnf(c) => c,
+                Model::Flow(..) => {
+                    return Err(format!(
+                        "{}: a discrete flow solves no ODE; --problem model needs a CNF model",
+                        path.display()
+                    )
+                    .into())
+                }
+            };
             let x = match &a.points {
                 Some(p) => read_points(p, Some(cnf.dim()))?.data,
                 None => cnf.sample(1000, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?.0,
@@ -365,7 +422,19 @@ struct TrainArgs {
     /// Fraction of a data file held out for the test NLL.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// Hidden widths of each block's MLP, comma-separated.
+    /// Train a discrete flow instead of a CNF: realnvp, nice, maf or nsf (spline coupling),
+    /// shaped by --layers and --hidden. The CNF-only options (--activation, --time, --blocks,
+    /// --t-end, --train-t, --method, --rtol, --atol, --trace, --adjoint, --kinetic) do not
+    /// apply to it.
+    #[arg(long)]
+    #[serde(default)]
+    flow: Option<String>,
+    /// Layers of a discrete flow (couplings or MAF layers; with --flow).
+    #[arg(long, default_value_t = 4)]
+    #[serde(default = "default_layers")]
+    layers: usize,
+    /// Hidden widths of each CNF block's MLP, or of each flow layer's conditioner,
+    /// comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,64,64")]
     hidden: Vec<usize>,
     /// Activation: tanh, softplus, silu, elu.
@@ -443,6 +512,10 @@ struct TrainArgs {
     quiet: bool,
 }
 
+fn default_layers() -> usize {
+    4
+}
+
 fn parse_or<T>(
     what: &'static str,
     value: &str,
@@ -451,7 +524,8 @@ fn parse_or<T>(
     parsed.ok_or_else(|| format!("unknown {what} {value:?}").into())
 }
 
-/// Trains a CNF and writes the model, the state, the log and the figures.
+/// Trains a CNF (or, with `--flow`, a discrete flow) and writes the model, the state, the log
+/// and the figures.
 fn train(mut a: TrainArgs) -> CliResult {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -506,43 +580,71 @@ fn train(mut a: TrainArgs) -> CliResult {
         }
     };
     let dim = source.dim();
-    let mlp_cfg =
-        MlpConfig { dim, hidden: a.hidden.clone(), activation, time, ..Default::default() };
-    let blocks = (0..a.blocks.max(1))
-        .map(|k| {
-            Ok(CnfBlock {
-                field: Mlp::new(&MlpConfig {
-                    seed: a.seed.wrapping_add(k as u64),
-                    ..mlp_cfg.clone()
-                })?,
-                t_end: a.t_end,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let cnf = Cnf::chain(
-        blocks,
-        CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() },
-    )?;
-    let cfg = CnfTrainConfig {
-        iterations: a.iterations,
-        batch_size: a.batch,
-        adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
-        train_t: a.train_t,
-        kinetic: a.kinetic,
-        test_every: a.test_every,
-        seed: a.seed,
-        checkpoint: Some(state_path.clone()),
-        checkpoint_every: a.checkpoint_every.max(1),
-        adjoint: AdjointConfig { strategy, ..Default::default() },
-        ..Default::default()
-    };
-    let mut trainer = if resume {
-        let state = TrainState::load(&state_path)?;
-        CnfTrainer::resume(cnf, source, Some(test.clone()), cfg, state)?
-    } else {
-        let json = serde_json::to_string_pretty(&a)?;
-        write_atomically(&run_path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
-        CnfTrainer::new(cnf, source, Some(test.clone()), cfg)?
+    let mut trainer = match &a.flow {
+        Some(name) => {
+            let kind: FlowKind = name.parse()?;
+            let spec = FlowSpec::new(kind, dim, a.layers, a.hidden.clone());
+            let model = spec.build::<f64>(a.seed)?;
+            let cfg = FlowTrainConfig {
+                iterations: a.iterations,
+                batch_size: a.batch,
+                adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
+                test_every: a.test_every,
+                seed: a.seed,
+                checkpoint: Some(state_path.clone()),
+                checkpoint_every: a.checkpoint_every.max(1),
+                ..Default::default()
+            };
+            let tr = if resume {
+                let state = TrainState::load(&state_path)?;
+                FlowTrainer::resume(model, source, Some(test.clone()), cfg, state)?
+            } else {
+                let tr = FlowTrainer::new(model, source, Some(test.clone()), cfg)?;
+                write_run(&run_path, &a)?;
+                tr
+            };
+            Trainer::Flow(Box::new(tr), spec)
+        }
+        None => {
+            let mlp_cfg =
+                MlpConfig { dim, hidden: a.hidden.clone(), activation, time, ..Default::default() };
+            let blocks = (0..a.blocks.max(1))
+                .map(|k| {
+                    Ok(CnfBlock {
+                        field: Mlp::new(&MlpConfig {
+                            seed: a.seed.wrapping_add(k as u64),
+                            ..mlp_cfg.clone()
+                        })?,
+                        t_end: a.t_end,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let cnf = Cnf::chain(
+                blocks,
+                CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() },
+            )?;
+            let cfg = CnfTrainConfig {
+                iterations: a.iterations,
+                batch_size: a.batch,
+                adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
+                train_t: a.train_t,
+                kinetic: a.kinetic,
+                test_every: a.test_every,
+                seed: a.seed,
+                checkpoint: Some(state_path.clone()),
+                checkpoint_every: a.checkpoint_every.max(1),
+                adjoint: AdjointConfig { strategy, ..Default::default() },
+                ..Default::default()
+            };
+            let tr = if resume {
+                let state = TrainState::load(&state_path)?;
+                CnfTrainer::resume(cnf, source, Some(test.clone()), cfg, state)?
+            } else {
+                write_run(&run_path, &a)?;
+                CnfTrainer::new(cnf, source, Some(test.clone()), cfg)?
+            };
+            Trainer::Cnf(Box::new(tr))
+        }
     };
 
     // The log keeps every iteration; a resumed run appends to the rows before its start.
@@ -614,8 +716,7 @@ fn train(mut a: TrainArgs) -> CliResult {
     bar.finish();
     // Whatever happened, keep what was trained: the last good state, model and log.
     write_atomically(&log_path, |w| std::io::Write::write_all(w, log.as_bytes()))?;
-    trainer.save_state(&state_path)?;
-    save_cnf(&model_path, trainer.cnf())?;
+    trainer.save(&state_path, &model_path)?;
     let summary = result?;
     println!(
         "{} at iteration {} in {:.1} s{}; wrote {}, {}, {}",
@@ -638,7 +739,11 @@ fn train(mut a: TrainArgs) -> CliResult {
             range: plot_range(test.as_slice()),
             ..Default::default()
         };
-        for p in figures.write(trainer.cnf(), &out)? {
+        let written = match &trainer {
+            Trainer::Cnf(t) => figures.write(t.cnf(), &out)?,
+            Trainer::Flow(t, _) => figures.write_flow(t.model(), &out)?,
+        };
+        for p in written {
             println!("wrote {}", p.display());
         }
     }
@@ -650,6 +755,54 @@ fn train(mut a: TrainArgs) -> CliResult {
         &TrainingCurves { loss: &curves.0, test_nll: &curves.1, nfe: &curves.2 },
     )?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The trainer of either kind of model.
+enum Trainer {
+    /// A CNF of MLP blocks.
+    Cnf(Box<CnfTrainer<f64, Mlp<f64>>>),
+    /// A discrete flow and its spec (for the model file).
+    Flow(Box<FlowTrainer<f64>>, FlowSpec),
+}
+
+impl Trainer {
+    fn iteration(&self) -> u64 {
+        match self {
+            Trainer::Cnf(t) => t.iteration(),
+            Trainer::Flow(t, _) => t.iteration(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        callback: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<RunSummary, Error> {
+        match self {
+            Trainer::Cnf(t) => t.run(callback),
+            Trainer::Flow(t, _) => t.run(callback),
+        }
+    }
+
+    /// Saves the training state and the model file.
+    fn save(&self, state: &Path, model: &Path) -> Result<(), Error> {
+        match self {
+            Trainer::Cnf(t) => {
+                t.save_state(state)?;
+                save_cnf(model, t.cnf())
+            }
+            Trainer::Flow(t, spec) => {
+                t.state().save(state)?;
+                save_flow(model, spec, t.model())
+            }
+        }
+    }
+}
+
+/// Writes the run's settings (for `--resume`).
+fn write_run(path: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let json = serde_json::to_string_pretty(a)?;
+    write_atomically(path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
     Ok(())
 }
 

@@ -102,6 +102,7 @@ mod icdf;
 mod linear;
 mod net;
 mod planar;
+mod spec;
 mod spline;
 
 pub use autoregressive::{Autoregressive, Iaf, Maf, MafSpline};
@@ -111,6 +112,7 @@ pub use icdf::{normal_cdf, normal_quantile, Cdf1d, InverseCdf};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
 pub use planar::{Planar, Radial};
+pub use spec::{FlowKind, FlowSpec};
 pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS};
 
 use rand::{RngCore, SeedableRng};

@@ -7,7 +7,7 @@ mod npy;
 
 pub use checkpoint::load_peer_checkpoint;
 pub use csv::{read_csv, write_csv, CsvError, Points};
-pub use model::{load_cnf, save_cnf, ModelFileError};
+pub use model::{load_cnf, load_flow, load_model, save_cnf, save_flow, Model, ModelFileError};
 pub use npy::{read_npy, read_npy_matrix, write_atomically, write_npy, Array, NpyError, NpzReader};
 
 /// Reads points from a `.npy` file (2-D, float) or otherwise a CSV file; with

@@ -1,4 +1,5 @@
-//! Model files: a CNF of MLP blocks as safetensors, loadable from PyTorch.
+//! Model files: a CNF of MLP blocks as safetensors, loadable from PyTorch; discrete flows
+//! (see [Flow files](#flow-files)).
 //!
 //! # Format (version 1)
 //! A [safetensors](https://github.com/huggingface/safetensors) file. Tensors are named as
@@ -27,8 +28,16 @@
 //!
 //! (`activation`: tanh, softplus, silu, elu; `time`: concat, concatsquash, ignore; `trace`:
 //! exact, hutchinson-gaussian, hutchinson-rademacher; `end_times`: T of each block exactly,
-//! used when it agrees with `sqrt_end_time²`, which PyTorch may have changed.) Files are
+//! used when it agrees with `sqrt_end_time²`, which PyTorch may have changed.) CNF files
+//! also carry `model` = `cnf` (files without a `model` entry are read as CNFs). Files are
 //! written atomically.
+//!
+//! # Flow files
+//! A discrete flow ([`save_flow`], [`load_flow`]) is the same container with one tensor,
+//! `params` (`[n_params]`, F64 or F32: the model's flat parameter vector), and the
+//! metadata `format` = `odeflow`, `format_version` = `1`, `model` = `flow` and
+//! `architecture` = the [`FlowSpec`] as JSON. Loading a file of one kind as the other
+//! gives [`ModelFileError::Kind`]; [`load_model`] reads either.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,7 +47,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cnf::{Cnf, CnfBlock, CnfConfig};
 use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning, VectorField};
+use crate::flows::{FlowModel, FlowSpec};
 use crate::io::{write_atomically, NpyError};
+use crate::solvers::Stats;
 use crate::trace::{Noise, TraceEstimator};
 use crate::Error;
 
@@ -74,6 +85,17 @@ pub enum ModelFileError {
         found: String,
         /// The version this build reads.
         supported: u32,
+    },
+    /// An odeflow model file of the other kind (a CNF where a discrete flow was expected,
+    /// or the other way round).
+    #[error("{path}: a {found} model file, expected a {expected} model file")]
+    Kind {
+        /// The file.
+        path: PathBuf,
+        /// The kind in the file (`cnf` or `flow`).
+        found: String,
+        /// The kind the caller asked for.
+        expected: &'static str,
     },
     /// A tensor is missing or has the wrong shape or type for the architecture.
     #[error("{path}: tensor `{name}`: {reason}")]
@@ -235,6 +257,7 @@ pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result
     let metadata = HashMap::from([
         ("format".to_string(), "odeflow".to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("model".to_string(), "cnf".to_string()),
         ("architecture".to_string(), serde_json::to_string(&arch).unwrap_or_default()),
     ]);
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(path, e))?;
@@ -254,7 +277,9 @@ pub fn read_architecture(path: impl AsRef<Path>) -> Result<Architecture, Error> 
     Ok(architecture(path, &bytes)?)
 }
 
-fn architecture(path: &Path, bytes: &[u8]) -> Result<Architecture, ModelFileError> {
+/// The model kind (`cnf` when the file has no `model` entry, as files written before flow
+/// files existed) and the architecture JSON of an odeflow model file.
+fn metadata(path: &Path, bytes: &[u8]) -> Result<(String, String), ModelFileError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
     let foreign =
         |reason: &str| ModelFileError::Foreign { path: path.to_path_buf(), reason: reason.into() };
@@ -270,9 +295,71 @@ fn architecture(path: &Path, bytes: &[u8]) -> Result<Architecture, ModelFileErro
             supported: FORMAT_VERSION,
         });
     }
+    let kind = info.get("model").cloned().unwrap_or_else(|| "cnf".to_string());
+    if kind != "cnf" && kind != "flow" {
+        return Err(foreign(&format!("unknown model kind {kind:?} (cnf, flow)")));
+    }
     let arch =
         info.get("architecture").ok_or_else(|| foreign("no architecture in the metadata"))?;
-    serde_json::from_str(arch).map_err(|e| foreign(&format!("architecture JSON: {e}")))
+    Ok((kind, arch.clone()))
+}
+
+/// The metadata's architecture JSON, parsed, after checking the model kind.
+fn parsed_architecture<A: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    expected: &'static str,
+) -> Result<A, ModelFileError> {
+    let (kind, arch) = metadata(path, bytes)?;
+    if kind != expected {
+        return Err(ModelFileError::Kind { path: path.to_path_buf(), found: kind, expected });
+    }
+    serde_json::from_str(&arch).map_err(|e| ModelFileError::Foreign {
+        path: path.to_path_buf(),
+        reason: format!("architecture JSON: {e}"),
+    })
+}
+
+fn architecture(path: &Path, bytes: &[u8]) -> Result<Architecture, ModelFileError> {
+    parsed_architecture(path, bytes, "cnf")
+}
+
+/// Reads tensor `name` of shape `shape` (F64 or F32) into precision `T`; every value must
+/// be finite.
+fn read_tensor<T: Real>(
+    path: &Path,
+    tensors: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<T>, ModelFileError> {
+    let bad = |name: &str, reason: String| ModelFileError::Tensor {
+        path: path.to_path_buf(),
+        name: name.into(),
+        reason,
+    };
+    let view = tensors.tensor(name).map_err(|_| bad(name, "missing".into()))?;
+    if view.shape() != shape {
+        return Err(bad(
+            name,
+            format!("shape {:?}, the architecture needs {shape:?}", view.shape()),
+        ));
+    }
+    let data = view.data();
+    let values: Vec<T> = match view.dtype() {
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| T::from_f64c(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+            .collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| T::from_f64c(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))))
+            .collect(),
+        other => return Err(bad(name, format!("dtype {other:?}, expected F32 or F64"))),
+    };
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(name, format!("non-finite value at index {i}")));
+    }
+    Ok(values)
 }
 
 /// Loads a CNF saved by [`save_cnf`] (or written by PyTorch in the same format), in
@@ -287,6 +374,8 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
         name: name.into(),
         reason,
     };
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let read = |name: &str, shape: &[usize]| read_tensor::<T>(path, &tensors, name, shape);
     let activation = parse_activation(&arch.activation)
         .ok_or_else(|| bad("architecture", format!("unknown activation {:?}", arch.activation)))?;
     let time = parse_time(&arch.time)
@@ -297,34 +386,6 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
     if arch.blocks == 0 {
         return Err(bad("architecture", "zero blocks".into()).into());
     }
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
-    let read = |name: &str, shape: &[usize]| -> Result<Vec<T>, ModelFileError> {
-        let view = tensors.tensor(name).map_err(|_| bad(name, "missing".into()))?;
-        if view.shape() != shape {
-            return Err(bad(
-                name,
-                format!("shape {:?}, the architecture needs {shape:?}", view.shape()),
-            ));
-        }
-        let data = view.data();
-        let values: Vec<T> = match view.dtype() {
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|c| T::from_f64c(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
-                .collect(),
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| {
-                    T::from_f64c(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
-                })
-                .collect(),
-            other => return Err(bad(name, format!("dtype {other:?}, expected F32 or F64"))),
-        };
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(bad(name, format!("non-finite value at index {i}")));
-        }
-        Ok(values)
-    };
     let cfg = MlpConfig {
         dim: arch.dim,
         hidden: arch.hidden.clone(),
@@ -354,6 +415,150 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
         ..Default::default()
     };
     Cnf::chain(blocks, config)
+}
+
+/// Saves a discrete flow to `path`, atomically: the flat parameter vector as one tensor
+/// `params` (`[n_params]`, F64 or F32 by `T`) and the metadata `format` = `odeflow`,
+/// `format_version`, `model` = `flow` and `architecture` = `spec` as JSON (see
+/// [`FlowSpec`]). Errors: `model` is not what `spec` builds (a different dimension or
+/// parameter count; [`Error::InvalidConfig`]).
+pub fn save_flow<T: Real>(
+    path: impl AsRef<Path>,
+    spec: &FlowSpec,
+    model: &FlowModel<T>,
+) -> Result<(), Error> {
+    let path = path.as_ref();
+    let n = spec.layers::<T>()?.iter().map(|l| l.n_params()).sum::<usize>();
+    if n != model.n_params() || spec.dim != model.dim() {
+        return Err(Error::InvalidConfig {
+            name: "flow spec",
+            value: model.n_params() as f64,
+            expected: "the parameter count and dimension of the spec's model",
+        });
+    }
+    let is_f64 = std::mem::size_of::<T>() == 8;
+    let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
+    let bytes: Vec<u8> = if is_f64 {
+        model.params().iter().flat_map(|x| x.to_f64c().to_le_bytes()).collect()
+    } else {
+        model.params().iter().flat_map(|x| (x.to_f64c() as f32).to_le_bytes()).collect()
+    };
+    let view =
+        TensorView::new(dtype, vec![model.n_params()], &bytes).map_err(|e| corrupt(path, e))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "odeflow".to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("model".to_string(), "flow".to_string()),
+        ("architecture".to_string(), serde_json::to_string(spec).unwrap_or_default()),
+    ]);
+    let out =
+        safetensors::serialize([("params", view)], Some(metadata)).map_err(|e| corrupt(path, e))?;
+    write_atomically(path, |w| std::io::Write::write_all(w, &out))?;
+    Ok(())
+}
+
+/// Loads a discrete flow saved by [`save_flow`], in precision `T` whatever the file's;
+/// returns its spec and the model. A CNF file gives [`ModelFileError::Kind`].
+pub fn load_flow<T: Real>(path: impl AsRef<Path>) -> Result<(FlowSpec, FlowModel<T>), Error> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let spec: FlowSpec = parsed_architecture(path, &bytes, "flow")?;
+    flow_from_bytes(path, &bytes, spec)
+}
+
+fn flow_from_bytes<T: Real>(
+    path: &Path,
+    bytes: &[u8],
+    spec: FlowSpec,
+) -> Result<(FlowSpec, FlowModel<T>), Error> {
+    let mut model = spec.build::<T>(0).map_err(|e| ModelFileError::Tensor {
+        path: path.to_path_buf(),
+        name: "architecture".into(),
+        reason: e.to_string(),
+    })?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| corrupt(path, e))?;
+    let values = read_tensor::<T>(path, &tensors, "params", &[model.n_params()])?;
+    model.params_mut().copy_from_slice(&values);
+    Ok((spec, model))
+}
+
+/// A model file of either kind, as [`load_model`] returns it.
+#[derive(Debug)]
+pub enum Model<T: Real> {
+    /// A continuous normalizing flow (a [`save_cnf`] file).
+    Cnf(Cnf<T, Mlp<T>>),
+    /// A discrete flow and its spec (a [`save_flow`] file).
+    Flow(FlowSpec, FlowModel<T>),
+}
+
+impl<T: Real> Model<T> {
+    /// `cnf` or `flow`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Model::Cnf(_) => "cnf",
+            Model::Flow(..) => "flow",
+        }
+    }
+
+    /// The dimension d.
+    pub fn dim(&self) -> usize {
+        match self {
+            Model::Cnf(c) => c.dim(),
+            Model::Flow(_, f) => f.dim(),
+        }
+    }
+
+    /// The log-densities of the points `x` (sample-major), and the solver statistics
+    /// (`None` for a discrete flow, which solves no ODE).
+    pub fn log_prob(&self, x: &[T]) -> Result<(Vec<T>, Option<Stats>), Error> {
+        match self {
+            Model::Cnf(c) => c.log_prob(x).map(|(l, s)| (l, Some(s))),
+            Model::Flow(_, f) => Ok((f.log_prob(x)?, None)),
+        }
+    }
+
+    /// Draws `n` points from `rng` (base draws `z ~ N(0, I)`, then the flow), with the
+    /// solver statistics (`None` for a discrete flow).
+    pub fn sample<R: rand::Rng + ?Sized>(
+        &self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<(Vec<T>, Option<Stats>), Error> {
+        match self {
+            Model::Cnf(c) => c.sample(n, rng).map(|(x, s)| (x, Some(s))),
+            Model::Flow(_, f) => Ok((f.sample(n, rng)?, None)),
+        }
+    }
+
+    /// Draws `n` points and their log-densities, with the solver statistics (`None` for a
+    /// discrete flow).
+    pub fn sample_with_log_prob<R: rand::Rng + ?Sized>(
+        &self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<(Vec<T>, Vec<T>, Option<Stats>), Error> {
+        match self {
+            Model::Cnf(c) => c.sample_with_log_prob(n, rng).map(|(x, l, s)| (x, l, Some(s))),
+            Model::Flow(_, f) => f.sample_with_log_prob(n, rng).map(|(x, l)| (x, l, None)),
+        }
+    }
+}
+
+/// Loads a model file of either kind (a CNF from [`save_cnf`] or a discrete flow from
+/// [`save_flow`]), by the `model` entry of its metadata (files without one are CNFs).
+pub fn load_model<T: Real>(path: impl AsRef<Path>) -> Result<Model<T>, Error> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let (kind, _) = metadata(path, &bytes)?;
+    if kind == "flow" {
+        let spec: FlowSpec = parsed_architecture(path, &bytes, "flow")?;
+        let (spec, model) = flow_from_bytes(path, &bytes, spec)?;
+        Ok(Model::Flow(spec, model))
+    } else {
+        Ok(Model::Cnf(load_cnf(path)?))
+    }
 }
 
 #[cfg(test)]
@@ -457,5 +662,114 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    fn trained_flow(kind: crate::flows::FlowKind) -> (FlowSpec, FlowModel<f64>) {
+        let spec = FlowSpec::new(kind, 2, 3, vec![8, 8]);
+        let mut model = spec.build::<f64>(4).unwrap();
+        // Non-trivial weights (the conditioners' last layers start at zero).
+        for (i, p) in model.params_mut().iter_mut().enumerate() {
+            *p = 0.2 * ((i as f64) * 0.37).sin();
+        }
+        (spec, model)
+    }
+
+    #[test]
+    fn flow_round_trip_gives_identical_log_densities() {
+        use crate::flows::FlowKind;
+        let x = [0.3, -0.4, 1.2, 0.8, -2.0, 0.1];
+        for kind in FlowKind::ALL {
+            let (spec, model) = trained_flow(kind);
+            let path = tmp(&format!("flow-{kind}.safetensors"));
+            save_flow(&path, &spec, &model).unwrap();
+            let (spec2, loaded) = load_flow::<f64>(&path).unwrap();
+            assert_eq!(spec2, spec);
+            assert_eq!(loaded.params(), model.params(), "{kind}");
+            let (a, b) = (loaded.log_prob(&x).unwrap(), model.log_prob(&x).unwrap());
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kind}"
+            );
+            match load_model::<f64>(&path).unwrap() {
+                Model::Flow(s, m) => {
+                    assert_eq!(s, spec);
+                    assert_eq!(m.params(), model.params());
+                }
+                Model::Cnf(_) => panic!("a flow file loaded as a CNF"),
+            }
+            // An f64 file loads in f32 too.
+            let (_, l32) = load_flow::<f32>(&path).unwrap();
+            assert_eq!(l32.params()[1].to_bits(), (model.params()[1] as f32).to_bits());
+        }
+    }
+
+    #[test]
+    fn kind_mismatch_and_bad_flow_files_give_clear_errors() {
+        let (spec, model) = trained_flow(crate::flows::FlowKind::RealNvp);
+        let flow_path = tmp("kind-flow.safetensors");
+        save_flow(&flow_path, &spec, &model).unwrap();
+        let cnf_path = tmp("kind-cnf.safetensors");
+        save_cnf(&cnf_path, &self::model(TimeConditioning::ConcatSquash)).unwrap();
+        let err = load_cnf::<f64>(&flow_path).unwrap_err();
+        assert!(matches!(err, Error::ModelFile(ModelFileError::Kind { .. })), "{err}");
+        assert!(err.to_string().contains("a flow model file, expected a cnf"), "{err}");
+        let err = load_flow::<f64>(&cnf_path).unwrap_err();
+        assert!(err.to_string().contains("a cnf model file, expected a flow"), "{err}");
+        assert!(matches!(load_model::<f64>(&cnf_path).unwrap(), Model::Cnf(_)));
+        // A spec that does not match the model is refused at saving.
+        let other = FlowSpec::new(crate::flows::FlowKind::RealNvp, 2, 2, vec![8, 8]);
+        assert!(save_flow(tmp("mismatch.safetensors"), &other, &model).is_err());
+        // Truncated: corrupt.
+        let bytes = std::fs::read(&flow_path).unwrap();
+        let truncated = tmp("flow-truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 8]).unwrap();
+        assert!(matches!(
+            load_flow::<f64>(&truncated),
+            Err(Error::ModelFile(ModelFileError::Corrupt { .. }))
+        ));
+        // A params tensor of the wrong length for the architecture.
+        let short = [0u8; 8 * 3];
+        let meta = HashMap::from([
+            ("format".to_string(), "odeflow".to_string()),
+            ("format_version".to_string(), "1".to_string()),
+            ("model".to_string(), "flow".to_string()),
+            ("architecture".to_string(), serde_json::to_string(&spec).unwrap()),
+        ]);
+        let wrong = safetensors::serialize(
+            [("params", TensorView::new(Dtype::F64, vec![3], &short).unwrap())],
+            Some(meta),
+        )
+        .unwrap();
+        let wrong_path = tmp("flow-wrong.safetensors");
+        std::fs::write(&wrong_path, wrong).unwrap();
+        let err = load_flow::<f64>(&wrong_path).unwrap_err();
+        assert!(matches!(err, Error::ModelFile(ModelFileError::Tensor { .. })), "{err}");
+        assert!(err.to_string().contains("params"), "{err}");
+    }
+
+    #[test]
+    fn cnf_files_without_a_model_entry_still_load_as_cnfs() {
+        let cnf = model(TimeConditioning::ConcatSquash);
+        let path = tmp("old-cnf.safetensors");
+        save_cnf(&path, &cnf).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut info = meta.metadata().clone().unwrap();
+        assert_eq!(info.remove("model").as_deref(), Some("cnf"));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<(String, TensorView<'_>)> = st.tensors();
+        let old = safetensors::serialize(views, Some(info)).unwrap();
+        std::fs::write(&path, old).unwrap();
+        let x = [0.3, -0.4];
+        assert_eq!(
+            load_cnf::<f64>(&path).unwrap().log_prob(&x).unwrap().0,
+            cnf.log_prob(&x).unwrap().0
+        );
+        assert!(matches!(load_model::<f64>(&path).unwrap(), Model::Cnf(_)));
+        assert!(matches!(
+            load_flow::<f64>(&path),
+            Err(Error::ModelFile(ModelFileError::Kind { .. }))
+        ));
     }
 }

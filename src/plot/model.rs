@@ -1,4 +1,5 @@
-//! The standard figures of a trained 2-D CNF: density beside data, samples, paths, animation.
+//! The standard figures of a trained 2-D CNF (density beside data, samples, paths,
+//! animation) or discrete flow (density beside data, samples).
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cnf::Cnf;
 use crate::field::VectorField;
+use crate::flows::FlowModel;
 use crate::plot::{animate_points, render, DensityPanels, Grid2, ScatterPanels, Trajectories};
 use crate::Error;
 
@@ -62,44 +64,10 @@ impl ModelFigures<'_> {
         }
         let (lo, hi) = self.range;
         let n = self.grid.max(2);
-        let centres = Grid2::centres(self.range, self.range, n, n);
-        let (logp, _) = cnf.log_prob(&centres)?;
-        let density = Grid2 {
-            x_range: self.range,
-            y_range: self.range,
-            nx: n,
-            ny: n,
-            values: logp.iter().map(|l| l.exp()).collect(),
-        };
+        let (logp, _) = cnf.log_prob(&Grid2::centres(self.range, self.range, n, n))?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let (samples, _) = cnf.sample(self.samples, &mut rng)?;
-        let mut paths = Vec::new();
-
-        let density_path = dir.join(format!("density.{}", self.format));
-        match self.data {
-            Some(data) => {
-                let scatter = ScatterPanels {
-                    panels: vec![("data".into(), data), ("samples".into(), &samples)],
-                    range: self.range,
-                };
-                render(dir.join(format!("samples.{}", self.format)), (1000, 500), &scatter)?;
-                paths.push(dir.join(format!("samples.{}", self.format)));
-            }
-            None => {
-                let scatter =
-                    ScatterPanels { panels: vec![("samples".into(), &samples)], range: self.range };
-                render(dir.join(format!("samples.{}", self.format)), (500, 500), &scatter)?;
-                paths.push(dir.join(format!("samples.{}", self.format)));
-            }
-        }
-        let mass = density.values.iter().sum::<f64>() * density.cell_area();
-        let title = format!("learned density (mass on the plot {mass:.3})");
-        render(
-            &density_path,
-            (560, 560),
-            &DensityPanels { panels: vec![(title, &density)], shared_scale: false },
-        )?;
-        paths.push(density_path);
+        let mut paths = self.density_and_samples(dir, &logp, &samples)?;
 
         let t_end = cnf.total_time();
         let steps = self.frames.max(2);
@@ -147,6 +115,69 @@ impl ModelFigures<'_> {
         let gif_path = dir.join("flow.gif");
         animate_points(&gif_path, (480, 480), &frames, self.range, 80)?;
         paths.push(gif_path);
+        Ok(paths)
+    }
+
+    /// Draws a discrete flow into `dir`: `density.png` and `samples.png` as for a CNF (a
+    /// discrete flow has no trajectories, so neither `trajectories.png` nor `flow.gif`).
+    /// Needs d = 2.
+    pub fn write_flow(&self, model: &FlowModel<f64>, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        if model.dim() != 2 {
+            return Err(Error::InvalidConfig {
+                name: "dim",
+                value: model.dim() as f64,
+                expected: "2 for the figures",
+            });
+        }
+        let n = self.grid.max(2);
+        let logp = model.log_prob(&Grid2::centres(self.range, self.range, n, n))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let samples = model.sample(self.samples, &mut rng)?;
+        self.density_and_samples(dir, &logp, &samples)
+    }
+
+    /// `samples.png` (beside the data, if any) and `density.png` from the log-densities on
+    /// the `grid × grid` centres and the samples.
+    fn density_and_samples(
+        &self,
+        dir: &Path,
+        logp: &[f64],
+        samples: &[f64],
+    ) -> Result<Vec<PathBuf>, Error> {
+        let n = self.grid.max(2);
+        let density = Grid2 {
+            x_range: self.range,
+            y_range: self.range,
+            nx: n,
+            ny: n,
+            values: logp.iter().map(|l| l.exp()).collect(),
+        };
+        let mut paths = Vec::new();
+        let density_path = dir.join(format!("density.{}", self.format));
+        match self.data {
+            Some(data) => {
+                let scatter = ScatterPanels {
+                    panels: vec![("data".into(), data), ("samples".into(), samples)],
+                    range: self.range,
+                };
+                render(dir.join(format!("samples.{}", self.format)), (1000, 500), &scatter)?;
+                paths.push(dir.join(format!("samples.{}", self.format)));
+            }
+            None => {
+                let scatter =
+                    ScatterPanels { panels: vec![("samples".into(), samples)], range: self.range };
+                render(dir.join(format!("samples.{}", self.format)), (500, 500), &scatter)?;
+                paths.push(dir.join(format!("samples.{}", self.format)));
+            }
+        }
+        let mass = density.values.iter().sum::<f64>() * density.cell_area();
+        let title = format!("learned density (mass on the plot {mass:.3})");
+        render(
+            &density_path,
+            (560, 560),
+            &DensityPanels { panels: vec![(title, &density)], shared_scale: false },
+        )?;
+        paths.push(density_path);
         Ok(paths)
     }
 }
