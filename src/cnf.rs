@@ -78,7 +78,9 @@ pub struct CnfConfig<T> {
     pub options: SolveOptions<T>,
     /// The divergence estimator. Default: exact.
     pub trace: TraceEstimator,
-    /// Shared or per-sample steps. Default: [`SolveMode::Batch`].
+    /// Shared, chunked or per-sample steps. Default: [`SolveMode::Chunked`]`(512)`: on
+    /// 10,000 points (peers.md W2) it was 1.4× faster than [`SolveMode::Batch`] at the same
+    /// tolerance and accuracy; a batch of up to 512 points is one state either way.
     pub mode: SolveMode,
     /// Seed of the Hutchinson noise for the methods that take no random generator
     /// ([`Cnf::log_prob`]); the `_into` twins take one. Default: 0.
@@ -93,7 +95,7 @@ impl<T: Real> Default for CnfConfig<T> {
             atol: T::from_f64c(1e-5),
             options: SolveOptions::default(),
             trace: TraceEstimator::Exact,
-            mode: SolveMode::Batch,
+            mode: SolveMode::Chunked(512),
             seed: 0,
         }
     }

@@ -227,7 +227,7 @@ fn hutchinson_log_density_is_unbiased() {
 #[test]
 fn shared_step_and_per_sample_solves_agree() {
     let x = points(64, 7, 3.0);
-    let cfg = CnfConfig { rtol: 1e-8, atol: 1e-8, ..Default::default() };
+    let cfg = CnfConfig { rtol: 1e-8, atol: 1e-8, mode: SolveMode::Batch, ..Default::default() };
     let batch = Cnf::new(toy_mlp(8), 0.5, cfg.clone()).unwrap();
     let per = Cnf::new(toy_mlp(8), 0.5, CnfConfig { mode: SolveMode::PerSample, ..cfg }).unwrap();
     let (lb, sb) = batch.log_prob(&x).unwrap();
@@ -251,7 +251,13 @@ fn shared_step_and_per_sample_solves_agree() {
 fn chunked_solves_agree_with_the_batch() {
     let x = points(30, 13, 3.0);
     for trace in [TraceEstimator::Exact, TraceEstimator::Hutchinson(Noise::Rademacher)] {
-        let cfg = CnfConfig { rtol: 1e-9, atol: 1e-9, trace, ..Default::default() };
+        let cfg = CnfConfig {
+            rtol: 1e-9,
+            atol: 1e-9,
+            trace,
+            mode: SolveMode::Batch,
+            ..Default::default()
+        };
         let batch = Cnf::new(toy_mlp(8), 0.5, cfg.clone()).unwrap();
         let chunked =
             Cnf::new(toy_mlp(8), 0.5, CnfConfig { mode: SolveMode::Chunked(7), ..cfg }).unwrap();
