@@ -805,8 +805,8 @@ fn trajectory_backward_in_time_and_repeated_times() {
 /// No allocation per right-hand-side call: the adjoint's buffers are allocated once per
 /// solve, so the backward pass's allocation count does not grow with the number of
 /// evaluations (a loose and a tight tolerance, same problem). The field is an
-/// [`AutoDiffField`], whose calls allocate nothing: the MLP's GEMM backend (matrixmultiply)
-/// allocates a packing buffer per GEMM call, which would hide the adjoint's own behaviour.
+/// [`AutoDiffField`], whose calls allocate nothing (the MLP's are checked alone in
+/// `tests/field_alloc.rs`).
 #[test]
 fn backward_allocations_do_not_grow_with_the_evaluations() {
     let x = points(8, 19, 1.5);

@@ -585,7 +585,7 @@ pub fn set_simd_dispatch(enabled: bool) {
 impl<T: Real> Mlp<T> {
     /// Forward, tangent and reverse pass of chunk `k`: the same code compiled three times,
     /// for AVX-512, AVX2 + FMA and the baseline target, chosen at run time (the GEMMs inside
-    /// do their own dispatch in `matrixmultiply`). The elementwise loops (activations with
+    /// do their own dispatch in [`super::gemm`]). The elementwise loops (activations with
     /// σ′ σ″, tangent scaling, the σ″ term of the reverse pass) run 8/4/2 f64 lanes wide.
     fn run_chunk(&self, k: usize, job: &Job<'_, T>, cw: &mut ChunkWs<T>) {
         #[cfg(target_arch = "x86_64")]
