@@ -380,28 +380,44 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
 fn ctrl_c_saves_the_state_and_exits_cleanly() {
     let (dir, _) = setup("ctrlc");
     let out = dir.join("run");
-    let mut args: Vec<String> = [
+    let state = interrupt_training(&out, &[], &SMALL);
+    assert!(odeflow::io::load_cnf::<f64>(out.join("model.safetensors")).is_ok());
+    assert!(state.iteration >= 2);
+}
+
+/// Starts an endless `odeflow train` into `out` (checkpoints every 2 iterations), sends it
+/// SIGINT after its first checkpoint, and checks that it saved and exited cleanly; returns
+/// the saved state.
+#[cfg(unix)]
+fn interrupt_training(
+    out: &Path,
+    extra: &[&str],
+    small: &[&str],
+) -> odeflow::train::TrainState<f64> {
+    let iterations = "10000000";
+    let args: Vec<String> = [
         "train",
         "--iterations",
-        "100000",
+        iterations,
         "--checkpoint-every",
         "2",
         "--quiet",
         "--no-plot",
         "--out",
-        &s(&out),
+        &s(out),
     ]
     .iter()
+    .chain(extra)
+    .chain(small)
     .map(|x| x.to_string())
     .collect();
-    args.extend(SMALL.iter().map(|x| x.to_string()));
     let child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
         .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the first checkpoint, then interrupt.
+    // Wait for the first checkpoint (written atomically), then interrupt.
     let start = std::time::Instant::now();
     while !out.join("train_state.bin").exists() {
         assert!(start.elapsed().as_secs() < 60, "no checkpoint within a minute");
@@ -414,8 +430,8 @@ fn ctrl_c_saves_the_state_and_exits_cleanly() {
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("stopped (state saved"), "{stdout}");
     let state = odeflow::train::TrainState::<f64>::load(out.join("train_state.bin")).unwrap();
-    assert!(state.iteration >= 2 && state.iteration < 100000);
-    assert!(odeflow::io::load_cnf::<f64>(out.join("model.safetensors")).is_ok());
+    assert!(state.iteration < iterations.parse().unwrap(), "the run was not interrupted");
+    state
 }
 
 fn load_flow_params(path: &Path) -> Vec<u64> {
@@ -596,43 +612,8 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
 fn ctrl_c_saves_a_flow_run_and_exits_cleanly() {
     let (dir, _) = setup("ctrlcflow");
     let out = dir.join("run");
-    let mut args: Vec<String> = [
-        "train",
-        "--flow",
-        "realnvp",
-        "--iterations",
-        "10000000",
-        "--checkpoint-every",
-        "2",
-        "--quiet",
-        "--no-plot",
-        "--out",
-        &s(&out),
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    args.extend(FLOW_SMALL.iter().map(|x| x.to_string()));
-    let child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the first checkpoint, then interrupt.
-    let start = std::time::Instant::now();
-    while !out.join("train_state.bin").exists() {
-        assert!(start.elapsed().as_secs() < 60, "no checkpoint within a minute");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("stopped (state saved"), "{stdout}");
-    let state = odeflow::train::TrainState::<f64>::load(out.join("train_state.bin")).unwrap();
-    assert!(state.iteration >= 2 && state.iteration < 10000000);
+    let state = interrupt_training(&out, &["--flow", "realnvp"], &FLOW_SMALL);
+    assert!(state.iteration >= 2);
     let (_, model) = odeflow::io::load_flow::<f64>(out.join("model.safetensors")).unwrap();
     assert_eq!(model.params(), state.params.as_slice());
 }
