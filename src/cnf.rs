@@ -490,9 +490,9 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             let (lo, hi) = (offsets[k], offsets[k] + blk.t_end);
             // This block's part of [t_from, t_to], in the direction of travel.
             let (a, z) = if forward {
-                (max(t_from, lo), min(t_to, hi))
+                (t_from.max(lo), t_to.min(hi))
             } else {
-                (min(t_from, hi), max(t_to, lo))
+                (t_from.min(hi), t_to.max(lo))
             };
             let inside = |t: T| if forward { t <= z } else { t >= z };
             // Outputs at the block's start need no solve; the rest go to dense output.
@@ -620,22 +620,6 @@ fn check_t_end<T: Real>(t_end: T) -> Result<(), Error> {
             value: t_end.to_f64c(),
             expected: "finite and > 0",
         })
-    }
-}
-
-fn max<T: Real>(a: T, b: T) -> T {
-    if a >= b {
-        a
-    } else {
-        b
-    }
-}
-
-fn min<T: Real>(a: T, b: T) -> T {
-    if a <= b {
-        a
-    } else {
-        b
     }
 }
 

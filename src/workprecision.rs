@@ -28,7 +28,8 @@ pub enum Setting {
 }
 
 impl Setting {
-    fn label(&self) -> String {
+    /// The setting as a label, e.g. `tol=1e-6` or `steps=100`.
+    pub fn label(&self) -> String {
         match self {
             Setting::Tolerance(t) => format!("tol={t:e}"),
             Setting::Steps(n) => format!("steps={n}"),
@@ -253,11 +254,6 @@ fn bounds(v: &[f64]) -> (f64, f64) {
     } else {
         (1e-16, 1.0)
     }
-}
-
-/// A setting's label, e.g. `tol=1e-6` or `steps=100`.
-pub fn setting_label(s: Setting) -> String {
-    s.label()
 }
 
 #[cfg(test)]

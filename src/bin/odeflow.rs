@@ -367,7 +367,7 @@ fn bench(a: BenchArgs) -> CliResult {
         println!(
             "{:>8} {:>14} max error {:9.2e}  NFE {:>7}  {:9.3e} s",
             r.method.name(),
-            odeflow::workprecision::setting_label(r.setting),
+            r.setting.label(),
             r.max_error,
             r.stats.n_rhs,
             r.seconds
