@@ -15,8 +15,10 @@
 //! | f32 | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 98.6 s | 52,154 / 35,274 | about 3 |
 //! | f64, checkpointed adjoint | … / 2.8932 | 132.6 s | 51,818 / 33,378 | 5 → 1 |
 //!
-//! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]`
-//! (defaults f64, 1000, 0, backsolve; STRATEGY is backsolve, checkpointed or discrete). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
+//! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]
+//! [METHOD] [TOL]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5; STRATEGY is backsolve,
+//! checkpointed or discrete; METHOD any solver name, used forward and backward with
+//! rtol = atol = TOL). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
 //! NumPy stream, so the curve matches theirs in distribution, not draw for draw.
 
 use std::path::Path;
@@ -26,16 +28,25 @@ use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Activation, Real};
 use odeflow::io::load_peer_checkpoint;
+use odeflow::solvers::Method;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy};
 
 fn run<T: Real>(
     iterations: u64,
     seed: u64,
     strategy: Strategy,
+    method: Method,
+    tol: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(peers.join("init_toy.npz"), Activation::Tanh)?;
-    let cnf = Cnf::new(mlp, T::from_f64c(0.5), CnfConfig::default())?;
+    let solver = CnfConfig {
+        method,
+        rtol: T::from_f64c(tol),
+        atol: T::from_f64c(tol),
+        ..Default::default()
+    };
+    let cnf = Cnf::new(mlp, T::from_f64c(0.5), solver)?;
     let test = Dataset::<T>::from_npy(peers.join("eval2k_8gaussians.npy"), 2)?;
     let cfg = CnfTrainConfig {
         iterations,
@@ -105,10 +116,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "discrete" => Strategy::Discrete,
         other => return Err(format!("unknown strategy {other}").into()),
     };
-    println!("{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint");
+    let method: Method = args.get(4).map_or("dopri5", String::as_str).parse()?;
+    let tol: f64 = args.get(5).map_or(Ok(1e-5), |s| s.parse())?;
+    println!(
+        "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}"
+    );
     match dtype {
-        "f64" => run::<f64>(iterations, seed, strategy),
-        "f32" => run::<f32>(iterations, seed, strategy),
+        "f64" => run::<f64>(iterations, seed, strategy, method, tol),
+        "f32" => run::<f32>(iterations, seed, strategy, method, tol),
         other => Err(format!("dtype must be f64 or f32, not {other}").into()),
     }
 }

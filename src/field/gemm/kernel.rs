@@ -232,13 +232,14 @@ unsafe fn pack_b<T: Elem, K: MicroKernel<T>>(
     sb: (usize, usize),
     out: &mut [T],
 ) {
-    // Const-generic dispatch on the kernel's NR (the kernels here use 8 and 16).
+    // Const-generic dispatch on the kernel's NR (the kernels here use 8, 16 and 32).
     // SAFETY: forwarded from the caller.
     unsafe {
         match K::NR {
             4 => pack::<T, 4>(kc, nc, b, sb.1, sb.0, out),
             8 => pack::<T, 8>(kc, nc, b, sb.1, sb.0, out),
             16 => pack::<T, 16>(kc, nc, b, sb.1, sb.0, out),
+            32 => pack::<T, 32>(kc, nc, b, sb.1, sb.0, out),
             _ => unreachable!("no packing routine for NR = {}", K::NR),
         }
     }
@@ -340,7 +341,7 @@ impl<T: Elem> MicroKernel<T> for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2F32, Avx2F64, Avx512F64};
+pub(super) use x86::{Avx2F32, Avx2F64, Avx512F32, Avx512F64};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -358,16 +359,20 @@ mod x86 {
     /// [`Avx2F64`].
     pub(in super::super) struct Avx512F64;
 
+    /// AVX-512F `f32` kernel: a `6 × 32` tile in twelve `zmm` accumulators, otherwise as
+    /// [`Avx2F32`].
+    pub(in super::super) struct Avx512F32;
+
     macro_rules! avx2_kernel {
         ($name:ident, $imp:ident, $t:ty, $nr:expr, $lanes:expr, $v:ty, $zero:ident, $load:ident,
-         $store:ident, $set1:ident, $fma:ident, $mul:ident, $add:ident, $mc:expr,
+         $store:ident, $set1:ident, $fma:ident, $mul:ident, $add:ident, $mc:expr, $nc:expr,
          $feat:literal) => {
             impl MicroKernel<$t> for $name {
                 const MR: usize = 6;
                 const NR: usize = $nr;
                 const MC: usize = $mc;
                 const KC: usize = 256;
-                const NC: usize = 4080;
+                const NC: usize = $nc;
 
                 #[inline]
                 unsafe fn tile(
@@ -473,6 +478,7 @@ mod x86 {
         _mm256_mul_pd,
         _mm256_add_pd,
         72,
+        4080,
         "avx2,fma"
     );
     avx2_kernel!(
@@ -490,6 +496,7 @@ mod x86 {
         _mm256_mul_ps,
         _mm256_add_ps,
         144,
+        4080,
         "avx2,fma"
     );
     avx2_kernel!(
@@ -507,6 +514,25 @@ mod x86 {
         _mm512_mul_pd,
         _mm512_add_pd,
         72,
+        4080,
+        "avx512f"
+    );
+    avx2_kernel!(
+        Avx512F32,
+        avx512_f32_tile,
+        f32,
+        32,
+        16,
+        __m512,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps,
+        144,
+        4064,
         "avx512f"
     );
 }
@@ -567,7 +593,7 @@ macro_rules! entry {
 }
 
 entry!(dgemm, f64, Avx2F64, Avx512F64);
-entry!(sgemm, f32, Avx2F32);
+entry!(sgemm, f32, Avx2F32, Avx512F32);
 
 #[cfg(test)]
 mod tests {
@@ -765,6 +791,14 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_f32_matches_naive() {
+        if super::has_avx512f() {
+            sweep::<f32, super::Avx512F32>();
+        }
+    }
+
     /// Large blocks in every dimension (several MC, NC and KC blocks).
     #[test]
     fn multi_block_shapes() {
@@ -776,6 +810,7 @@ mod tests {
             check_layouts::<f64, super::Avx2F64>(m, k, n, 2, &ab);
             if super::has_avx512f() {
                 check_layouts::<f64, super::Avx512F64>(m, k, n, 2, &ab);
+                check_layouts::<f32, super::Avx512F32>(m, k, n, 2, &ab);
             }
             check_layouts::<f32, super::Avx2F32>(m, k, n, 2, &ab);
         }

@@ -33,11 +33,10 @@
 //! On x86-64 with AVX2 and FMA (detected at run time with `is_x86_feature_detected!`; the
 //! standard library caches the answer) the kernels are `6 × 8` for `f64` and `6 × 16` for
 //! `f32`: twelve `ymm` accumulators, per depth step two vector loads of the `B` panel, six
-//! broadcasts from the `A` panel and twelve FMAs. With AVX-512F, `f64` runs the same scheme
-//! on `zmm` registers (`6 × 16`); `f32` stays on the AVX2 kernel (measured as fast on the
-//! fields' shapes). Everywhere else a portable `4 × 8` kernel in plain arrays runs (the
+//! broadcasts from the `A` panel and twelve FMAs. With AVX-512F both run the same scheme on
+//! `zmm` registers (`6 × 16` for `f64`, `6 × 32` for `f32`). Everywhere else a portable `4 × 8` kernel in plain arrays runs (the
 //! compiler vectorizes it for the baseline target features). All blocking parameters:
-//! `KC = 256`; `MC = 72` (`f64`), `144` (`f32`), `128` (portable); `NC = 4080` (4096).
+//! `KC = 256`; `MC = 72` (`f64`), `144` (`f32`), `128` (portable); `NC = 4080` (4096; `4064` for the `6 × 32` kernel, a multiple of its width).
 //!
 //! # Packing buffers
 //! The packed blocks live in one buffer per thread and element type (a `thread_local!`
