@@ -282,7 +282,9 @@ impl<T: Real> Mlp<T> {
         self.cfg.parallel = parallel;
     }
 
-    /// The per-call time vectors: gate `g_ℓ(t)` and shift `β_ℓ(t)` of every layer.
+    /// The per-call time vectors of every layer: the gate `g_ℓ(t)` and the shift with the bias
+    /// folded in, `b_ℓ ⊙ g_ℓ(t) + β_ℓ(t)`, so that `u = (W x + b) ⊙ g + β = (W x) ⊙ g + shift`
+    /// and the GEMM need not start from a copy of the bias.
     fn time_vectors(&self, t: T, gate: &mut [T], shift: &mut [T]) {
         let th = &self.params;
         for ly in &self.layers {
@@ -293,18 +295,18 @@ impl<T: Real> Mlp<T> {
                     for j in 0..ly.n_out {
                         let x = th[ly.hg + j] * t + th[ly.hgb + j];
                         g[j] = T::one() / (T::one() + (-x).exp());
-                        s[j] = th[ly.hb + j] * t;
+                        s[j] = th[ly.b + j] * g[j] + th[ly.hb + j] * t;
                     }
                 }
                 TimeConditioning::Concat => {
                     for j in 0..ly.n_out {
                         g[j] = T::one();
-                        s[j] = th[ly.w + j * ly.wcols] * t;
+                        s[j] = th[ly.b + j] + th[ly.w + j * ly.wcols] * t;
                     }
                 }
                 TimeConditioning::Ignore => {
                     g.fill(T::one());
-                    s.fill(T::zero());
+                    s.copy_from_slice(&th[ly.b..ly.b + ly.n_out]);
                 }
             }
         }
@@ -326,7 +328,7 @@ struct ChunkWs<T> {
     lanes: usize,
     /// `h_ℓ` (hidden layers), `rows × n_out`.
     h: Vec<Vec<T>>,
-    /// `p_ℓ` (all layers), `rows × n_out`.
+    /// `p_ℓ − b_ℓ = W_ℓ h_{ℓ−1}` (all layers; the bias is folded into the shift), `rows × n_out`.
     p: Vec<Vec<T>>,
     /// σ′(u_ℓ), σ″(u_ℓ) (hidden layers).
     s1: Vec<Vec<T>>,
@@ -661,11 +663,8 @@ impl<T: Real> Mlp<T> {
             let sh = &job.shift[ly.tv..ly.tv + n_out];
             let (hprev, hcur) = h.split_at_mut(l);
             let x: &[T] = if l == 0 { zc } else { &hprev[l - 1][..nb * n_in] };
+            // p = W x without the bias (folded into the shift, see `time_vectors`).
             let pl = &mut p[l][..nb * n_out];
-            let bias = &self.params[ly.b..ly.b + n_out];
-            for row in pl.chunks_exact_mut(n_out) {
-                row.copy_from_slice(bias);
-            }
             T::gemm(
                 nb,
                 n_in,
@@ -675,7 +674,7 @@ impl<T: Real> Mlp<T> {
                 (n_in, 1),
                 self.wx(l),
                 (1, ly.wcols),
-                one,
+                zero,
                 pl,
                 (n_out, 1),
             );
@@ -871,6 +870,11 @@ impl<T: Real> Mlp<T> {
                     for ((s, u), x) in gs.iter_mut().zip(ur).zip(prow) {
                         *s += *u * *x;
                     }
+                }
+                // ∂u/∂g = W x + b: the bias part is b ⊙ Σ ū (this chunk's sum, in `bs`).
+                let bias = &self.params[ly.b..ly.b + n_out];
+                for ((s, b), u) in gs.iter_mut().zip(bias).zip(bs.iter()) {
+                    *s += *b * *u;
                 }
                 for ur in cu.chunks_exact_mut(n_out).chain(cud.chunks_exact_mut(n_out)) {
                     for (u, g) in ur.iter_mut().zip(g) {
