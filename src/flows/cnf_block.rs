@@ -67,7 +67,7 @@ use crate::{Error, Real};
 ///
 /// ```
 /// use odeflow::cnf::{Cnf, CnfConfig};
-/// use odeflow::field::{Mlp, MlpConfig};
+/// use odeflow::field::{Mlp, MlpConfig, VectorField};
 /// use odeflow::flows::{CnfFlow, Coupling, CouplingKind, Flow, FlowModel};
 ///
 /// let mlp = Mlp::new(&MlpConfig { dim: 2, hidden: vec![8], ..Default::default() })?;
