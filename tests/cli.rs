@@ -565,6 +565,105 @@ fn train_flow_writes_model_state_log_and_figures_and_resumes_exactly() {
     }
 }
 
+/// The other discrete kinds train, save and evaluate; the hybrid (RealNVP + a trainable CNF
+/// block) end to end: its CNF options reach the model file, logprob and sample agree with
+/// the library bit for bit, the solver options override the block's, and plot reads it.
+#[test]
+fn train_new_flow_kinds_and_a_hybrid_end_to_end() {
+    let (dir, _) = setup("trainkinds");
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "x,y\n0,0\n1,1\n-0.5,2\n").unwrap();
+    let lp = dir.join("lp.csv");
+    let xs = [0.0, 0.0, 1.0, 1.0, -0.5, 2.0];
+    for kind in ["iaf", "glow", "planar", "radial"] {
+        let out = dir.join(kind);
+        let mut v = vec!["train", "--flow", kind, "--iterations", "2", "--quiet", "--no-plot"];
+        v.extend(FLOW_SMALL);
+        let o = s(&out);
+        v.extend(["--out", o.as_str()]);
+        ok(&v);
+        let model_path = out.join("model.safetensors");
+        let (spec, model) = odeflow::io::load_flow::<f64>(&model_path).unwrap();
+        assert_eq!(spec.kind.name(), kind);
+        ok(&["logprob", "--model", &s(&model_path), "--input", &s(&pts), "--output", &s(&lp)]);
+        let want = model.log_prob(&xs).unwrap();
+        assert_eq!(bits(&read_csv(&lp, Some(1)).unwrap().data), bits(&want), "{kind}");
+    }
+
+    let out = dir.join("hybrid");
+    let mut v = vec![
+        "train",
+        "--flow",
+        "realnvp+cnf",
+        "--iterations",
+        "3",
+        "--quiet",
+        "--train-t",
+        "--t-end",
+        "0.4",
+        "--rtol",
+        "1e-6",
+        "--atol",
+        "1e-6",
+        "--activation",
+        "softplus",
+    ];
+    v.extend(FLOW_SMALL);
+    let o = s(&out);
+    v.extend(["--out", o.as_str()]);
+    let msg = ok(&v);
+    assert!(msg.contains("trained at iteration 3"), "{msg}");
+    check_png(&out.join("density.png"), 560, 560);
+    let model_path = out.join("model.safetensors");
+    let m = s(&model_path);
+    let (spec, model) = odeflow::io::load_flow::<f64>(&model_path).unwrap();
+    let cnf = spec.cnf.clone().unwrap();
+    assert_eq!((spec.kind.name(), spec.layers), ("realnvp+cnf", 2));
+    assert_eq!((cnf.hidden, cnf.t_end, cnf.train_t, cnf.rtol), (vec![8, 8], 0.4, true, 1e-6));
+    assert_eq!(cnf.activation, odeflow::field::Activation::Softplus);
+    // Trained: ln T moved from ln 0.4.
+    let ln_t = model.params()[model.n_params() - 1];
+    assert!(ln_t.is_finite() && (ln_t - 0.4f64.ln()).abs() > 1e-6, "{ln_t}");
+    let msg = ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &s(&lp)]);
+    assert!(msg.contains("flow with a CNF block"), "{msg}");
+    let want = model.log_prob(&xs).unwrap();
+    assert_eq!(bits(&read_csv(&lp, Some(1)).unwrap().data), bits(&want));
+    // --rtol/--atol apply to the CNF block: the model rebuilt at 1e-10 gives the same.
+    ok(&[
+        "logprob",
+        "--model",
+        &m,
+        "--input",
+        &s(&pts),
+        "--output",
+        &s(&lp),
+        "--rtol",
+        "1e-10",
+        "--atol",
+        "1e-10",
+    ]);
+    let mut tight = spec.clone();
+    if let Some(c) = tight.cnf.as_mut() {
+        (c.rtol, c.atol) = (1e-10, 1e-10);
+    }
+    let mut tm = tight.build::<f64>(0).unwrap();
+    tm.params_mut().copy_from_slice(model.params());
+    let want_tight = tm.log_prob(&xs).unwrap();
+    assert_eq!(bits(&read_csv(&lp, Some(1)).unwrap().data), bits(&want_tight));
+    assert_ne!(bits(&want_tight), bits(&want));
+    let samples = dir.join("s.csv");
+    ok(&["sample", "--model", &m, "-n", "5", "--output", &s(&samples), "--with-log-prob"]);
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (x, l) = model.sample_with_log_prob(5, &mut rng).unwrap();
+    let rows: Vec<f64> = x.chunks(2).zip(&l).flat_map(|(p, v)| [p[0], p[1], *v]).collect();
+    assert_eq!(bits(&read_csv(&samples, Some(3)).unwrap().data), bits(&rows));
+    let figs = dir.join("figs");
+    ok(&["plot", "--model", &m, "--out", &s(&figs), "--grid", "30", "--samples", "100"]);
+    check_png(&figs.join("density.png"), 560, 560);
+    check_png(&figs.join("samples.png"), 500, 500); // no --data: the samples alone
+}
+
 #[test]
 fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     let (dir, _) = setup("flowbad");
@@ -577,8 +676,19 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     ok(&v);
     let model = out.join("model.safetensors");
     assert_eq!(odeflow::io::load_flow::<f64>(&model).unwrap().0.kind.name(), "nice");
-    let err = fails(&["train", "--flow", "glow", "--out", &s(&dir.join("glow"))]);
-    assert!(err.contains("unknown flow \"glow\"") && err.contains("realnvp"), "{err}");
+    let err = fails(&["train", "--flow", "flowpp", "--out", &s(&dir.join("flowpp"))]);
+    assert!(err.contains("unknown flow \"flowpp\"") && err.contains("realnvp+cnf"), "{err}");
+    // The CNF block of a flow model takes the exact trace only.
+    let err = fails(&[
+        "train",
+        "--flow",
+        "realnvp+cnf",
+        "--trace",
+        "hutchinson-rademacher",
+        "--out",
+        &s(&dir.join("hutch")),
+    ]);
+    assert!(err.contains("--trace exact"), "{err}");
     let err = fails(&["train", "--flow", "maf", "--layers", "0", "--out", &s(&dir.join("l0"))]);
     assert!(err.contains("layers"), "{err}");
     // bench needs an ODE.

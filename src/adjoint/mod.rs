@@ -84,7 +84,11 @@ use crate::field::{Real, VectorField};
 use engine::{backward_segment, end_rate, forward_segment, Fail, Seg, SegTape};
 
 /// How the backward pass is computed (see the [module docs](self) for the trade-offs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// In flow specs (serde) the names are lowercase: `backsolve`, `checkpointed`, `discrete`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Solve `[z, a_z, g]` backward from the forward's end state: O(1) memory in the
     /// number of steps; `z` is reconstructed backward.

@@ -1,5 +1,6 @@
 //! The odeflow command line: train, evaluate, sample, plot and benchmark continuous
-//! normalizing flows and discrete flows (`train --flow realnvp|nice|maf|nsf`).
+//! normalizing flows and discrete flows (`train --flow realnvp|nice|maf|nsf|iaf|glow|planar|
+//! radial`), and hybrids of RealNVP couplings with a trainable CNF block (`--flow realnvp+cnf`).
 //!
 //! Thin by design: it parses arguments, calls the library, and reports. Every error is
 //! printed as one message naming the problem, with exit code 1 (2 for usage errors); files
@@ -14,12 +15,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
 use odeflow::field::{Mlp, MlpConfig};
-use odeflow::flows::{FlowKind, FlowSpec};
+use odeflow::flows::{CnfBlockSpec, FlowKind, FlowSpec};
 use odeflow::io::{
     load_model, read_points, save_cnf, save_flow, write_atomically, write_csv, write_npy, Model,
 };
 use odeflow::plot::{render, ModelFigures, TrainingCurves};
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
+use odeflow::trace::TraceEstimator;
 use odeflow::train::{
     AdamConfig, CnfTrainConfig, CnfTrainer, DataSource, Dataset, FlowTrainConfig, FlowTrainer,
     Progress, RunSummary, Toy, TrainState,
@@ -41,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a CNF, or with --flow a discrete flow, by maximum likelihood (with no arguments:
+    /// Train a CNF, or with --flow a flow model, by maximum likelihood (with no arguments:
     /// a CNF on 8gaussians, figures to ./out).
     Train(TrainArgs),
     /// Log-densities of points under a model (CSV out: one log p per point).
@@ -55,12 +57,12 @@ enum Command {
     Bench(BenchArgs),
 }
 
-/// Solver settings that override those saved in the model (CNF models only: a discrete flow
-/// solves no ODE, and ignores them).
+/// Solver settings that override those saved in the model (CNF models and the CNF block of
+/// a realnvp+cnf flow; a discrete flow solves no ODE, and ignores them).
 #[derive(Args, Clone)]
 struct SolverArgs {
     /// Solver method (euler, midpoint, heun, rk4, bosh3, dopri5, tsit5, dop853); CNF models
-    /// only, like --rtol and --atol.
+    /// and CNF blocks only, like --rtol and --atol.
     #[arg(long)]
     method: Option<Method>,
     /// Relative tolerance.
@@ -195,10 +197,20 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Loads a model of either kind and applies the solver overrides (to a CNF; a discrete
-/// flow has no solver).
+/// Loads a model of either kind and applies the solver overrides (to a CNF, or to the CNF
+/// block of a flow, rebuilt from its spec with the same θ; a discrete flow has no solver).
 fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
     let mut m = load_model::<f64>(path)?;
+    if let Model::Flow(spec, flow) = &mut m {
+        if let Some(cnf) = spec.cnf.as_mut() {
+            cnf.method = solver.method.unwrap_or(cnf.method);
+            cnf.rtol = solver.rtol.unwrap_or(cnf.rtol);
+            cnf.atol = solver.atol.unwrap_or(cnf.atol);
+            let mut rebuilt = spec.build::<f64>(0)?;
+            rebuilt.params_mut().copy_from_slice(flow.params());
+            *flow = rebuilt;
+        }
+    }
     if let Model::Cnf(cnf) = &mut m {
         let mut cfg: CnfConfig<f64> = cnf.config().clone();
         if let Some(method) = solver.method {
@@ -215,13 +227,21 @@ fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
     Ok(m)
 }
 
-fn stats_line(what: &str, n: usize, s: Option<&Stats>) -> String {
+/// What the summary line calls a model without solver statistics.
+fn flow_label(m: &Model<f64>) -> &'static str {
+    match m {
+        Model::Flow(spec, _) if spec.cnf.is_some() => "flow with a CNF block",
+        _ => "discrete flow",
+    }
+}
+
+fn stats_line(what: &str, n: usize, s: Option<&Stats>, label: &str) -> String {
     match s {
         Some(s) => format!(
             "{what} {n} points: {} function evaluations, {} steps accepted, {} rejected",
             s.n_rhs, s.n_accepted, s.n_rejected
         ),
-        None => format!("{what} {n} points (discrete flow)"),
+        None => format!("{what} {n} points ({label})"),
     }
 }
 
@@ -232,7 +252,7 @@ fn logprob(a: LogprobArgs) -> CliResult {
     write_csv(&a.output, &["log_prob"], &logp)?;
     println!(
         "{}; wrote {}",
-        stats_line("log-density of", points.rows, stats.as_ref()),
+        stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)),
         a.output.display()
     );
     Ok(())
@@ -262,7 +282,11 @@ fn sample(a: SampleArgs) -> CliResult {
         let header: Vec<&str> = names.iter().map(String::as_str).collect();
         write_csv(&a.output, &header, &data)?;
     }
-    println!("{}; wrote {}", stats_line("sampled", a.n, stats.as_ref()), a.output.display());
+    println!(
+        "{}; wrote {}",
+        stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)),
+        a.output.display()
+    );
     Ok(())
 }
 
@@ -422,14 +446,19 @@ struct TrainArgs {
     /// Fraction of a data file held out for the test NLL.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// Train a discrete flow instead of a CNF: realnvp, nice, maf or nsf (spline coupling),
-    /// shaped by --layers and --hidden. The CNF-only options (--activation, --time, --blocks,
-    /// --t-end, --train-t, --method, --rtol, --atol, --trace, --adjoint, --kinetic) do not
-    /// apply to it.
+    /// Train a flow model instead of a CNF: realnvp (affine couplings), nice (additive
+    /// couplings), maf, nsf (spline couplings), iaf (affine), glow (LU 1×1 mixing + affine
+    /// coupling per step), planar, radial, all shaped by --layers and --hidden (planar and
+    /// radial use no --hidden); or realnvp+cnf: --layers affine couplings followed, at the
+    /// data end, by one trainable CNF block whose MLP takes --hidden, --activation, --time,
+    /// --blocks, --t-end, --train-t, --method, --rtol, --atol and --adjoint (exact trace only).
+    /// --trace (other than exact) and --kinetic do not apply to flows, nor do the CNF
+    /// options to the purely discrete kinds.
     #[arg(long)]
     #[serde(default)]
     flow: Option<String>,
-    /// Layers of a discrete flow (couplings or MAF layers; with --flow).
+    /// Layers of a flow (couplings, MAF/IAF layers, Glow steps, planar or radial maps; with
+    /// --flow).
     #[arg(long, default_value_t = 4)]
     #[serde(default = "default_layers")]
     layers: usize,
@@ -583,7 +612,29 @@ fn train(mut a: TrainArgs) -> CliResult {
     let mut trainer = match &a.flow {
         Some(name) => {
             let kind: FlowKind = name.parse()?;
-            let spec = FlowSpec::new(kind, dim, a.layers, a.hidden.clone());
+            let mut spec = FlowSpec::new(kind, dim, a.layers, a.hidden.clone());
+            if kind == FlowKind::RealNvpCnf {
+                if trace != TraceEstimator::Exact {
+                    return Err(format!(
+                        "--flow {kind}: the CNF block of a flow model needs --trace exact \
+                         (the density pass and its gradient must see the same noise), not {}",
+                        a.trace
+                    )
+                    .into());
+                }
+                spec.cnf = Some(CnfBlockSpec {
+                    hidden: a.hidden.clone(),
+                    activation,
+                    time,
+                    blocks: a.blocks.max(1),
+                    t_end: a.t_end,
+                    train_t: a.train_t,
+                    method,
+                    rtol: a.rtol,
+                    atol: a.atol,
+                    adjoint: strategy,
+                });
+            }
             let model = spec.build::<f64>(a.seed)?;
             let cfg = FlowTrainConfig {
                 iterations: a.iterations,

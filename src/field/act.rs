@@ -14,7 +14,13 @@ use super::Real;
 /// | `Elu` (α = 1) | u (u > 0), eᵘ − 1 (u ≤ 0) | 1, eᵘ | 0, eᵘ |
 ///
 /// (ELU's σ″ jumps at 0; the second-order derivatives are those of the branch taken.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+///
+/// In model files and flow specs (serde) the names are lowercase: `tanh`, `softplus`,
+/// `silu`, `elu`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Activation {
     /// Hyperbolic tangent (FFJORD's default for the toy problems).

@@ -18,7 +18,12 @@ use super::{AugmentedVjp, Divergence, Real, VectorField};
 /// - `ConcatSquash` (`ConcatSquashLinear`): `out = (W x + b) ⊙ sigmoid(W_g t + b_g) + W_b t`
 ///   (`W_g`, `W_b`: `[out, 1]`; no bias on the hyper-bias).
 /// - `Ignore` (`IgnoreLinear`): `out = W x + b`, autonomous.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+///
+/// In flow specs (serde) the names are lowercase: `concat`, `concatsquash`, `ignore`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum TimeConditioning {
     /// `out = W [t; x] + b` (t is input column 0).

@@ -63,7 +63,7 @@
 //! | [`Planar`] | `x = z + û tanh(wᵀz + b)` | 1-D root (Newton) | `log(1 + wᵀû tanh')` | 2d + 1 |
 //! | [`Radial`] | `x = z + β(z − z₀)/(α + r)` | closed form | see there | d + 2 |
 //! | [`InverseCdf`] | `x_i = F⁻¹(Φ(z_i); x_<i)` (tabulated density) | one pass (sampling: d 1-D roots) | `Σ log φ(z_i) − log p̂(x_i; x_<i)` | 0 |
-//! | [`CnfFlow`] | a CNF block (ODE) | ODE solve | `−Δℓ` | 0 (frozen, see there) |
+//! | [`CnfFlow`] | `x = φ_{T→0}(z)`, a CNF block (ODE) | ODE solve (gradient: adjoint ODE) | `−∫ tr ∂f/∂z dt` | the fields' (+ ln T) |
 //!
 //! The learned 1×1 mixing of Glow is [`LuAffine::glow`] (random fixed permutation, unit
 //! lower L, upper U with log-diagonal, no bias).
@@ -112,7 +112,7 @@ pub use icdf::{normal_cdf, normal_quantile, Cdf1d, InverseCdf};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
 pub use planar::{Planar, Radial};
-pub use spec::{FlowKind, FlowSpec};
+pub use spec::{CnfBlockSpec, FlowKind, FlowSpec};
 pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS};
 
 use rand::{RngCore, SeedableRng};
@@ -125,12 +125,33 @@ use crate::{Error, Real};
 /// Scratch space of a flow call: one buffer that grows on first use (never shrinks) and
 /// one child workspace per sub-layer. Make one per model with [`FlowModel::workspace`] (or
 /// [`FlowWs::default`] for a single layer) and reuse it: after the first call of a given
-/// batch size, calls do not allocate.
-#[derive(Debug, Clone, Default)]
+/// batch size, calls do not allocate (except [`CnfFlow`], whose ODE solves allocate their
+/// own buffers).
+#[derive(Default)]
 pub struct FlowWs<T> {
     pub(crate) buf: Vec<T>,
     pub(crate) idx: Vec<usize>,
     pub(crate) sub: Vec<FlowWs<T>>,
+    /// A layer's own reusable state (a [`CnfFlow`] keeps its working copy of the CNF here,
+    /// refreshed from θ on every call); a cache, so a clone starts without it.
+    pub(crate) cache: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl<T: Clone> Clone for FlowWs<T> {
+    fn clone(&self) -> Self {
+        FlowWs { buf: self.buf.clone(), idx: self.idx.clone(), sub: self.sub.clone(), cache: None }
+    }
+}
+
+impl<T> std::fmt::Debug for FlowWs<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowWs")
+            .field("buf_len", &self.buf.len())
+            .field("idx_len", &self.idx.len())
+            .field("sub", &self.sub)
+            .field("cache", &self.cache.is_some())
+            .finish()
+    }
 }
 
 impl<T: Real> FlowWs<T> {

@@ -1,10 +1,17 @@
-//! A serialisable description of a discrete-flow architecture ([`FlowSpec`]), from which
+//! A serialisable description of a flow architecture ([`FlowSpec`]), from which
 //! [`FlowSpec::build`] makes the [`FlowModel`]. The command line (`odeflow train --flow`)
 //! and the flow model files (`odeflow::io::model::save_flow`) both use it.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Coupling, CouplingKind, Flow, FlowModel, Maf, Permutation, RqShape};
+use super::{
+    CnfFlow, Coupling, CouplingKind, Flow, FlowModel, Iaf, LuAffine, Maf, Permutation, Planar,
+    Radial, RqShape,
+};
+use crate::adjoint::{AdjointConfig, Strategy};
+use crate::cnf::{Cnf, CnfBlock, CnfConfig};
+use crate::field::{Activation, Mlp, MlpConfig, TimeConditioning};
+use crate::solvers::Method;
 use crate::{Error, Real};
 
 /// The family of a [`FlowSpec`].
@@ -22,22 +29,74 @@ pub enum FlowKind {
     /// NSF: rational-quadratic spline couplings ([`CouplingKind::RationalQuadratic`])
     /// alternating the conditioning half (Neural Spline Flows, coupling variant).
     Nsf,
+    /// IAF: inverse autoregressive layers ([`Iaf`], affine) with a reversal between
+    /// consecutive layers: one-pass sampling, a d-pass density.
+    Iaf,
+    /// Glow-style steps: a learned LU-parametrised 1×1 mixing ([`LuAffine::glow`], its
+    /// fixed permutation seeded by the step's index) followed by an affine coupling.
+    Glow,
+    /// Planar flows ([`Planar`]); `hidden` is not used.
+    Planar,
+    /// Radial flows ([`Radial`]); `hidden` is not used.
+    Radial,
+    /// RealNVP couplings followed, at the data end, by one trainable CNF ([`CnfFlow`] of
+    /// FFJORD MLP blocks, set by [`FlowSpec::cnf`]): `x = φ_CNF(couplings(z))`.
+    #[serde(rename = "realnvp+cnf")]
+    RealNvpCnf,
 }
 
 impl FlowKind {
     /// Every kind, in the order of the command line's help.
-    pub const ALL: [FlowKind; 4] =
-        [FlowKind::RealNvp, FlowKind::Nice, FlowKind::Maf, FlowKind::Nsf];
+    pub const ALL: [FlowKind; 9] = [
+        FlowKind::RealNvp,
+        FlowKind::Nice,
+        FlowKind::Maf,
+        FlowKind::Nsf,
+        FlowKind::Iaf,
+        FlowKind::Glow,
+        FlowKind::Planar,
+        FlowKind::Radial,
+        FlowKind::RealNvpCnf,
+    ];
 
     /// The name used on the command line and in model files (`realnvp`, `nice`, `maf`,
-    /// `nsf`).
+    /// `nsf`, `iaf`, `glow`, `planar`, `radial`, `realnvp+cnf`).
     pub fn name(self) -> &'static str {
         match self {
             FlowKind::RealNvp => "realnvp",
             FlowKind::Nice => "nice",
             FlowKind::Maf => "maf",
             FlowKind::Nsf => "nsf",
+            FlowKind::Iaf => "iaf",
+            FlowKind::Glow => "glow",
+            FlowKind::Planar => "planar",
+            FlowKind::Radial => "radial",
+            FlowKind::RealNvpCnf => "realnvp+cnf",
         }
+    }
+
+    /// Whether the kind is built of couplings (which need d ≥ 2).
+    fn coupled(self) -> bool {
+        matches!(
+            self,
+            FlowKind::RealNvp
+                | FlowKind::Nice
+                | FlowKind::Nsf
+                | FlowKind::Glow
+                | FlowKind::RealNvpCnf
+        )
+    }
+
+    /// Whether the kind has a bounded log-scale (`scale_bound`).
+    fn bounded(self) -> bool {
+        matches!(
+            self,
+            FlowKind::RealNvp
+                | FlowKind::Maf
+                | FlowKind::Iaf
+                | FlowKind::Glow
+                | FlowKind::RealNvpCnf
+        )
     }
 }
 
@@ -68,13 +127,115 @@ fn default_bound() -> f64 {
     4.0
 }
 
-/// A discrete-flow architecture: enough to rebuild the layers of a [`FlowModel`] (its
-/// parameters are stored separately). Serialises to JSON as, e.g.,
+/// The solver method as its name (`dopri5`, …) in JSON.
+mod method_name {
+    use crate::solvers::Method;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The CNF part of a [`FlowKind::RealNvpCnf`] spec: one [`CnfFlow`] of `blocks` FFJORD MLP
+/// blocks with the exact trace. Every field has a default (serde fills missing ones), so
+/// `{}` is FFJORD's toy CNF. JSON:
+///
+/// ```json
+/// {"hidden": [64, 64, 64], "activation": "tanh", "time": "concatsquash", "blocks": 1,
+///  "t_end": 0.5, "train_t": false, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5,
+///  "adjoint": "checkpointed"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CnfBlockSpec {
+    /// Hidden widths of each block's MLP (default `[64, 64, 64]`, each ≥ 1).
+    pub hidden: Vec<usize>,
+    /// The MLP's activation (default tanh).
+    pub activation: Activation,
+    /// The MLP's time conditioning (default concatsquash).
+    pub time: TimeConditioning,
+    /// Number of chained CNF blocks (default 1, ≥ 1).
+    pub blocks: usize,
+    /// Initial integration time T of each block (default 0.5, finite and > 0).
+    pub t_end: f64,
+    /// Learn the times (as `ln T` in θ; default `false`).
+    pub train_t: bool,
+    /// The solver method (default dopri5; a fixed-step method is refused, having no step
+    /// size here).
+    #[serde(with = "method_name")]
+    pub method: Method,
+    /// Relative tolerance of the solves (default 1e-5, > 0).
+    pub rtol: f64,
+    /// Absolute tolerance of the solves (default 1e-5, > 0).
+    pub atol: f64,
+    /// The gradient's strategy (default checkpointed); the backward solve uses the
+    /// tolerances above.
+    pub adjoint: Strategy,
+}
+
+impl Default for CnfBlockSpec {
+    fn default() -> Self {
+        CnfBlockSpec {
+            hidden: vec![64, 64, 64],
+            activation: Activation::Tanh,
+            time: TimeConditioning::ConcatSquash,
+            blocks: 1,
+            t_end: 0.5,
+            train_t: false,
+            method: Method::Dopri5,
+            rtol: 1e-5,
+            atol: 1e-5,
+            adjoint: Strategy::Checkpointed,
+        }
+    }
+}
+
+impl CnfBlockSpec {
+    /// The layer, its MLP block `k` seeded with `seed + k` (PyTorch's initialisation).
+    pub fn build<T: Real>(&self, dim: usize, seed: u64) -> Result<CnfFlow<T, Mlp<T>>, Error> {
+        if self.blocks == 0 {
+            return Err(Error::InvalidConfig { name: "cnf blocks", value: 0.0, expected: "≥ 1" });
+        }
+        let blocks = (0..self.blocks)
+            .map(|k| {
+                let cfg = MlpConfig {
+                    dim,
+                    hidden: self.hidden.clone(),
+                    activation: self.activation,
+                    time: self.time,
+                    seed: seed.wrapping_add(k as u64),
+                    ..Default::default()
+                };
+                Ok(CnfBlock { field: Mlp::new(&cfg)?, t_end: T::from_f64c(self.t_end) })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let config = CnfConfig {
+            method: self.method,
+            rtol: T::from_f64c(self.rtol),
+            atol: T::from_f64c(self.atol),
+            ..Default::default()
+        };
+        Ok(CnfFlow::new(Cnf::chain(blocks, config)?)?
+            .with_learned_time(self.train_t)
+            .with_adjoint(AdjointConfig::with_strategy(self.adjoint)))
+    }
+}
+
+/// A flow architecture: enough to rebuild the layers of a [`FlowModel`] (its parameters
+/// are stored separately). Serialises to JSON as, e.g.,
 ///
 /// ```json
 /// {"kind": "realnvp", "dim": 2, "layers": 8, "hidden": [64, 64],
 ///  "scale_bound": 3.0, "bins": 8, "bound": 4.0}
 /// ```
+///
+/// and a hybrid as `{"kind": "realnvp+cnf", …, "cnf": {…}}` (see [`CnfBlockSpec`]).
 ///
 /// ```
 /// use odeflow::flows::{FlowKind, FlowSpec};
@@ -90,13 +251,15 @@ fn default_bound() -> f64 {
 pub struct FlowSpec {
     /// The family.
     pub kind: FlowKind,
-    /// Dimension d of a point (≥ 2 for the coupling kinds, ≥ 1 for MAF).
+    /// Dimension d of a point (≥ 2 for the coupling kinds, ≥ 1 for the others).
     pub dim: usize,
-    /// Number of flow layers (couplings or MAF layers; permutations not counted), ≥ 1.
+    /// Number of flow layers (couplings, MAF or IAF layers, Glow steps, planar or radial
+    /// maps; permutations and the CNF block not counted), ≥ 1.
     pub layers: usize,
-    /// Hidden widths of each layer's conditioner network.
+    /// Hidden widths of each layer's conditioner network (not used by planar and radial).
     pub hidden: Vec<usize>,
-    /// Bound a of the log-scale, |s| < a (RealNVP and MAF; default 3).
+    /// Bound a of the log-scale, |s| < a (RealNVP, MAF, IAF, Glow, the hybrid's couplings;
+    /// default 3).
     #[serde(default = "default_scale_bound")]
     pub scale_bound: f64,
     /// Spline bins K (NSF; default 8).
@@ -105,10 +268,15 @@ pub struct FlowSpec {
     /// Spline half-width B (NSF: identity outside `[−B, B]`; default 4).
     #[serde(default = "default_bound")]
     pub bound: f64,
+    /// The CNF block of [`FlowKind::RealNvpCnf`] (`None` for the other kinds; for the
+    /// hybrid, `None` means [`CnfBlockSpec::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<CnfBlockSpec>,
 }
 
 impl FlowSpec {
-    /// A spec with the default scale bound (3) and spline shape (8 bins on `[−4, 4]`).
+    /// A spec with the default scale bound (3) and spline shape (8 bins on `[−4, 4]`), and
+    /// for [`FlowKind::RealNvpCnf`] the default CNF block ([`CnfBlockSpec::default`]).
     pub fn new(kind: FlowKind, dim: usize, layers: usize, hidden: Vec<usize>) -> Self {
         FlowSpec {
             kind,
@@ -118,62 +286,90 @@ impl FlowSpec {
             scale_bound: default_scale_bound(),
             bins: default_bins(),
             bound: default_bound(),
+            cnf: (kind == FlowKind::RealNvpCnf).then(CnfBlockSpec::default),
         }
     }
 
-    /// The layers of the spec (no parameters; they live in the [`FlowModel`]).
+    /// The layers of the spec (no parameters; they live in the [`FlowModel`]), a CNF
+    /// block's MLPs seeded with 0 (see [`FlowSpec::build`]).
     pub fn layers<T: Real>(&self) -> Result<Vec<Box<dyn Flow<T>>>, Error> {
+        self.layers_seeded(0)
+    }
+
+    fn layers_seeded<T: Real>(&self, seed: u64) -> Result<Vec<Box<dyn Flow<T>>>, Error> {
         if self.layers == 0 {
             return Err(Error::InvalidConfig {
                 name: "flow layers", value: 0.0, expected: "≥ 1"
             });
         }
-        if self.dim < 2 && self.kind != FlowKind::Maf {
+        if self.dim == 0 || (self.dim < 2 && self.kind.coupled()) {
             return Err(Error::InvalidConfig {
                 name: "flow dim",
                 value: self.dim as f64,
-                expected: "≥ 2 for a coupling flow",
+                expected: "≥ 2 for a coupling flow, ≥ 1 otherwise",
             });
         }
-        let coupling = match self.kind {
-            FlowKind::RealNvp => Some(CouplingKind::Affine { scale_bound: self.scale_bound }),
-            FlowKind::Nice => Some(CouplingKind::Additive),
-            FlowKind::Nsf => Some(CouplingKind::RationalQuadratic(RqShape {
-                bins: self.bins,
-                bound: self.bound,
-            })),
-            FlowKind::Maf => None,
-        };
-        let bounded = matches!(self.kind, FlowKind::RealNvp | FlowKind::Maf);
-        if bounded && !(self.scale_bound.is_finite() && self.scale_bound > 0.0) {
+        if self.kind.bounded() && !(self.scale_bound.is_finite() && self.scale_bound > 0.0) {
             return Err(Error::InvalidConfig {
                 name: "scale_bound",
                 value: self.scale_bound,
                 expected: "finite and > 0",
             });
         }
+        let d = self.dim;
+        let affine = CouplingKind::Affine { scale_bound: self.scale_bound };
         let mut layers: Vec<Box<dyn Flow<T>>> = Vec::new();
         for i in 0..self.layers {
-            match coupling {
-                Some(kind) => {
-                    layers.push(Box::new(Coupling::new(self.dim, kind, &self.hidden, i % 2 == 1)?))
+            let odd = i % 2 == 1;
+            match self.kind {
+                FlowKind::RealNvp | FlowKind::RealNvpCnf => {
+                    layers.push(Box::new(Coupling::new(d, affine, &self.hidden, odd)?))
                 }
-                None => {
+                FlowKind::Nice => layers.push(Box::new(Coupling::new(
+                    d,
+                    CouplingKind::Additive,
+                    &self.hidden,
+                    odd,
+                )?)),
+                FlowKind::Nsf => layers.push(Box::new(Coupling::new(
+                    d,
+                    CouplingKind::RationalQuadratic(RqShape { bins: self.bins, bound: self.bound }),
+                    &self.hidden,
+                    odd,
+                )?)),
+                FlowKind::Maf | FlowKind::Iaf => {
                     if i > 0 {
-                        layers.push(Box::new(Permutation::reverse(self.dim)));
+                        layers.push(Box::new(Permutation::reverse(d)));
                     }
-                    layers.push(Box::new(Maf::new(self.dim, &self.hidden, self.scale_bound)?));
+                    if self.kind == FlowKind::Maf {
+                        layers.push(Box::new(Maf::new(d, &self.hidden, self.scale_bound)?));
+                    } else {
+                        layers.push(Box::new(Iaf::new(d, &self.hidden, self.scale_bound)?));
+                    }
                 }
+                FlowKind::Glow => {
+                    // The permutation is part of the architecture, not of θ: seeded by the
+                    // step, so a loaded file rebuilds the same one.
+                    layers.push(Box::new(LuAffine::glow(d, i as u64)));
+                    layers.push(Box::new(Coupling::new(d, affine, &self.hidden, odd)?));
+                }
+                FlowKind::Planar => layers.push(Box::new(Planar::new(d))),
+                FlowKind::Radial => layers.push(Box::new(Radial::new(d))),
             }
+        }
+        if self.kind == FlowKind::RealNvpCnf {
+            let cnf = self.cnf.clone().unwrap_or_default();
+            layers.push(Box::new(cnf.build::<T>(d, seed)?));
         }
         Ok(layers)
     }
 
     /// Builds the model with its initial parameters drawn from a generator seeded with
-    /// `seed` (see [`FlowModel::new`]): the same spec and seed give the same θ, bit for
-    /// bit. Errors: a spec out of range ([`Error::InvalidConfig`]).
+    /// `seed` (see [`FlowModel::new`]; a CNF block's MLPs are seeded with `seed` too): the
+    /// same spec and seed give the same θ, bit for bit. Errors: a spec out of range
+    /// ([`Error::InvalidConfig`], or the CNF's own errors).
     pub fn build<T: Real>(&self, seed: u64) -> Result<FlowModel<T>, Error> {
-        FlowModel::new(self.layers()?, seed)
+        FlowModel::new(self.layers_seeded(seed)?, seed)
     }
 }
 
@@ -193,8 +389,44 @@ mod tests {
             assert_eq!(serde_json::from_str::<FlowSpec>(&json).unwrap(), spec);
             assert_eq!(kind.name().parse::<FlowKind>().unwrap(), kind);
         }
-        assert!("glow".parse::<FlowKind>().unwrap_err().contains("realnvp"));
+        assert!("flowpp".parse::<FlowKind>().unwrap_err().contains("realnvp+cnf"));
         assert!(FlowSpec::new(FlowKind::RealNvp, 2, 0, vec![4]).build::<f64>(0).is_err());
         assert!(FlowSpec::new(FlowKind::Nice, 1, 2, vec![4]).build::<f64>(0).is_err());
+        assert!(FlowSpec::new(FlowKind::Glow, 1, 2, vec![4]).build::<f64>(0).is_err());
+        assert!(FlowSpec::new(FlowKind::Planar, 1, 2, vec![]).build::<f64>(0).is_ok());
+    }
+
+    #[test]
+    fn hybrid_spec_carries_its_cnf_block() {
+        let mut spec = FlowSpec::new(FlowKind::RealNvpCnf, 2, 2, vec![8]);
+        let cnf = spec.cnf.as_mut().unwrap();
+        cnf.hidden = vec![6];
+        cnf.train_t = true;
+        cnf.t_end = 0.8;
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""kind":"realnvp+cnf""#) && json.contains(r#""method":"dopri5""#));
+        assert!(json.contains(r#""adjoint":"checkpointed""#), "{json}");
+        assert_eq!(serde_json::from_str::<FlowSpec>(&json).unwrap(), spec);
+        let m = spec.build::<f64>(3).unwrap();
+        let layers = m.layers();
+        assert_eq!(layers.len(), 3);
+        assert_eq!(layers[2].name(), "cnf");
+        // The CNF block: an MLP 2 → 6 → 2 (concatsquash: 6·2 + 4·6 + 2·6 + 4·2) and ln T.
+        let n_cnf = m.offsets()[3] - m.offsets()[2];
+        assert_eq!(n_cnf, 12 + 24 + 12 + 8 + 1);
+        assert!((m.params()[m.n_params() - 1] - 0.8f64.ln()).abs() < 1e-15);
+        // The CNF's initial weights follow the seed.
+        assert_ne!(m.params(), spec.build::<f64>(4).unwrap().params());
+        // Missing CNF fields take their defaults; an unknown method is a parse error.
+        let partial =
+            r#"{"kind":"realnvp+cnf","dim":2,"layers":1,"hidden":[4],"cnf":{"rtol":1e-6}}"#;
+        let p: FlowSpec = serde_json::from_str(partial).unwrap();
+        assert_eq!(p.cnf.as_ref().unwrap().hidden, vec![64, 64, 64]);
+        let bad = partial.replace(r#""rtol":1e-6"#, r#""method":"nope""#);
+        assert!(serde_json::from_str::<FlowSpec>(&bad).is_err());
+        // A fixed-step method has no step size here: refused.
+        let mut fixed = spec.clone();
+        fixed.cnf.as_mut().unwrap().method = Method::Rk4;
+        assert!(fixed.build::<f64>(0).is_err());
     }
 }

@@ -702,6 +702,29 @@ mod tests {
             let (_, l32) = load_flow::<f32>(&path).unwrap();
             assert_eq!(l32.params()[1].to_bits(), (model.params()[1] as f32).to_bits());
         }
+        // A hybrid whose CNF block is not the default: its settings survive the file.
+        let mut spec = FlowSpec::new(crate::flows::FlowKind::RealNvpCnf, 2, 2, vec![8]);
+        spec.cnf = Some(crate::flows::CnfBlockSpec {
+            hidden: vec![5],
+            activation: Activation::Softplus,
+            time: TimeConditioning::Concat,
+            blocks: 2,
+            t_end: 0.3,
+            train_t: true,
+            method: crate::solvers::Method::Tsit5,
+            rtol: 1e-7,
+            atol: 1e-8,
+            adjoint: crate::adjoint::Strategy::Discrete,
+        });
+        let mut model = spec.build::<f64>(9).unwrap();
+        for (i, p) in model.params_mut().iter_mut().enumerate() {
+            *p += 0.1 * ((i as f64) * 0.91).cos();
+        }
+        let path = tmp("flow-hybrid-custom.safetensors");
+        save_flow(&path, &spec, &model).unwrap();
+        let (spec2, loaded) = load_flow::<f64>(&path).unwrap();
+        assert_eq!(spec2, spec);
+        assert_eq!(loaded.log_prob(&x).unwrap(), model.log_prob(&x).unwrap());
     }
 
     #[test]
