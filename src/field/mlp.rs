@@ -859,21 +859,35 @@ impl<T: Real> Mlp<T> {
             let cu = &mut ub[..nb * n_out];
             let cud = &mut udb[..rt * n_out];
             let pl = &p[l][..nb * n_out];
-            for ur in cu.chunks_exact(n_out) {
-                for (s, u) in bs.iter_mut().zip(ur) {
-                    *s += *u;
-                }
-            }
+            // One pass over the primal cotangent rows ū: Σū (shift), Σū ⊙ p (gate), then
+            // ū ← ū ⊙ g (the cotangent of p) and Σ ū ⊙ g (bias); then the tangent rows.
+            let mut tb = if want_theta { Some(&mut theta[ly.b..ly.b + n_out]) } else { None };
             if gated {
-                for (ur, prow) in cu.chunks_exact(n_out).zip(pl.chunks_exact(n_out)) {
-                    for ((s, u), x) in gs.iter_mut().zip(ur).zip(prow) {
-                        *s += *u * *x;
+                for (ur, prow) in cu.chunks_exact_mut(n_out).zip(pl.chunks_exact(n_out)) {
+                    let it = bs.iter_mut().zip(gs.iter_mut()).zip(ur.iter_mut()).zip(prow).zip(g);
+                    match tb.as_deref_mut() {
+                        Some(tb) => {
+                            for (((((sb, sg), u), x), g), t) in it.zip(tb) {
+                                *sb += *u;
+                                *sg += *u * *x;
+                                *u *= *g;
+                                *t += *u;
+                            }
+                        }
+                        None => {
+                            for ((((sb, sg), u), x), g) in it {
+                                *sb += *u;
+                                *sg += *u * *x;
+                                *u *= *g;
+                            }
+                        }
                     }
                 }
                 let pdl = &pd[l][..rt * n_out];
-                for (ur, prow) in cud.chunks_exact(n_out).zip(pdl.chunks_exact(n_out)) {
-                    for ((s, u), x) in gs.iter_mut().zip(ur).zip(prow) {
-                        *s += *u * *x;
+                for (ur, prow) in cud.chunks_exact_mut(n_out).zip(pdl.chunks_exact(n_out)) {
+                    for (((sg, u), x), g) in gs.iter_mut().zip(ur.iter_mut()).zip(prow).zip(g) {
+                        *sg += *u * *x;
+                        *u *= *g;
                     }
                 }
                 // ∂u/∂g = W x + b: the bias part is b ⊙ Σ ū (this chunk's sum, in `bs`).
@@ -881,9 +895,15 @@ impl<T: Real> Mlp<T> {
                 for ((s, b), u) in gs.iter_mut().zip(bias).zip(bs.iter()) {
                     *s += *b * *u;
                 }
-                for ur in cu.chunks_exact_mut(n_out).chain(cud.chunks_exact_mut(n_out)) {
-                    for (u, g) in ur.iter_mut().zip(g) {
-                        *u *= *g;
+            } else {
+                for ur in cu.chunks_exact(n_out) {
+                    for (sb, u) in bs.iter_mut().zip(ur) {
+                        *sb += *u;
+                    }
+                    if let Some(tb) = tb.as_deref_mut() {
+                        for (t, u) in tb.iter_mut().zip(ur) {
+                            *t += *u;
+                        }
                     }
                 }
             }
@@ -930,12 +950,6 @@ impl<T: Real> Mlp<T> {
                                 (ly.wcols, 1),
                             ),
                         }
-                    }
-                }
-                let tb = &mut theta[ly.b..ly.b + n_out];
-                for ur in cu.chunks_exact(n_out) {
-                    for (s, u) in tb.iter_mut().zip(ur) {
-                        *s += *u;
                     }
                 }
             }
