@@ -424,8 +424,8 @@ struct TrainArgs {
     test_fraction: f64,
     /// Train a discrete flow instead of a CNF: realnvp, nice, maf or nsf (spline coupling),
     /// shaped by --layers and --hidden. The CNF-only options (--activation, --time, --blocks,
-    /// --t-end, --train-t, --method, --rtol, --atol, --trace, --adjoint, --kinetic) do not
-    /// apply to it.
+    /// --t-end, --train-t, --method, --rtol, --atol, --trace, --adjoint, --kinetic,
+    /// --jacobian) do not apply to it.
     #[arg(long)]
     #[serde(default)]
     flow: Option<String>,
@@ -467,9 +467,14 @@ struct TrainArgs {
     /// Gradient strategy: backsolve, checkpointed, discrete.
     #[arg(long, default_value = "checkpointed")]
     adjoint: String,
-    /// Kinetic-energy regularizer weight (RNODE).
+    /// Kinetic-energy regularizer weight λ_K (RNODE): adds λ_K·mean ∫‖f‖² dt to the loss.
     #[arg(long, default_value_t = 0.0)]
     kinetic: f64,
+    /// Jacobian-Frobenius regularizer weight λ_J (RNODE): adds λ_J·mean ∫‖J ε‖² dt to the loss
+    /// (J = ∂f/∂z, ε the solve's Hutchinson noise; ∫‖J‖²_F with --trace exact).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    jacobian: f64,
     /// Training iterations (in total, counting those before a --resume).
     #[arg(long, default_value_t = 500)]
     iterations: u64,
@@ -629,6 +634,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
                 train_t: a.train_t,
                 kinetic: a.kinetic,
+                jacobian: a.jacobian,
                 test_every: a.test_every,
                 seed: a.seed,
                 checkpoint: Some(state_path.clone()),
