@@ -5,6 +5,7 @@
 //!   f + exact divergence, and the augmented VJP (exact divergence cotangent, z/t/θ).
 //! - `d64`: 64 → 256 → 256 → 256 → 64, ConcatSquash, softplus, batch 512, Hutchinson:
 //!   f + εᵀJε, and the augmented VJP.
+//! - `aug_vjp_jac_*`: the augmented VJP with RNODE's Jacobian term (`vjp_aug_jac`), same nets.
 //! - `gemm_*`: only the GEMMs those calls perform (forward rows B, tangent rows lanes·B, and in
 //!   the reverse the input- and weight-gradient GEMMs of both), on the same two cores (the
 //!   batch split in two halves, one per rayon task), no elementwise work.
@@ -23,7 +24,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use odeflow::field::{
-    Activation, AugmentedVjp, Divergence, Mlp, MlpConfig, TimeConditioning, VectorField,
+    Activation, AugmentedVjp, Divergence, JacobianTerm, Mlp, MlpConfig, TimeConditioning,
+    VectorField,
 };
 use odeflow::Real;
 
@@ -76,6 +78,7 @@ struct Case<T> {
     q: Vec<T>,
     zc: Vec<T>,
     th: Vec<T>,
+    jsq: Vec<T>,
     ws: odeflow::field::MlpWorkspace<T>,
 }
 
@@ -115,6 +118,7 @@ impl<T: Real> Case<T> {
             q: vec![T::zero(); BATCH],
             zc: vec![T::zero(); BATCH * d],
             th: vec![T::zero(); n],
+            jsq: vec![T::zero(); BATCH],
             ws,
         }
     }
@@ -156,6 +160,32 @@ impl<T: Real> Case<T> {
             )
             .unwrap();
         black_box((tc, &self.th));
+    }
+
+    /// `aug` with RNODE's Jacobian term (weights `w = c`).
+    fn aug_jac(&mut self) {
+        let div = if self.exact { Divergence::Exact } else { Divergence::Hutchinson(&self.eps) };
+        let out = AugmentedVjp {
+            f: &mut self.f,
+            q: &mut self.q,
+            z_cot: &mut self.zc,
+            theta_cot: Some(&mut self.th),
+        };
+        let jac = JacobianTerm { w: &self.c, jac_sq: &mut self.jsq };
+        let tc = self
+            .mlp
+            .vjp_aug_jac(
+                T::from_f64c(0.3),
+                black_box(&self.z),
+                div,
+                &self.a,
+                &self.c,
+                jac,
+                out,
+                &mut self.ws,
+            )
+            .unwrap();
+        black_box((tc, &self.th, &self.jsq));
     }
 }
 
@@ -289,6 +319,7 @@ fn bench_type<T: Real>(c: &mut Criterion, ty: &str) {
         let div = if net.exact { "exact" } else { "hutchinson" };
         g.bench_function(format!("eval_{div}"), |b| b.iter(|| case.eval_div()));
         g.bench_function(format!("aug_vjp_{div}"), |b| b.iter(|| case.aug()));
+        g.bench_function(format!("aug_vjp_jac_{div}"), |b| b.iter(|| case.aug_jac()));
         let mut fwd = GemmChain::<T>::new(&net, false);
         g.bench_function("gemm_chain_eval", |b| b.iter(|| fwd.run()));
         let mut rev = GemmChain::<T>::new(&net, true);
@@ -333,19 +364,25 @@ fn summary_type<T: Real>(ty: &str, peak: f64) {
         let units_eval = if net.exact { 1.0 + d as f64 } else { 2.0 };
         let mut case = Case::<T>::new(&net);
         let mut case2 = Case::<T>::new(&net);
+        let mut case3 = Case::<T>::new(&net);
         let mut fwd = GemmChain::<T>::new(&net, false);
         let mut rev = GemmChain::<T>::new(&net, true);
         let reps = if d > 2 { 100 } else { 600 };
         let r = interleaved(
-            &mut [&mut || case.eval_div(), &mut || fwd.run(), &mut || case2.aug(), &mut || {
-                rev.run()
-            }],
+            &mut [
+                &mut || case.eval_div(),
+                &mut || fwd.run(),
+                &mut || case2.aug(),
+                &mut || rev.run(),
+                &mut || case3.aug_jac(),
+            ],
             reps,
         );
         let div = if net.exact { "exact" } else { "Hutchinson" };
         for (what, units, ops, gemm) in [
             (format!("f + {div} div"), units_eval, &r[0], &r[1]),
             (format!("aug VJP ({div})"), 3.0 * units_eval, &r[2], &r[3]),
+            (format!("aug VJP + ‖JV‖² term ({div})"), 3.0 * units_eval, &r[4], &r[3]),
         ] {
             let ((t, tm), (g, gm)) = (min_median(ops), min_median(gemm));
             // Ratio of each call to the GEMM chain run right after it, median over rounds.

@@ -336,6 +336,25 @@ fn train_writes_model_state_log_and_figures_and_resumes_exactly() {
     assert_eq!(read_csv(&lp, Some(1)).unwrap().rows, 2);
 }
 
+/// `--jacobian λ_J` (with `--kinetic` and the Hutchinson trace) trains, is recorded in
+/// run.json for `--resume`, and is documented in `train --help`.
+#[test]
+fn train_with_rnode_regularizers() {
+    let (dir, _) = setup("trainrnode");
+    let out = dir.join("run");
+    let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
+    args.extend(SMALL);
+    let o = s(&out);
+    args.extend(["--jacobian", "0.5", "--kinetic", "0.1", "--trace", "hutchinson-rademacher"]);
+    args.extend(["--out", o.as_str()]);
+    let text = ok(&args);
+    assert!(text.contains("trained at iteration 2"), "{text}");
+    let run = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(run.contains("\"jacobian\": 0.5"), "{run}");
+    let help = ok(&["train", "--help"]);
+    assert!(help.contains("--jacobian") && help.contains("Jacobian-Frobenius"), "{help}");
+}
+
 #[test]
 fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     let (dir, _) = setup("trainbad");
@@ -370,6 +389,7 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     check(&["--data", &s(&nan)], "non-finite");
     check(&["--activation", "relu6"], "relu6");
     check(&["--adjoint", "magic"], "magic");
+    check(&["--jacobian=-1"], "jacobian");
     let empty = dir.join("empty");
     let err = fails(&["train", "--resume", "--out", &s(&empty)]);
     assert!(err.contains("nothing to resume"), "{err}");

@@ -1,6 +1,6 @@
 //! Hot calls of the batched MLP allocate nothing once warm: `eval`, `eval_div` (exact and
-//! Hutchinson) and `vjp_aug` after one warm-up call (which grows the GEMM's per-thread packing
-//! buffers), counted by a global allocator.
+//! Hutchinson), `vjp_aug` and `vjp_aug_jac` after one warm-up call (which grows the GEMM's
+//! per-thread packing buffers), counted by a global allocator.
 //!
 //! Sequential chunks (`parallel: false`) are counted on the calling thread and must allocate
 //! zero times. With `parallel: true` every thread's allocations are counted (one test in this
@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use odeflow::field::{AugmentedVjp, Divergence, Mlp, MlpConfig, Real, VectorField};
+use odeflow::field::{AugmentedVjp, Divergence, JacobianTerm, Mlp, MlpConfig, Real, VectorField};
 
 struct Counting;
 
@@ -116,6 +116,17 @@ fn measure<T: Real>(cfg: &MlpConfig, reps: usize) -> Vec<(String, usize, usize)>
             let out =
                 AugmentedVjp { f: &mut f, q: &mut q, z_cot: &mut zc, theta_cot: Some(&mut th) };
             mlp.vjp_aug(t, &z, div, &a, &c, out, &mut ws).unwrap();
+        });
+    }
+    for (name, div) in [
+        ("vjp_aug_jac exact", Divergence::Exact),
+        ("vjp_aug_jac hutchinson", Divergence::Hutchinson(&eps)),
+    ] {
+        run(name, &mut || {
+            let out =
+                AugmentedVjp { f: &mut f, q: &mut q, z_cot: &mut zc, theta_cot: Some(&mut th) };
+            let jac = JacobianTerm { w: &c, jac_sq: &mut jsq };
+            mlp.vjp_aug_jac(t, &z, div, &a, &c, jac, out, &mut ws).unwrap();
         });
     }
     out

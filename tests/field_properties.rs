@@ -7,8 +7,8 @@ mod common;
 use approx::assert_relative_eq;
 use common::*;
 use odeflow::field::{
-    Activation, AugmentedVjp, AutoDiffField, Divergence, DualScalar, FieldError, LinearField, Mlp,
-    MlpConfig, ScalarField, TimeConditioning, VectorField,
+    Activation, AugmentedVjp, AutoDiffField, Divergence, DualScalar, FieldError, JacobianTerm,
+    LinearField, Mlp, MlpConfig, ScalarField, TimeConditioning, VectorField,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -54,6 +54,38 @@ fn aug<T: odeflow::Real, F: VectorField<T>>(
     };
     o.t_cot = field.vjp_aug(t, z, div, a, c, out, &mut ws).unwrap();
     o
+}
+
+/// Everything one `vjp_aug_jac` call returns, and `‖J V‖²`.
+fn aug_jac<T: odeflow::Real, F: VectorField<T>>(
+    field: &F,
+    t: T,
+    z: &[T],
+    div: Divergence<'_, T>,
+    a: &[T],
+    c: &[T],
+    w: &[T],
+) -> (AugOut<T>, Vec<T>) {
+    let d = field.dim();
+    let b = z.len() / d;
+    let mut o = AugOut {
+        f: vec![T::zero(); b * d],
+        q: vec![T::zero(); b],
+        z_cot: vec![T::zero(); b * d],
+        t_cot: T::zero(),
+        theta: vec![T::zero(); field.n_params()],
+    };
+    let mut sq = vec![T::zero(); b];
+    let mut ws = field.workspace(b);
+    let out = AugmentedVjp {
+        f: &mut o.f,
+        q: &mut o.q,
+        z_cot: &mut o.z_cot,
+        theta_cot: Some(&mut o.theta),
+    };
+    let jac = JacobianTerm { w, jac_sq: &mut sq };
+    o.t_cot = field.vjp_aug_jac(t, z, div, a, c, jac, out, &mut ws).unwrap();
+    (o, sq)
 }
 
 // ── Hutchinson statistics ──────────────────────────────────────────────────────────────
@@ -405,11 +437,26 @@ fn bad_input_is_an_error_not_a_panic() {
         m.vjp_aug(0.0, &z, Divergence::Exact, &z, &[1.0; 2], out, &mut ws),
         Err(FieldError::BufferLength { buffer: "c", expected: 3, found: 2 })
     );
+    let mut sq = [7.0; 3];
+    for (w, nsq, buffer, found) in [(&[1.0; 2][..], 3, "w", 2), (&[1.0; 3][..], 1, "jac_sq", 1)] {
+        let out = AugmentedVjp { f: &mut f, q: &mut q, z_cot: &mut zc, theta_cot: None };
+        let jac = JacobianTerm { w, jac_sq: &mut sq[..nsq] };
+        assert_eq!(
+            m.vjp_aug_jac(0.0, &z, Divergence::Exact, &z, &[1.0; 3], jac, out, &mut ws),
+            Err(FieldError::BufferLength { buffer, expected: 3, found })
+        );
+    }
     let other =
         Mlp::<f64>::new(&MlpConfig { dim: 2, hidden: vec![5], ..Default::default() }).unwrap();
     assert_eq!(other.eval(0.0, &z, &mut f, &mut ws), Err(FieldError::WorkspaceMismatch));
     // Nothing was written by the failed calls.
-    assert!(f.iter().chain(&q).chain(&zc).chain(&th).all(|&x| x.to_bits() == 7.0f64.to_bits()));
+    assert!(f
+        .iter()
+        .chain(&q)
+        .chain(&zc)
+        .chain(&th)
+        .chain(&sq)
+        .all(|&x| x.to_bits() == 7.0f64.to_bits()));
 
     assert!(matches!(
         Mlp::<f64>::new(&MlpConfig { dim: 0, ..Default::default() }),
@@ -531,6 +578,38 @@ fn linear_field_derivatives() {
             });
             assert_relative_eq!(o.theta[k], fd, epsilon = 1e-10, max_relative = 1e-9);
         }
+        // RNODE's Jacobian term: ‖A V‖² does not depend on z or t, so the z and t
+        // cotangents are vjp_aug's bit for bit; ∂/∂A is 2 w A (exact) or 2 w (Aε)εᵀ
+        // (Hutchinson), checked against central differences of Φ + Σ w ‖A V‖² (quadratic
+        // in θ, so FD is exact up to rounding: 1e-9).
+        let w = g.vec(bsz, -1.0, 1.0);
+        let (oj, sq) = aug_jac(&lf, 0.0, &z, div, &a, &c, &w);
+        assert_eq!((&oj.f, &oj.q, &oj.z_cot), (&o.f, &o.q, &o.z_cot));
+        assert_eq!(oj.t_cot.to_bits(), 0.0f64.to_bits());
+        for bi in 0..bsz {
+            let want: f64 = if hutch {
+                let er = &e[bi * d..(bi + 1) * d];
+                (0..d).map(|i| (0..d).map(|k| am[i * d + k] * er[k]).sum::<f64>().powi(2)).sum()
+            } else {
+                am.iter().map(|x| x * x).sum()
+            };
+            assert_relative_eq!(sq[bi], want, max_relative = 1e-13);
+        }
+        let phi_j = |p: &[f64]| {
+            let l = LinearField::new(&p[..d * d], &p[d * d..]).unwrap();
+            let (mut f, mut q, mut s) = (vec![0.0; bsz * d], vec![0.0; bsz], vec![0.0; bsz]);
+            l.eval_div(0.0, &z, div, &mut f, &mut q, Some(&mut s), &mut l.workspace(bsz)).unwrap();
+            let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+            dot(&f, &a) + dot(&q, &c) + dot(&s, &w)
+        };
+        for k in 0..lf.n_params() {
+            let fd = central(1e-4, |h| {
+                let mut p = lf.params().to_vec();
+                p[k] += h;
+                phi_j(&p)
+            });
+            assert_relative_eq!(oj.theta[k], fd, epsilon = 1e-10, max_relative = 1e-9);
+        }
     }
 }
 
@@ -631,6 +710,14 @@ proptest! {
                 prop_assert!(close(&om.f, &ou.f) && close(&om.q, &ou.q), "aug f/q {:?}", act);
                 prop_assert!(close(&om.z_cot, &ou.z_cot), "aug z {:?} hutch={}: {:?} vs {:?}", act, hutch, om.z_cot, ou.z_cot);
                 prop_assert!(close(&[om.t_cot], &[ou.t_cot]), "aug t {:?}: {} vs {}", act, om.t_cot, ou.t_cot);
+                // RNODE's Jacobian term: hyper-dual ∂‖JV‖²/∂(z, t) against the Mlp's reverse pass.
+                let w = g.vec(b, -1.0, 1.0);
+                let (om, sm) = aug_jac(&m, t, &z, div, &a, &c, &w);
+                let (ou, su) = aug_jac(&user, t, &z, div, &a, &c, &w);
+                prop_assert!(close(&om.f, &ou.f) && close(&om.q, &ou.q) && close(&sm, &su), "aug_jac f/q/jac_sq {:?}", act);
+                prop_assert!(close(&sm, &s1), "aug_jac jac_sq vs eval_div {:?}", act);
+                prop_assert!(close(&om.z_cot, &ou.z_cot), "aug_jac z {:?} hutch={}: {:?} vs {:?}", act, hutch, om.z_cot, ou.z_cot);
+                prop_assert!(close(&[om.t_cot], &[ou.t_cot]), "aug_jac t {:?}: {} vs {}", act, om.t_cot, ou.t_cot);
             }
             let (mut z1, mut z2) = (vec![0.0; b * d], vec![0.0; b * d]);
             let t1 = m.vjp(t, &z, &a, &mut f1, &mut z1, None, &mut wm).unwrap();
@@ -690,6 +777,12 @@ fn empty_batch_and_call_counting() {
     assert!(m.eval(0.0, &z[..3], &mut f, &mut ws).is_err());
     let s = m.stats();
     assert_eq!((s.n_eval, s.n_vjp_aug, s.n_samples), (1, 1, 4));
+    // vjp_aug_jac is forwarded (same results as the bare field) and counted as a fused VJP.
+    let (z, a, c, w) = ([0.5, -0.2, 0.1, 0.3], [0.2, 0.1, -0.4, 0.3], [0.7, -0.1], [1.5, 0.2]);
+    let (oc, sc) = aug_jac(&m, 0.2, &z, Divergence::Exact, &a, &c, &w);
+    let (oi, si) = aug_jac(m.inner(), 0.2, &z, Divergence::Exact, &a, &c, &w);
+    assert!(oc == oi && sc == si);
+    assert_eq!((m.stats().n_vjp_aug, m.stats().n_samples), (2, 6));
     m.reset();
     assert_eq!(m.stats(), odeflow::field::FieldStats::default());
 }

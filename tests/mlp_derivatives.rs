@@ -38,7 +38,7 @@ mod common;
 
 use approx::relative_eq;
 use common::*;
-use odeflow::field::{AugmentedVjp, Divergence, Mlp, MlpConfig, VectorField};
+use odeflow::field::{AugmentedVjp, Divergence, JacobianTerm, Mlp, MlpConfig, VectorField};
 use proptest::prelude::*;
 
 const H: f64 = 1e-5;
@@ -312,6 +312,134 @@ fn check_case(cs: &Case) {
             check(&format!("{name} z vs FD"), ctx, &zc5, &zf, FD_REL, FD_ABS);
             check(&format!("{name} t vs FD"), ctx, &[tc5], &[tf], FD_REL, FD_ABS);
             check(&format!("{name} θ vs FD"), ctx, &thc5, &thf, FD_REL, FD_ABS);
+        }
+    }
+}
+
+/// `Φ_J = Σ_b [a_bᵀ f_b + c_b q_b + w_b ‖J_b V_b‖²]` with q and ‖J V‖² from `eval_div`.
+fn phi_jac(
+    cs: &Case,
+    w: &[f64],
+    mlp: &Mlp<f64>,
+    t: f64,
+    z: &[f64],
+    div: Divergence<'_, f64>,
+) -> f64 {
+    let (mut f, mut q, mut sq) = (vec![0.0; z.len()], vec![0.0; cs.batch], vec![0.0; cs.batch]);
+    let mut ws = mlp.workspace(cs.batch);
+    mlp.eval_div(t, z, div, &mut f, &mut q, Some(&mut sq), &mut ws).unwrap();
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+    dot(&f, &cs.a) + dot(&q, &cs.c) + dot(&sq, w)
+}
+
+/// `vjp_aug_jac` (RNODE's Jacobian term `w_b ‖J_b V_b‖²` added to Φ), exact and Hutchinson:
+/// f, q and ‖J V‖² bit-identical to `eval_div`'s; with w = 0 every output bit-identical to
+/// `vjp_aug`'s; the z, t and θ gradients against the hyper-dual reference
+/// (`ref_div_and_grad` + `ref_jac_sq_and_grad`, 1e-9) and central differences of Φ_J (1e-6).
+fn check_jac_case(cs: &Case) {
+    let (d, bsz, ctx) = (cs.d(), cs.batch, cs.ctx.as_str());
+    let th = cs.mlp.params();
+    let mut ws = cs.mlp.workspace(bsz);
+    let w = Gen(cs.z.len() as u64 ^ 0x5EED).vec(bsz, -1.0, 1.0);
+    for hutch in [false, true] {
+        let div = if hutch { Divergence::Hutchinson(&cs.eps) } else { Divergence::Exact };
+        let name = if hutch { "aug_jac(hutchinson)" } else { "aug_jac(exact)" };
+        let run = |w: &[f64], ws: &mut odeflow::field::MlpWorkspace<f64>| {
+            let (mut f, mut q, mut zc) = (vec![0.0; bsz * d], vec![0.0; bsz], vec![0.0; bsz * d]);
+            let (mut thc, mut sq) = (vec![f64::NAN; th.len()], vec![f64::NAN; bsz]);
+            let out =
+                AugmentedVjp { f: &mut f, q: &mut q, z_cot: &mut zc, theta_cot: Some(&mut thc) };
+            let jac = JacobianTerm { w, jac_sq: &mut sq };
+            let tc = cs.mlp.vjp_aug_jac(cs.t, &cs.z, div, &cs.a, &cs.c, jac, out, ws).unwrap();
+            (f, q, sq, zc, tc, thc)
+        };
+        let (f, q, sq, zc, tc, thc) = run(&w, &mut ws);
+        // f, q, ‖J V‖² as eval_div computes them.
+        let (mut f0, mut q0, mut sq0) = (vec![0.0; bsz * d], vec![0.0; bsz], vec![0.0; bsz]);
+        cs.mlp.eval_div(cs.t, &cs.z, div, &mut f0, &mut q0, Some(&mut sq0), &mut ws).unwrap();
+        check(&format!("{name}.f"), ctx, &f, &f0, 0.0, 0.0);
+        check(&format!("{name}.q"), ctx, &q, &q0, 0.0, 0.0);
+        check(&format!("{name}.jac_sq"), ctx, &sq, &sq0, 0.0, 0.0);
+        // w = 0: exactly vjp_aug.
+        let (_, _, _, zc0, tc0, thc0) = run(&vec![0.0; bsz], &mut ws);
+        let (mut f5, mut q5, mut zc5) = (vec![0.0; bsz * d], vec![0.0; bsz], vec![0.0; bsz * d]);
+        let mut thc5 = vec![0.0; th.len()];
+        let out =
+            AugmentedVjp { f: &mut f5, q: &mut q5, z_cot: &mut zc5, theta_cot: Some(&mut thc5) };
+        let tc5 = cs.mlp.vjp_aug(cs.t, &cs.z, div, &cs.a, &cs.c, out, &mut ws).unwrap();
+        check(&format!("{name} w=0 z"), ctx, &zc0, &zc5, 0.0, 0.0);
+        check(&format!("{name} w=0 t"), ctx, &[tc0], &[tc5], 0.0, 0.0);
+        check(&format!("{name} w=0 θ"), ctx, &thc0, &thc5, 0.0, 0.0);
+        // Reference: Φ's gradient plus w_b ∂‖J_b V_b‖²/∂x.
+        let e = hutch.then_some(&cs.eps[..]);
+        let (mut zr, mut tr, mut thr) = cs.phi_ref(Some(e));
+        let jgrad = |b: usize, var: Var| {
+            let z = cs.row(&cs.z, b);
+            w[b] * ref_jac_sq_and_grad(&cs.arch, th, cs.t, z, e.map(|e| cs.row(e, b)), var).1
+        };
+        for b in 0..bsz {
+            for k in 0..d {
+                zr[b * d + k] += jgrad(b, Var::Z(k));
+            }
+            tr += jgrad(b, Var::T);
+            for (k, x) in thr.iter_mut().enumerate() {
+                *x += jgrad(b, Var::Theta(k));
+            }
+        }
+        check(&format!("{name} z"), ctx, &zc, &zr, REF_REL, REF_ABS);
+        check(&format!("{name} t"), ctx, &[tc], &[tr], REF_REL, REF_ABS);
+        check(&format!("{name} θ"), ctx, &thc, &thr, REF_REL, REF_ABS);
+        let sq_ref: Vec<f64> = (0..bsz)
+            .map(|b| {
+                let z = cs.row(&cs.z, b);
+                ref_jac_sq_and_grad(&cs.arch, th, cs.t, z, e.map(|e| cs.row(e, b)), Var::T).0
+            })
+            .collect();
+        check(&format!("{name}.jac_sq ref"), ctx, &sq, &sq_ref, REF_REL, REF_ABS);
+        if cs.fd_ok {
+            let mut zf = vec![0.0; cs.z.len()];
+            for (k, g) in zf.iter_mut().enumerate() {
+                *g = central(H, |h| {
+                    let mut z = cs.z.clone();
+                    z[k] += h;
+                    phi_jac(cs, &w, &cs.mlp, cs.t, &z, div)
+                });
+            }
+            let tf = central(H, |h| phi_jac(cs, &w, &cs.mlp, cs.t + h, &cs.z, div));
+            let mut m = cs.mlp.clone();
+            let mut thf = vec![0.0; th.len()];
+            for (k, g) in thf.iter_mut().enumerate() {
+                let p0 = m.params()[k];
+                *g = central(H, |h| {
+                    m.params_mut()[k] = p0 + h;
+                    let v = phi_jac(cs, &w, &m, cs.t, &cs.z, div);
+                    m.params_mut()[k] = p0;
+                    v
+                });
+            }
+            check(&format!("{name} z vs FD"), ctx, &zc, &zf, FD_REL, FD_ABS);
+            check(&format!("{name} t vs FD"), ctx, &[tc], &[tf], FD_REL, FD_ABS);
+            check(&format!("{name} θ vs FD"), ctx, &thc, &thf, FD_REL, FD_ABS);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// RNODE's Jacobian term of the augmented VJP, every activation × time conditioning,
+    /// d ∈ {1, 2, 3}, 0 to 3 hidden layers (widths 5, 4, 3); see `check_jac_case`.
+    #[test]
+    fn mlp_jacobian_term_matches_fd_and_dual_reference(
+        seed in any::<u64>(),
+        t in -1.0f64..2.0,
+        d in 1usize..4,
+        depth in 0usize..4,
+    ) {
+        for act in ACTIVATIONS {
+            for time in TIMES {
+                check_jac_case(&make_case(d, &[5, 4, 3][..depth], act, time, seed, t));
+            }
         }
     }
 }

@@ -639,9 +639,53 @@ mod cnf_training {
         );
         assert!(r0 > 0.0 && r1 < 0.25 * p1, "regularized {r1}, plain {p1}");
         assert!(run(0.0).iter().all(|&k| k == 0.0)); // not computed without a weight
-                                                     // The Jacobian regularizer is refused until its gradient is available.
-        let bad = CnfTrainConfig::<f64> { jacobian: 0.1, ..Default::default() };
-        assert!(matches!(bad.validate(), Err(Error::InvalidConfig { name: "jacobian", .. })));
+    }
+
+    /// RNODE's Jacobian-Frobenius regularizer: the loss is NLL + λ_J ∫‖Jε‖², reported by
+    /// parts, and a weight drives ∫‖Jε‖² (and with it the solver's work) down where plain NLL
+    /// training raises it, from the same seed (Hutchinson, Rademacher noise).
+    /// Observed (30 iterations, batch 64, lr 1e-2, mean of the last 5 batches): ∫‖Jε‖² = 0.030
+    /// with λ_J = 10 (0.0008 at the start), 0.527 with λ_J = 1e-12 (0.0008 at the start);
+    /// forward NFE 14.0 vs 20.0. Bound: regularized < 0.25 × plain, and no more forward NFE.
+    #[test]
+    fn jacobian_regularizer_trains_and_lowers_the_jacobian_norm() {
+        let run = |lambda: f64| {
+            let cfg = CnfTrainConfig {
+                iterations: 30,
+                batch_size: 64,
+                jacobian: lambda,
+                test_every: 0,
+                seed: 6,
+                adam: odeflow::train::AdamConfig { lr: 1e-2, ..Default::default() },
+                ..Default::default()
+            };
+            let mut tr = trainer(TraceEstimator::Hutchinson(Noise::Rademacher), cfg, 1);
+            let (mut jac, mut nfe) = (Vec::new(), Vec::new());
+            tr.run(|p| {
+                assert!(
+                    (p.loss - (p.nll + lambda * p.jacobian)).abs() < 1e-12 * p.loss.abs().max(1.0)
+                );
+                assert_eq!(p.kinetic.to_bits(), 0.0f64.to_bits());
+                jac.push(p.jacobian);
+                nfe.push(p.nfe_forward as f64);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            (jac, nfe)
+        };
+        // λ_J = 1e-12 measures ∫‖Jε‖² along plain NLL training.
+        let ((reg, nfe_r), (plain, nfe_p)) = (run(10.0), run(1e-12));
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (r0, r1, p1) = (mean(&reg[..5]), mean(&reg[25..]), mean(&plain[25..]));
+        eprintln!(
+            "∫‖Jε‖²: λ_J = 10 {r0:.4} → {r1:.4}; λ_J ≈ 0 {:.4} → {p1:.4}; forward NFE (last 5) {:.1} vs {:.1}",
+            mean(&plain[..5]),
+            mean(&nfe_r[25..]),
+            mean(&nfe_p[25..])
+        );
+        assert!(r0 > 0.0 && r1 < 0.25 * p1, "regularized {r1}, plain {p1}");
+        assert!(mean(&nfe_r[25..]) <= mean(&nfe_p[25..]));
+        assert!(run(0.0).0.iter().all(|&j| j == 0.0)); // not computed without a weight
     }
 
     /// Training runs in f32 too (same code path, single precision): 40 iterations of the CI

@@ -195,10 +195,19 @@ pub fn cnf_forward<'a, T: Real, F: VectorField<T>, R: Rng + ?Sized>(
     rng: &mut R,
     adj: &AdjointConfig<T>,
 ) -> Result<CnfTape<'a, T, F>, Error> {
+    let b = check_forward_input(cnf, x)?;
+    let eps = draw_noise(cnf.config().trace, rng, cnf.blocks().len(), b, cnf.dim());
+    cnf_forward_noise(cnf, x, eps, adj)
+}
+
+/// The batch size of `x`, after checking it (finite, whole points) and the blocks' times.
+fn check_forward_input<T: Real, F: VectorField<T>>(
+    cnf: &Cnf<T, F>,
+    x: &[T],
+) -> Result<usize, Error> {
     let d = cnf.dim();
     let b = batch_size(x.len(), d)?;
     check_finite(x, d)?;
-    let cfg = cnf.config();
     for blk in cnf.blocks() {
         if !(blk.t_end.is_finite() && blk.t_end > T::zero()) {
             return Err(Error::InvalidConfig {
@@ -208,12 +217,43 @@ pub fn cnf_forward<'a, T: Real, F: VectorField<T>, R: Rng + ?Sized>(
             });
         }
     }
+    Ok(b)
+}
+
+/// The Hutchinson noise of a forward solve as [`cnf_forward`] draws it: one `B × dim` draw
+/// per block, concatenated (empty for the exact trace).
+pub(crate) fn draw_noise<T: Real, R: Rng + ?Sized>(
+    trace: crate::trace::TraceEstimator,
+    rng: &mut R,
+    n_blocks: usize,
+    b: usize,
+    dim: usize,
+) -> Vec<T> {
     let mut eps = Vec::new();
     let mut one = Vec::new();
-    for _ in cnf.blocks() {
-        cfg.trace.draw(rng, b, d, &mut one);
+    for _ in 0..n_blocks {
+        trace.draw(rng, b, dim, &mut one);
         eps.extend_from_slice(&one);
     }
+    eps
+}
+
+/// [`cnf_forward`] with the noise given (from [`draw_noise`], `blocks × B × d`, or empty for
+/// the exact trace).
+pub(crate) fn cnf_forward_noise<'a, T: Real, F: VectorField<T>>(
+    cnf: &'a Cnf<T, F>,
+    x: &[T],
+    eps: Vec<T>,
+    adj: &AdjointConfig<T>,
+) -> Result<CnfTape<'a, T, F>, Error> {
+    let d = cnf.dim();
+    let b = check_forward_input(cnf, x)?;
+    let cfg = cnf.config();
+    let want = match cfg.trace {
+        crate::trace::TraceEstimator::Exact => 0,
+        _ => cnf.blocks().len() * b * d,
+    };
+    check_len("eps", eps.len(), want)?;
     let n = b * d;
     let mut integ = Integrator::new(cfg.method, cfg.solve_options())
         .map_err(|source| Error::Solve { block: 0, source })?;

@@ -452,7 +452,7 @@ struct TrainArgs {
     /// radial use no --hidden); or realnvp+cnf: --layers affine couplings followed, at the
     /// data end, by one trainable CNF block whose MLP takes --hidden, --activation, --time,
     /// --blocks, --t-end, --train-t, --method, --rtol, --atol and --adjoint (exact trace only).
-    /// --trace (other than exact) and --kinetic do not apply to flows, nor do the CNF
+    /// --trace (other than exact), --kinetic and --jacobian do not apply to flows, nor do the CNF
     /// options to the purely discrete kinds.
     #[arg(long)]
     #[serde(default)]
@@ -496,9 +496,14 @@ struct TrainArgs {
     /// Gradient strategy: backsolve, checkpointed, discrete.
     #[arg(long, default_value = "checkpointed")]
     adjoint: String,
-    /// Kinetic-energy regularizer weight (RNODE).
+    /// Kinetic-energy regularizer weight λ_K (RNODE): adds λ_K·mean ∫‖f‖² dt to the loss.
     #[arg(long, default_value_t = 0.0)]
     kinetic: f64,
+    /// Jacobian-Frobenius regularizer weight λ_J (RNODE): adds λ_J·mean ∫‖J ε‖² dt to the loss
+    /// (J = ∂f/∂z, ε the solve's Hutchinson noise; ∫‖J‖²_F with --trace exact).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    jacobian: f64,
     /// Training iterations (in total, counting those before a --resume).
     #[arg(long, default_value_t = 500)]
     iterations: u64,
@@ -680,6 +685,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
                 train_t: a.train_t,
                 kinetic: a.kinetic,
+                jacobian: a.jacobian,
                 test_every: a.test_every,
                 seed: a.seed,
                 checkpoint: Some(state_path.clone()),

@@ -17,7 +17,7 @@
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, Real, VectorField};
+use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// A scalar a user field is written over: plain `T`, [`Dual<T>`] or [`HyperDual<T>`].
 ///
@@ -397,7 +397,10 @@ pub trait ScalarField<T: Real>: Send + Sync {
 /// - VJP `(aᵀJ)_k = aᵀ(J e_k)`: `d` dual evaluations; `aᵀ∂f/∂t`: one, seeded `ṫ = 1`;
 /// - augmented VJP: `∂q/∂x = Σ_i ∂²f_i/∂z_i∂x` (exact) or `εᵀ ∂(Jε)/∂x` (Hutchinson) from
 ///   [`HyperDual`] evaluations seeded `ε₁ = e_i` (or ε), `ε₂ = e_k` (x = z_k) or on `t`
-///   (x = t); the `ε₂` part of the same evaluations gives `aᵀ∂f/∂x`.
+///   (x = t); the `ε₂` part of the same evaluations gives `aᵀ∂f/∂x`;
+/// - RNODE's Jacobian term ([`VectorField::vjp_aug_jac`]): from the same evaluations,
+///   `‖J V‖² = Σ_lanes Σ_i (ε₁ part of f_i)²` and
+///   `∂‖J V‖²/∂x = 2 Σ_lanes Σ_i (ε₁ part of f_i)·(ε₁ε₂ part of f_i)`.
 #[derive(Debug, Clone)]
 pub struct AutoDiffField<F> {
     field: F,
@@ -658,6 +661,42 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         out: AugmentedVjp<'_, T>,
         ws: &mut AutoDiffWorkspace<T>,
     ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, None, out, ws)
+    }
+
+    fn vjp_aug_jac(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: JacobianTerm<'_, T>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut AutoDiffWorkspace<T>,
+    ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, Some(jac), out, ws)
+    }
+}
+
+impl<F> AutoDiffField<F> {
+    /// [`VectorField::vjp_aug`] (`jac: None`) and [`VectorField::vjp_aug_jac`] by hyper-dual
+    /// passes (see [`AutoDiffField`]).
+    #[allow(clippy::too_many_arguments)]
+    fn aug<T: Real>(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: Option<JacobianTerm<'_, T>>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut AutoDiffWorkspace<T>,
+    ) -> Result<T, FieldError>
+    where
+        F: ScalarField<T>,
+    {
         let d = self.field.dim();
         let batch = self.check_batch(z, ws)?;
         let AugmentedVjp { f, q, z_cot, theta_cot } = out;
@@ -672,21 +711,41 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
         if let Some(th) = &theta_cot {
             check_len("theta_cot", th, 0)?;
         }
+        let (w, mut jac_sq) = match jac {
+            Some(JacobianTerm { w, jac_sq }) => {
+                check_len("w", w, batch)?;
+                check_len("jac_sq", jac_sq, batch)?;
+                (w, Some(jac_sq))
+            }
+            None => (&[][..], None),
+        };
+        let want_jac = jac_sq.is_some();
+        let two = T::one() + T::one();
         let mut t_cot = T::zero();
         for b in 0..batch {
             let zb = &z[b * d..(b + 1) * d];
             let ab = &a[b * d..(b + 1) * d];
             let cb = c[b];
+            let wb = if want_jac { w[b] } else { T::zero() };
             // Variables: z_0..z_{d−1}, then t (var2 = None).
             for var in 0..=d {
                 let var2 = (var < d).then_some(var);
                 let (mut dq, mut qb, mut da) = (T::zero(), T::zero(), T::zero());
+                // ‖J V‖² and its derivative in the variable, summed over the lanes.
+                let (mut sq, mut dsq) = (T::zero(), T::zero());
+                let mut lane = |fh: &[HyperDual<T>]| {
+                    for x in fh {
+                        sq += x.e1 * x.e1;
+                        dsq += two * x.e1 * x.e12;
+                    }
+                };
                 match div {
                     Divergence::Exact => {
                         for i in 0..d {
                             self.hyper_pass(t, zb, Err(i), var2, ws);
                             dq += ws.fh[i].e12;
                             qb += ws.fh[i].e1;
+                            lane(&ws.fh);
                         }
                     }
                     Divergence::Hutchinson(e) => {
@@ -696,17 +755,24 @@ impl<T: Real, F: ScalarField<T>> VectorField<T> for AutoDiffField<F> {
                             dq += eb[i] * ws.fh[i].e12;
                             qb += eb[i] * ws.fh[i].e1;
                         }
+                        lane(&ws.fh);
                     }
                 }
                 for i in 0..d {
                     da += ab[i] * ws.fh[i].e2;
                 }
-                let g = da + cb * dq;
+                let mut g = da + cb * dq;
+                if want_jac {
+                    g += wb * dsq;
+                }
                 match var2 {
                     Some(k) => z_cot[b * d + k] = g,
                     None => {
                         t_cot += g;
                         q[b] = qb;
+                        if let Some(s) = jac_sq.as_deref_mut() {
+                            s[b] = sq;
+                        }
                         for i in 0..d {
                             f[b * d + i] = ws.fh[i].re;
                         }

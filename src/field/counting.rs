@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::FieldError;
-use super::{AugmentedVjp, Divergence, Real, VectorField};
+use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// Work statistics of a field: how many batched calls of each kind were made, and how many
 /// samples they covered (a call on a batch of B counts once in `n_*` and B in `n_samples`).
@@ -17,7 +17,7 @@ pub struct FieldStats {
     pub n_jvp: u64,
     /// [`VectorField::vjp`] calls.
     pub n_vjp: u64,
-    /// [`VectorField::vjp_aug`] calls.
+    /// [`VectorField::vjp_aug`] and [`VectorField::vjp_aug_jac`] calls (the same fused pass).
     pub n_vjp_aug: u64,
     /// Samples over all calls, `Σ_calls B`.
     pub n_samples: u64,
@@ -162,5 +162,20 @@ impl<T: Real, F: VectorField<T>> VectorField<T> for CountingField<F> {
     ) -> Result<T, FieldError> {
         let b = z.len() / self.inner.dim().max(1);
         self.count(4, b, self.inner.vjp_aug(t, z, div, a, c, out, ws))
+    }
+
+    fn vjp_aug_jac(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: JacobianTerm<'_, T>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut F::Workspace,
+    ) -> Result<T, FieldError> {
+        let b = z.len() / self.inner.dim().max(1);
+        self.count(4, b, self.inner.vjp_aug_jac(t, z, div, a, c, jac, out, ws))
     }
 }

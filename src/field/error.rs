@@ -42,6 +42,14 @@ pub enum FieldError {
     /// make one with that field's `workspace`.
     #[error("workspace was made for a field of another architecture")]
     WorkspaceMismatch,
+    /// The field does not implement the requested derivative (e.g. the default
+    /// [`VectorField::vjp_aug_jac`](super::VectorField::vjp_aug_jac) of a field that cannot
+    /// differentiate `‖J V‖²`).
+    #[error("this field does not implement `{op}`")]
+    Unsupported {
+        /// The method called.
+        op: &'static str,
+    },
     /// A parameter vector of the wrong length was given to a constructor.
     #[error("parameter vector has length {found}, the architecture needs {expected}")]
     ParamLength {

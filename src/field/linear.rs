@@ -1,7 +1,7 @@
 //! The linear field `f = A z + b` with hand-written exact derivatives.
 
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, Real, VectorField};
+use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// The autonomous linear field `f(t, z) = A z + b` (`A`: `d × d`, `b`: `d`).
 ///
@@ -10,7 +10,10 @@ use super::{AugmentedVjp, Divergence, Real, VectorField};
 /// CNF tests. Derivatives (per sample): `J = A`, `tr J = tr A`, Hutchinson `εᵀAε`,
 /// `‖J‖²_F = Σ A_ij²`, VJP `aᵀA`, `∂f/∂t = 0`; for `Φ = Σ_b [a_bᵀ f_b + c_b q_b]`:
 /// `∂Φ/∂z_b = a_bᵀ A`, `∂Φ/∂A = Σ_b a_b z_bᵀ + Σ_b c_b I` (exact) or
-/// `+ Σ_b c_b ε_b ε_bᵀ` (Hutchinson), `∂Φ/∂b = Σ_b a_b`.
+/// `+ Σ_b c_b ε_b ε_bᵀ` (Hutchinson), `∂Φ/∂b = Σ_b a_b`. With RNODE's Jacobian term
+/// `+ w_b ‖J_b V_b‖²` ([`VectorField::vjp_aug_jac`]): `‖A‖²_F` (exact) or `‖A ε_b‖²`
+/// (Hutchinson), independent of z and t, adding `2 (Σ_b w_b) A` (exact) or
+/// `Σ_b 2 w_b (A ε_b) ε_bᵀ` (Hutchinson) to `∂Φ/∂A`.
 ///
 /// Parameter layout: θ = `[A (row-major, d·d), b (d)]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,23 +220,79 @@ impl<T: Real> VectorField<T> for LinearField<T> {
         out: AugmentedVjp<'_, T>,
         ws: &mut Vec<T>,
     ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, None, out, ws)
+    }
+
+    fn vjp_aug_jac(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: JacobianTerm<'_, T>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut Vec<T>,
+    ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, Some(jac), out, ws)
+    }
+}
+
+impl<T: Real> LinearField<T> {
+    /// [`VectorField::vjp_aug`] (`jac: None`) and [`VectorField::vjp_aug_jac`].
+    #[allow(clippy::too_many_arguments)]
+    fn aug(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: Option<JacobianTerm<'_, T>>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut Vec<T>,
+    ) -> Result<T, FieldError> {
         let d = self.d;
         let batch = batch_of(z.len(), d)?;
+        check_len("a", a, batch * d)?;
+        check_len("f", out.f, batch * d)?;
+        check_len("z_cot", out.z_cot, batch * d)?;
+        if let Some(th) = &out.theta_cot {
+            check_len("theta_cot", th, self.params.len())?;
+        }
         check_len("c", c, batch)?;
         check_len("q", out.q, batch)?;
         if let Divergence::Hutchinson(e) = div {
             check_len("eps", e, batch * d)?;
         }
+        let (w, jac_sq) = match jac {
+            Some(JacobianTerm { w, jac_sq }) => {
+                check_len("w", w, batch)?;
+                check_len("jac_sq", jac_sq, batch)?;
+                (w, Some(jac_sq))
+            }
+            None => (&[][..], None),
+        };
+        let want_jac = jac_sq.is_some();
         let AugmentedVjp { f, q, z_cot, mut theta_cot } = out;
         let t_cot = self.vjp(t, z, a, f, z_cot, theta_cot.as_deref_mut(), ws)?;
-        self.div(div, q, None, ws);
+        // Leaves A ε in ws[..B·d] (Hutchinson).
+        self.div(div, q, jac_sq, ws);
         if let Some(th) = theta_cot {
             let ta = &mut th[..d * d];
+            let two = T::one() + T::one();
             match div {
                 Divergence::Exact => {
                     let cs = c.iter().fold(T::zero(), |s, &x| s + x);
                     for i in 0..d {
                         ta[i * d + i] += cs;
+                    }
+                    if want_jac {
+                        // ∂(w ‖A‖²_F)/∂A = 2 w A.
+                        let ws2 = two * w.iter().fold(T::zero(), |s, &x| s + x);
+                        for (x, &aij) in ta.iter_mut().zip(self.a()) {
+                            *x += ws2 * aij;
+                        }
                     }
                 }
                 Divergence::Hutchinson(e) => {
@@ -242,6 +301,19 @@ impl<T: Real> VectorField<T> for LinearField<T> {
                         for i in 0..d {
                             for j in 0..d {
                                 ta[i * d + j] += cb * er[i] * er[j];
+                            }
+                        }
+                    }
+                    if want_jac {
+                        // ∂(w ‖A ε‖²)/∂A = 2 w (A ε) εᵀ.
+                        for (b, &wb) in w.iter().enumerate() {
+                            let er = &e[b * d..(b + 1) * d];
+                            let ae = &ws[b * d..(b + 1) * d];
+                            for i in 0..d {
+                                let s = two * wb * ae[i];
+                                for j in 0..d {
+                                    ta[i * d + j] += s * er[j];
+                                }
                             }
                         }
                     }

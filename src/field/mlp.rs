@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::act::Activation;
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, Real, VectorField};
+use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// How each layer sees the time `t` (FFJORD's layer types).
 ///
@@ -166,7 +166,9 @@ struct Layer {
 ///
 /// # Reverse over the tangent pass (VJP and the divergence cotangent)
 /// For `Φ = Σ_b [a_bᵀ f_b + c_b q_b]`: seed `ū_L = a`, `u̇̄_L = c·ε` (Hutchinson) or `c·e_i`
-/// (lane i); then for ℓ = L..1, summing tangent terms over lanes:
+/// (lane i); with RNODE's Jacobian term `+ w_b ‖J_b V_b‖² = w_b Σ_lanes ‖u̇_L‖²`
+/// ([`VectorField::vjp_aug_jac`]) add `2 w_b u̇_L` to every lane's `u̇̄_L`; then for
+/// ℓ = L..1, summing tangent terms over lanes:
 ///
 /// ```text
 /// p̄ = ū ⊙ g,  ṗ̄ = u̇̄ ⊙ g,  ḡ = Σ_b (ū ⊙ p + u̇̄ ⊙ ṗ),  β̄ = Σ_b ū
@@ -488,6 +490,8 @@ struct Job<'a, T> {
     tan: Tan<'a, T>,
     /// Reverse pass: cotangents `a` and (with tangents) `c`, and whether θ is wanted.
     rev: Option<(&'a [T], Option<&'a [T]>, bool)>,
+    /// Reverse pass with the Jacobian term: the weights `w_b` of `‖J_b V_b‖²`.
+    jw: Option<&'a [T]>,
     f: OutPtr<T>,
     q: Option<OutPtr<T>>,
     jv: Option<OutPtr<T>>,
@@ -842,6 +846,21 @@ impl<T: Real> Mlp<T> {
                         }
                     }
                 }
+                if let Some(w) = job.jw {
+                    // The cotangent of w_b ‖u̇_L‖² (u̇_L = ṗ_L ⊙ g_L = J_b V_b, every lane):
+                    // u̇̄_L += 2 w_b u̇_L.
+                    let ly = &self.layers[l_n - 1];
+                    let g = &job.gate[ly.tv..ly.tv + d];
+                    let pdl = &pd[l_n - 1][..rt * d];
+                    for (r, (srow, prow)) in
+                        seed.chunks_exact_mut(d).zip(pdl.chunks_exact(d)).enumerate()
+                    {
+                        let s = (one + one) * w[r0 + r / lanes];
+                        for j in 0..d {
+                            srow[j] += s * (g[j] * prow[j]);
+                        }
+                    }
+                }
             }
         }
         gsum.fill(zero);
@@ -1149,6 +1168,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             q: None,
             jv: None,
             jsq: None,
+            jw: None,
             zbar: None,
             gate,
             shift,
@@ -1195,6 +1215,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             q: Some(OutPtr::new(q)),
             jv: None,
             jsq: jac_sq.map(OutPtr::new),
+            jw: None,
             zbar: None,
             gate,
             shift,
@@ -1230,6 +1251,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             q: None,
             jv: Some(OutPtr::new(jv)),
             jsq: None,
+            jw: None,
             zbar: None,
             gate,
             shift,
@@ -1270,6 +1292,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             q: None,
             jv: None,
             jsq: None,
+            jw: None,
             zbar: Some(OutPtr::new(z_cot)),
             gate,
             shift,
@@ -1287,6 +1310,40 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         out: AugmentedVjp<'_, T>,
         ws: &mut MlpWorkspace<T>,
     ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, None, out, ws)
+    }
+
+    fn vjp_aug_jac(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: JacobianTerm<'_, T>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<T, FieldError> {
+        self.aug(t, z, div, a, c, Some(jac), out, ws)
+    }
+}
+
+impl<T: Real> Mlp<T> {
+    /// [`VectorField::vjp_aug`] (`jac: None`) and [`VectorField::vjp_aug_jac`]: one fused
+    /// forward, tangent and reverse pass; the Jacobian term only adds `2 w_b u̇_L` to the
+    /// tangent's output cotangent (see [`Mlp`]).
+    #[allow(clippy::too_many_arguments)]
+    fn aug(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: Option<JacobianTerm<'_, T>>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut MlpWorkspace<T>,
+    ) -> Result<T, FieldError> {
         let d = self.cfg.dim;
         let batch = batch_of(z.len(), d)?;
         check_len("a", a, batch * d)?;
@@ -1298,6 +1355,14 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         if let Some(th) = &theta_cot {
             check_len("theta_cot", th, self.params.len())?;
         }
+        let (jw, jsq) = match jac {
+            Some(JacobianTerm { w, jac_sq }) => {
+                check_len("w", w, batch)?;
+                check_len("jac_sq", jac_sq, batch)?;
+                (Some(w), Some(OutPtr::new(jac_sq)))
+            }
+            None => (None, None),
+        };
         let tan = match div {
             Divergence::Exact => Tan::Exact,
             Divergence::Hutchinson(e) => {
@@ -1319,7 +1384,8 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             f: OutPtr::new(f),
             q: Some(OutPtr::new(q)),
             jv: None,
-            jsq: None,
+            jsq,
+            jw,
             zbar: Some(OutPtr::new(z_cot)),
             gate,
             shift,

@@ -16,6 +16,7 @@
 //! | [`VectorField::jvp`] | `f` and `J v_b` |
 //! | [`VectorField::vjp`] | `f`, `a_bᵀ J`, `Σ_b a_bᵀ ∂f/∂t`, `Σ_b a_bᵀ ∂f/∂θ` |
 //! | [`VectorField::vjp_aug`] | `f`, `q`, and `∂Φ/∂z_b`, `∂Φ/∂t`, `∂Φ/∂θ` of `Φ = Σ_b [a_bᵀ f_b + c_b q_b]` |
+//! | [`VectorField::vjp_aug_jac`] | the same for `Φ = Σ_b [a_bᵀ f_b + c_b q_b + w_b ‖J_b V_b‖²]`, and `‖J_b V_b‖²` (RNODE's Jacobian regularizer) |
 //!
 //! Fields provided:
 //! - [`Mlp`]: FFJORD's ODEnet (`concat`, `concatsquash` or `ignore` time conditioning; tanh,
@@ -108,6 +109,21 @@ pub struct AugmentedVjp<'a, T> {
     pub theta_cot: Option<&'a mut [T]>,
 }
 
+/// The RNODE Jacobian term of [`VectorField::vjp_aug_jac`]: the weights `w_b` of
+/// `‖J_b V_b‖²` in `Φ`, and the buffer that receives `‖J_b V_b‖²`.
+///
+/// `V_b` is set by the call's [`Divergence`]: `V_b = I` for [`Divergence::Exact`] (so
+/// `‖J_b V_b‖² = ‖J_b‖²_F`, the squared Frobenius norm) and `V_b = ε_b` for
+/// [`Divergence::Hutchinson`] (`‖J_b ε_b‖²`, an unbiased estimate of `‖J_b‖²_F` when
+/// `E[εεᵀ] = I`): the same quantity as `jac_sq` of [`VectorField::eval_div`].
+#[derive(Debug)]
+pub struct JacobianTerm<'a, T> {
+    /// The weights `w_b`, length `B`.
+    pub w: &'a [T],
+    /// `‖J_b V_b‖²`, length `B` (overwritten).
+    pub jac_sq: &'a mut [T],
+}
+
 /// A batched vector field `f(t, z; θ): ℝ × ℝᵈ → ℝᵈ` with the derivatives a CNF and its
 /// adjoint need.
 ///
@@ -198,6 +214,39 @@ pub trait VectorField<T: Real>: Send + Sync {
         out: AugmentedVjp<'_, T>,
         ws: &mut Self::Workspace,
     ) -> Result<T, FieldError>;
+
+    /// [`VectorField::vjp_aug`] with RNODE's Jacobian term: for
+    ///
+    /// ```text
+    /// Φ = Σ_b [a_bᵀ f_b + c_b q_b + w_b ‖J_b V_b‖²]      (J_b = ∂f/∂z at (t, z_b))
+    /// ```
+    ///
+    /// with `q` and `V` as in `div` (`V_b = I` exact, `ε_b` Hutchinson; see
+    /// [`JacobianTerm`]), writes `f`, `q`, `∂Φ/∂z_b` and (unless `None`) `∂Φ/∂θ` into `out`,
+    /// `‖J_b V_b‖²` into `jac.jac_sq`, and returns `∂Φ/∂t`. With `w = 0` the outputs in `out`
+    /// equal [`VectorField::vjp_aug`]'s.
+    ///
+    /// Its derivative is a reverse pass over the tangent `J V`: `∂(w‖J V‖²)/∂x =
+    /// 2w (J V)ᵀ ∂(J V)/∂x`, i.e. the tangent's output cotangent is seeded with `2 w_b J_b V_b`
+    /// beside the divergence's `c_b V_b`.
+    ///
+    /// The default returns [`FieldError::Unsupported`]; [`Mlp`], [`LinearField`],
+    /// [`AutoDiffField`] and [`CountingField`] implement it.
+    #[allow(clippy::too_many_arguments)]
+    fn vjp_aug_jac(
+        &self,
+        t: T,
+        z: &[T],
+        div: Divergence<'_, T>,
+        a: &[T],
+        c: &[T],
+        jac: JacobianTerm<'_, T>,
+        out: AugmentedVjp<'_, T>,
+        ws: &mut Self::Workspace,
+    ) -> Result<T, FieldError> {
+        let _ = (t, z, div, a, c, jac, out, ws);
+        Err(FieldError::Unsupported { op: "vjp_aug_jac" })
+    }
 }
 
 #[cfg(test)]

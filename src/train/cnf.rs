@@ -8,10 +8,10 @@
 //! ```
 //!
 //! (the last two are the optional RNODE regularizers of Finlay et al. 2020, "How to train
-//! your neural ODE", integrated along the solve; with the exact trace ε runs over the unit
-//! vectors, so the last term is ∫‖J‖²_F; the kinetic term is implemented as an extra ODE
-//! state of every block (see `reg.rs`), the Jacobian term is not available yet and
-//! [`CnfTrainConfig::validate`] refuses λ_J > 0), by one Adam step on all blocks' parameters θ_k
+//! your neural ODE", each integrated along the solve as an extra ODE state of every block
+//! and differentiated exactly by the same adjoint; ε_b is the solve's fixed Hutchinson noise,
+//! and with the exact trace ε runs over the unit vectors, so the last term is ∫‖J‖²_F),
+//! by one Adam step on all blocks' parameters θ_k
 //! and, when [`CnfTrainConfig::train_t`] is set, on the time parameters τ_k with
 //! T_k = τ_k² (FFJORD's `sqrt_end_time`; ∂L/∂τ = 2τ ∂L/∂T). Gradients come from the adjoint
 //! ([`crate::adjoint`]).
@@ -39,7 +39,7 @@ use crate::trace::TraceEstimator;
 
 use super::data::{DataSource, Dataset};
 use super::optim::{Adam, AdamConfig};
-use super::reg::kinetic_loss;
+use super::reg::{reg_loss, RegWeights};
 use super::state::TrainState;
 
 /// Settings of [`CnfTrainer`]; defaults are FFJORD's `train_toy.py` where it has one.
@@ -57,8 +57,9 @@ pub struct CnfTrainConfig<T> {
     /// Kinetic-energy weight λ_K ≥ 0 (RNODE): adds λ_K (1/B) Σ_b ∫‖f‖² to the loss,
     /// integrated as an extra state. Default 0.
     pub kinetic: f64,
-    /// Jacobian-Frobenius weight λ_J (RNODE). Default 0, and only 0 is accepted for now:
-    /// its gradient needs a field derivative not yet available.
+    /// Jacobian-Frobenius weight λ_J ≥ 0 (RNODE): adds λ_J (1/B) Σ_b ∫‖J ε_b‖² dt to the loss
+    /// (J = ∂f/∂z, ε_b the solve's Hutchinson noise; ∫‖J‖²_F with the exact trace),
+    /// integrated as an extra state. Default 0.
     pub jacobian: f64,
     /// Evaluate the test NLL every this many iterations and after the last (0: never).
     /// Default 100.
@@ -118,15 +119,6 @@ impl<T> CnfTrainConfig<T> {
                 return bad(name, v, "finite and ≥ 0");
             }
         }
-        if self.jacobian > 0.0 {
-            // Its gradient needs the reverse pass of the tangent Jε seeded by Jε, which
-            // the VectorField trait does not offer: refuse rather than train without it.
-            return bad(
-                "jacobian",
-                self.jacobian,
-                "0 (the Jacobian-Frobenius regularizer needs a field derivative not yet available)",
-            );
-        }
         for (name, v) in [("test_rtol", self.test_rtol), ("test_atol", self.test_atol)] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(name, v, "finite and > 0");
@@ -152,14 +144,15 @@ pub struct Progress {
     pub nll: f64,
     /// The batch mean of ∫‖f‖² (0 when its weight is 0).
     pub kinetic: f64,
-    /// The batch mean of ∫‖Jε‖² (always 0 for now, see [`CnfTrainConfig::jacobian`]).
+    /// The batch mean of ∫‖J ε_b‖² dt (∫‖J‖²_F with the exact trace; 0 when its weight is 0).
     pub jacobian: f64,
     /// The test NLL, when it was evaluated after this iteration.
     pub test_nll: Option<f64>,
     /// Field evaluations of the forward solve.
     pub nfe_forward: usize,
-    /// Right-hand-side calls of the backward solve (each a fused VJP; with the kinetic
-    /// regularizer each also evaluates f once more) plus the end-point evaluations of the
+    /// Right-hand-side calls of the backward solve (each a fused VJP, with the Jacobian
+    /// regularizer's term when it is on; with the kinetic regularizer each also evaluates f
+    /// once more) plus the end-point evaluations of the
     /// time gradients (one per block), as FFJORD counts backward NFE.
     pub nfe_backward: usize,
     /// Wall time of this iteration (gradient and update; the test NLL excluded).
@@ -431,20 +424,18 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
     fn step_inner(&mut self) -> Result<(StepInfo, f64), Error> {
         let it = self.iteration;
         self.data.batch(it, self.cfg.batch_size, &mut self.rng, &mut self.batch);
-        let (loss, nll, kinetic, g) = if self.cfg.kinetic > 0.0 {
-            let r = kinetic_loss(
-                &self.cnf,
-                &self.batch,
-                &mut self.rng,
-                self.cfg.kinetic,
-                &self.cfg.adjoint,
-                true,
-            )?;
+        let weights = RegWeights {
+            kinetic: (self.cfg.kinetic > 0.0).then_some(self.cfg.kinetic),
+            jacobian: (self.cfg.jacobian > 0.0).then_some(self.cfg.jacobian),
+        };
+        let (loss, nll, kinetic, jacobian, g) = if weights != RegWeights::default() {
+            let r =
+                reg_loss(&self.cnf, &self.batch, &mut self.rng, weights, &self.cfg.adjoint, true)?;
             let g = r.grad.ok_or(Error::NonFiniteLoss { value: f64::NAN })?;
-            (r.loss, r.nll, r.kinetic, g)
+            (r.loss, r.nll, r.kinetic, r.jacobian, g)
         } else {
             let (nll, g) = cnf_nll_grad(&self.cnf, &self.batch, &mut self.rng, &self.cfg.adjoint)?;
-            (nll.to_f64c(), nll.to_f64c(), 0.0, g)
+            (nll.to_f64c(), nll.to_f64c(), 0.0, 0.0, g)
         };
         if !loss.is_finite() {
             return Err(Error::NonFiniteLoss { value: loss });
@@ -464,7 +455,7 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
             loss,
             nll,
             kinetic,
-            jacobian: 0.0,
+            jacobian,
             nfe_forward: g.stats.forward.n_rhs,
             nfe_backward: g.stats.backward.n_rhs + g.stats.extra_evals,
         };

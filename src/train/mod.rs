@@ -3,7 +3,8 @@
 //! - [`optim`]: [`Adam`] with PyTorch's coupled weight decay, [`LrSchedule`].
 //! - [`data`]: FFJORD's toy sets ([`Toy`]), user data ([`Dataset`]), batches ([`DataSource`]).
 //! - [`cnf`]: [`CnfTrainer`], maximum likelihood for a [`Cnf`](crate::cnf::Cnf):
-//!   L = −(1/B) Σ_b log p(x_b), gradients by the adjoint, optionally a learnable T = τ².
+//!   L = −(1/B) Σ_b log p(x_b), gradients by the adjoint, optionally a learnable T = τ² and
+//!   RNODE's regularizers λ_K ∫‖f‖² dt and λ_J ∫‖J ε‖² dt (integrated along the solve).
 //! - [`flow`]: [`FlowTrainer`], maximum likelihood for a discrete
 //!   [`FlowModel`](crate::flows::FlowModel) with the same data, optimizer and callback.
 //! - [`node`]: [`NodeFitter`](node::NodeFitter), a neural ODE fitted to one observed trajectory.

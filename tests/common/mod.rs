@@ -197,6 +197,46 @@ pub fn ref_div_and_grad(
     }
 }
 
+/// (‖J V‖², ∂‖J V‖²/∂var) with V = I (`eps = None`, the squared Frobenius norm, a sum over
+/// the unit lanes e_i) or V = ε, by hyper-dual numbers: eps1 carries the lane, eps2 the
+/// variable, so f_i's eps1 part is (J v)_i and its eps1eps2 part ∂(J v)_i/∂var, and
+/// ∂‖J v‖²/∂var = 2 Σ_i (J v)_i ∂(J v)_i/∂var.
+pub fn ref_jac_sq_and_grad(
+    arch: &Arch,
+    th: &[f64],
+    t: f64,
+    z: &[f64],
+    eps: Option<&[f64]>,
+    var: Var,
+) -> (f64, f64) {
+    let d = arch.d;
+    let run = |dir: &[f64]| -> (f64, f64) {
+        let mut thd: Vec<HyperDual<f64>> = lift(th);
+        let mut zd: Vec<HyperDual<f64>> =
+            z.iter().zip(dir).map(|(&x, &e)| HyperDual::new(x, e, 0.0, 0.0)).collect();
+        let mut td = HyperDual::from(t);
+        match var {
+            Var::Z(k) => zd[k].eps2 = 1.0,
+            Var::T => td.eps2 = 1.0,
+            Var::Theta(k) => thd[k].eps2 = 1.0,
+        }
+        let f = naive_f(arch, &thd, td, &zd).0;
+        let sq = f.iter().map(|x| x.eps1 * x.eps1).sum();
+        let dsq = f.iter().map(|x| 2.0 * x.eps1 * x.eps1eps2).sum();
+        (sq, dsq)
+    };
+    match eps {
+        None => (0..d)
+            .map(|i| {
+                let mut e = vec![0.0; d];
+                e[i] = 1.0;
+                run(&e)
+            })
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y)),
+        Some(e) => run(e),
+    }
+}
+
 /// Central difference of a scalar function of one variable.
 pub fn central(h: f64, mut g: impl FnMut(f64) -> f64) -> f64 {
     (g(h) - g(-h)) / (2.0 * h)
