@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (method, tol, mode, name) in [
         (Method::Dopri5, 1e-5, SolveMode::Batch, "batch"),
         (Method::Dopri5, 1e-5, SolveMode::Chunked(512), "chunks of 512"),
+        (Method::Dop853, 1e-4, SolveMode::Chunked(512), "chunks of 512"),
     ] {
         run::<f32>(
             &format!("f32 {method} {tol:e} {name}"),

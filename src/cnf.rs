@@ -550,6 +550,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                     .map_err(|e| solve_err(e, &mut sys))?;
                 stats += s;
             }
+            blk.field.recycle(ws);
         }
         // Output times at the very end (t_to itself when no block was left to run).
         while next_out < times.len() {

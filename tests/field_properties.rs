@@ -510,6 +510,35 @@ fn workspace_grows_on_demand() {
     assert!(bits(&[o]) == bits(&[big]));
 }
 
+/// A workspace handed back with `recycle` (full of another call's numbers, made for another
+/// batch size) and reused by `workspace` gives the same bits as a fresh one.
+#[test]
+fn recycled_workspace_gives_identical_results() {
+    let m = Mlp::<f64>::new(&toy(5)).unwrap();
+    let b = 300;
+    let z = Gen(1).vec(b * 2, -2.0, 2.0);
+    let e = Gen(2).vec(b * 2, -1.0, 1.0);
+    let a = Gen(3).vec(b * 2, -1.0, 1.0);
+    let c = Gen(4).vec(b, -1.0, 1.0);
+    let fresh = [
+        aug(&m, 0.3, &z, Divergence::Exact, &a, &c),
+        aug(&m, 0.3, &z, Divergence::Hutchinson(&e), &a, &c),
+    ];
+    // Dirty a workspace for a larger batch with other inputs, then hand it back.
+    let big = 700;
+    let mut ws = m.workspace(big);
+    let zb = Gen(9).vec(big * 2, -3.0, 3.0);
+    let mut f = vec![0.0; big * 2];
+    let mut q = vec![0.0; big];
+    m.eval_div(0.9, &zb, Divergence::Exact, &mut f, &mut q, None, &mut ws).unwrap();
+    m.recycle(ws);
+    let reused = [
+        aug(&m, 0.3, &z, Divergence::Exact, &a, &c),
+        aug(&m, 0.3, &z, Divergence::Hutchinson(&e), &a, &c),
+    ];
+    assert!(bits(&reused) == bits(&fresh));
+}
+
 // ── LinearField ────────────────────────────────────────────────────────────────────────
 
 /// f = A z + b: exact values (tr A, εᵀAε, ‖A‖²_F, Av, aᵀA) and the augmented θ-gradient

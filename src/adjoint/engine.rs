@@ -220,6 +220,7 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
             Ok(s) => s,
             Err(e) => return Err(sys.error.take().map_or(Fail::Solve(e), Fail::Field)),
         };
+        seg.field.recycle(ws);
     }
     let method = integ.method();
     Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method }))
@@ -250,6 +251,7 @@ pub(crate) fn end_rate<T: Real, F: VectorField<T>>(
     for (&a, &fv) in a_z.iter().zip(&f) {
         dot += a * fv;
     }
+    seg.field.recycle(ws);
     Ok(dot)
 }
 
@@ -344,6 +346,7 @@ pub(crate) fn backward_segment<T: Real, F: VectorField<T>>(
             discrete_backward(seg, tape, a_z, a_l, &c, g, tape.method, &mut ws, &mut out)?;
         }
     }
+    seg.field.recycle(ws);
     Ok(out)
 }
 

@@ -104,6 +104,10 @@ impl<T: Real, F: VectorField<T>> VectorField<T> for CountingField<F> {
         self.inner.workspace(batch)
     }
 
+    fn recycle(&self, ws: F::Workspace) {
+        self.inner.recycle(ws);
+    }
+
     fn eval(&self, t: T, z: &[T], f: &mut [T], ws: &mut F::Workspace) -> Result<(), FieldError> {
         let b = z.len() / self.inner.dim().max(1);
         self.count(0, b, self.inner.eval(t, z, f, ws))

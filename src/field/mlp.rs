@@ -1,6 +1,7 @@
 //! FFJORD's ODEnet as a batched MLP with exact tangent and reverse-over-tangent passes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -187,7 +188,7 @@ struct Layer {
 /// `[out, 1]`, `_hyper_gate.weight` `[out, 1]`, `_hyper_gate.bias` `[out]`. Initialisation
 /// is PyTorch's `nn.Linear`: every weight and bias uniform in `±1/√fan_in` (`fan_in` of the
 /// `_layer` is `in`, or `in + 1` for `Concat`; of the hyper layers 1).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Mlp<T> {
     cfg: MlpConfig,
     layers: Vec<Layer>,
@@ -197,6 +198,31 @@ pub struct Mlp<T> {
     n_tv: usize,
     /// Largest width among d and the hidden widths.
     max_w: usize,
+    /// Workspaces handed back by [`VectorField::recycle`], reused by
+    /// [`VectorField::workspace`] (at most [`SPARE_WORKSPACES`], each of at most
+    /// [`SPARE_MAX_CHUNKS`] chunks).
+    spare: Mutex<Vec<MlpWorkspace<T>>>,
+}
+
+/// How many recycled workspaces an [`Mlp`] keeps.
+const SPARE_WORKSPACES: usize = 4;
+/// The largest recycled workspace an [`Mlp`] keeps, in chunks (16 chunks of 128 = 2048
+/// points: a training batch, not a whole evaluation set, stays in memory between calls).
+const SPARE_MAX_CHUNKS: usize = 16;
+
+impl<T: Clone> Clone for Mlp<T> {
+    /// A copy of the network (the recycled workspaces are not copied).
+    fn clone(&self) -> Self {
+        Mlp {
+            cfg: self.cfg.clone(),
+            layers: self.layers.clone(),
+            params: self.params.clone(),
+            blocks: self.blocks.clone(),
+            n_tv: self.n_tv,
+            max_w: self.max_w,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 fn layout(cfg: &MlpConfig) -> (Vec<Layer>, Vec<ParamBlock>, usize, usize) {
@@ -253,7 +279,15 @@ impl<T: Real> Mlp<T> {
                 *x = T::from_f64c(rng.random_range(-bound..bound));
             }
         }
-        Ok(Mlp { cfg: cfg.clone(), layers, params, blocks, n_tv, max_w })
+        Ok(Mlp {
+            cfg: cfg.clone(),
+            layers,
+            params,
+            blocks,
+            n_tv,
+            max_w,
+            spare: Mutex::new(Vec::new()),
+        })
     }
 
     /// Builds the network of `cfg` with the given parameters (layout as on [`Mlp`]).
@@ -264,7 +298,15 @@ impl<T: Real> Mlp<T> {
         if params.len() != n {
             return Err(FieldError::ParamLength { expected: n, found: params.len() });
         }
-        Ok(Mlp { cfg: cfg.clone(), layers, params, blocks, n_tv, max_w })
+        Ok(Mlp {
+            cfg: cfg.clone(),
+            layers,
+            params,
+            blocks,
+            n_tv,
+            max_w,
+            spare: Mutex::new(Vec::new()),
+        })
     }
 
     /// The architecture.
@@ -1148,7 +1190,26 @@ impl<T: Real> VectorField<T> for Mlp<T> {
     }
 
     fn workspace(&self, batch: usize) -> MlpWorkspace<T> {
-        MlpWorkspace::new(self, batch)
+        let spare = self.spare.lock().ok().and_then(|mut v| v.pop());
+        match spare {
+            Some(mut ws) => {
+                let lanes = if self.cfg.dim <= 8 { self.cfg.dim } else { 1 };
+                ws.grow(self, batch.div_ceil(self.cfg.chunk_size), lanes, false);
+                ws
+            }
+            None => MlpWorkspace::new(self, batch),
+        }
+    }
+
+    fn recycle(&self, ws: MlpWorkspace<T>) {
+        if ws.shape != self.ws_shape() || ws.chunks.len() > SPARE_MAX_CHUNKS {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < SPARE_WORKSPACES {
+                spare.push(ws);
+            }
+        }
     }
 
     fn eval(&self, t: T, z: &[T], f: &mut [T], ws: &mut MlpWorkspace<T>) -> Result<(), FieldError> {

@@ -154,6 +154,15 @@ pub trait VectorField<T: Real>: Send + Sync {
     /// A workspace for batches of up to `batch` samples (larger batches grow it once).
     fn workspace(&self, batch: usize) -> Self::Workspace;
 
+    /// Hands back a workspace that is no longer needed, so that a later
+    /// [`VectorField::workspace`] call may reuse it instead of allocating (a solve makes one
+    /// workspace, and a training loop makes several solves per iteration: fresh buffers of a
+    /// few megabytes each time cost their page faults again). The default drops it;
+    /// [`Mlp`] keeps a few small ones.
+    fn recycle(&self, ws: Self::Workspace) {
+        drop(ws);
+    }
+
     /// `f_b = f(t, z_b)` for every sample.
     fn eval(&self, t: T, z: &[T], f: &mut [T], ws: &mut Self::Workspace) -> Result<(), FieldError>;
 

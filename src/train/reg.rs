@@ -214,6 +214,10 @@ impl<T: Real, F: VectorField<T>> VectorField<T> for RegField<'_, T, F> {
         }
     }
 
+    fn recycle(&self, ws: Self::Workspace) {
+        self.inner.recycle(ws.inner);
+    }
+
     fn eval(&self, t: T, z: &[T], f: &mut [T], ws: &mut Self::Workspace) -> Result<(), FieldError> {
         let b = self.batch(z.len())?;
         check("f", f.len(), z.len())?;
