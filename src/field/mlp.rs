@@ -375,21 +375,18 @@ impl<T: Real> Mlp<T> {
 struct ChunkWs<T> {
     /// Lane capacity of the tangent buffers.
     lanes: usize,
-    /// `h_ℓ` (hidden layers), `rows × n_out`.
+    /// `h_ℓ` (hidden layers), `rows × n_out`, then the tangents `ḣ_ℓ`, `lanes·rows × n_out`.
     h: Vec<Vec<T>>,
-    /// `p_ℓ − b_ℓ = W_ℓ h_{ℓ−1}` (all layers; the bias is folded into the shift), `rows × n_out`.
+    /// `p_ℓ − b_ℓ = W_ℓ h_{ℓ−1}` (all layers; the bias is folded into the shift),
+    /// `rows × n_out`, then the tangents `ṗ_ℓ`, `lanes·rows × n_out`.
     p: Vec<Vec<T>>,
     /// σ′(u_ℓ), σ″(u_ℓ) (hidden layers).
     s1: Vec<Vec<T>>,
     s2: Vec<Vec<T>>,
-    /// Tangents `ḣ_ℓ` (hidden) and `ṗ_ℓ` (all), `lanes·rows × n_out`.
-    hd: Vec<Vec<T>>,
-    pd: Vec<Vec<T>>,
-    /// Reverse ping-pong buffers: `rows × max_w` and `lanes·rows × max_w`.
+    /// Reverse ping-pong buffers, `(1 + lanes)·rows × max_w`: the primal cotangent rows,
+    /// then the tangent ones.
     ub: Vec<T>,
     ub2: Vec<T>,
-    udb: Vec<T>,
-    udb2: Vec<T>,
     /// Chunk-local θ-gradient.
     theta: Vec<T>,
     /// Chunk-local `ḡ` and `β̄` sums, `Σ n_out`.
@@ -459,12 +456,8 @@ impl<T: Real> MlpWorkspace<T> {
                 p: (0..l_n).map(|k| vec![z; hid(k)]).collect(),
                 s1: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
                 s2: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
-                hd: vec![Vec::new(); l_n - 1],
-                pd: vec![Vec::new(); l_n],
                 ub: vec![z; rows * m.max_w],
                 ub2: vec![z; rows * m.max_w],
-                udb: Vec::new(),
-                udb2: Vec::new(),
                 theta: Vec::new(),
                 gsum: vec![z; m.n_tv],
                 bsum: vec![z; m.n_tv],
@@ -473,15 +466,17 @@ impl<T: Real> MlpWorkspace<T> {
         for c in &mut self.chunks {
             if c.lanes < lanes {
                 c.lanes = lanes;
+                // Room for the tangent rows after the primal ones (see `run_chunk_impl`).
                 let z = T::zero();
-                for (k, v) in c.hd.iter_mut().enumerate() {
-                    *v = vec![z; lanes * rows * m.layers[k].n_out];
+                let all = (1 + lanes) * rows;
+                for (k, v) in c.h.iter_mut().enumerate() {
+                    v.resize(all * m.layers[k].n_out, z);
                 }
-                for (k, v) in c.pd.iter_mut().enumerate() {
-                    *v = vec![z; lanes * rows * m.layers[k].n_out];
+                for (k, v) in c.p.iter_mut().enumerate() {
+                    v.resize(all * m.layers[k].n_out, z);
                 }
-                c.udb = vec![z; lanes * rows * m.max_w];
-                c.udb2 = vec![z; lanes * rows * m.max_w];
+                c.ub.resize(all * m.max_w, z);
+                c.ub2.resize(all * m.max_w, z);
             }
             if theta && c.theta.len() < m.params.len() {
                 c.theta = vec![T::zero(); m.params.len()];
@@ -704,20 +699,25 @@ impl<T: Real> Mlp<T> {
         };
         let one = T::one();
         let zero = T::zero();
-        let ChunkWs { h, p, s1, s2, hd, pd, ub, ub2, udb, udb2, theta, gsum, bsum, .. } = cw;
+        let ChunkWs { h, p, s1, s2, ub, ub2, theta, gsum, bsum, .. } = cw;
+        // Row layout of h, p and the reverse buffers: the chunk's nb primal rows, then (with
+        // tangents) its rt = lanes·nb tangent rows, so that one GEMM per layer serves both.
+        let rt = lanes * nb;
 
-        // ── Primal pass ──
+        // ── Forward pass: primal and tangent rows together, layer by layer ──
         for l in 0..l_n {
             let ly = &self.layers[l];
             let (n_in, n_out) = (ly.n_in, ly.n_out);
             let g = &job.gate[ly.tv..ly.tv + n_out];
             let sh = &job.shift[ly.tv..ly.tv + n_out];
             let (hprev, hcur) = h.split_at_mut(l);
-            let x: &[T] = if l == 0 { zc } else { &hprev[l - 1][..nb * n_in] };
-            // p = W x without the bias (folded into the shift, see `time_vectors`).
-            let pl = &mut p[l][..nb * n_out];
+            // [p; ṗ] = [h; ḣ] Wᵀ without the bias (folded into the shift, see
+            // `time_vectors`); the first layer's tangent rows are set apart below.
+            let m = if l == 0 { nb } else { nb + rt };
+            let x: &[T] = if l == 0 { zc } else { &hprev[l - 1][..m * n_in] };
+            let out = &mut p[l][..m * n_out];
             T::gemm(
-                nb,
+                m,
                 n_in,
                 n_out,
                 one,
@@ -726,10 +726,44 @@ impl<T: Real> Mlp<T> {
                 self.wx(l),
                 (1, ly.wcols),
                 zero,
-                pl,
+                out,
                 (n_out, 1),
             );
+            let (pl, pdl) = p[l][..(nb + rt) * n_out].split_at_mut(nb * n_out);
+            if l == 0 && lanes > 0 {
+                match job.tan {
+                    Tan::Exact => {
+                        // ṗ = W₀ eᵢ, the same d rows for every sample: gather the
+                        // columns of W₀ once, then copy them down the chunk.
+                        let w = &self.params[ly.w + ly.x0..];
+                        let (first, rest) = pdl.split_at_mut(d * n_out);
+                        for (i, row) in first.chunks_exact_mut(n_out).enumerate() {
+                            for (j, v) in row.iter_mut().enumerate() {
+                                *v = w[j * ly.wcols + i];
+                            }
+                        }
+                        for block in rest.chunks_exact_mut(d * n_out) {
+                            block.copy_from_slice(first);
+                        }
+                    }
+                    Tan::Dir(_) => T::gemm(
+                        nb,
+                        d,
+                        n_out,
+                        one,
+                        vc,
+                        (d, 1),
+                        self.wx(0),
+                        (1, ly.wcols),
+                        zero,
+                        pdl,
+                        (n_out, 1),
+                    ),
+                    Tan::None => unreachable!(),
+                }
+            }
             if l + 1 < l_n {
+                let (hl, hdl) = hcur[0][..(nb + rt) * n_out].split_at_mut(nb * n_out);
                 act_pass(
                     self.cfg.activation,
                     level,
@@ -737,10 +771,21 @@ impl<T: Real> Mlp<T> {
                     pl,
                     g,
                     sh,
-                    &mut hcur[0][..nb * n_out],
+                    hl,
                     &mut s1[l][..nb * n_out],
                     &mut s2[l][..nb * n_out],
                 );
+                // ḣ = σ′ ⊙ g ⊙ ṗ, lane by lane.
+                let s1l = &s1[l];
+                for r in 0..rt {
+                    let b = r / lanes;
+                    let s = &s1l[b * n_out..(b + 1) * n_out];
+                    let src = &pdl[r * n_out..(r + 1) * n_out];
+                    let dst = &mut hdl[r * n_out..(r + 1) * n_out];
+                    for (((o, s), g), x) in dst.iter_mut().zip(s).zip(g).zip(src) {
+                        *o = *s * *g * *x;
+                    }
+                }
             } else {
                 // SAFETY: chunk k owns rows r0..r0 + nb of every output.
                 let f = unsafe { job.f.rows(r0 * d, nb * d) };
@@ -752,78 +797,11 @@ impl<T: Real> Mlp<T> {
             }
         }
 
-        // ── Tangent pass ──
         if lanes > 0 {
-            let rt = lanes * nb;
-            for l in 0..l_n {
-                let ly = &self.layers[l];
-                let (n_in, n_out) = (ly.n_in, ly.n_out);
-                let g = &job.gate[ly.tv..ly.tv + n_out];
-                let pdl = &mut pd[l][..rt * n_out];
-                if l == 0 {
-                    match job.tan {
-                        Tan::Exact => {
-                            // ṗ = W₀ eᵢ, the same d rows for every sample: gather the
-                            // columns of W₀ once, then copy them down the chunk.
-                            let w = &self.params[ly.w + ly.x0..];
-                            let (first, rest) = pdl.split_at_mut(d * n_out);
-                            for (i, row) in first.chunks_exact_mut(n_out).enumerate() {
-                                for (j, v) in row.iter_mut().enumerate() {
-                                    *v = w[j * ly.wcols + i];
-                                }
-                            }
-                            for block in rest.chunks_exact_mut(d * n_out) {
-                                block.copy_from_slice(first);
-                            }
-                        }
-                        Tan::Dir(_) => T::gemm(
-                            nb,
-                            d,
-                            n_out,
-                            one,
-                            vc,
-                            (d, 1),
-                            self.wx(0),
-                            (1, ly.wcols),
-                            zero,
-                            pdl,
-                            (n_out, 1),
-                        ),
-                        Tan::None => unreachable!(),
-                    }
-                } else {
-                    T::gemm(
-                        rt,
-                        n_in,
-                        n_out,
-                        one,
-                        &hd[l - 1][..rt * n_in],
-                        (n_in, 1),
-                        self.wx(l),
-                        (1, ly.wcols),
-                        zero,
-                        pdl,
-                        (n_out, 1),
-                    );
-                }
-                if l + 1 < l_n {
-                    let hdl = &mut hd[l][..rt * n_out];
-                    let s1l = &s1[l];
-                    for r in 0..rt {
-                        let b = r / lanes;
-                        let s = &s1l[b * n_out..(b + 1) * n_out];
-                        let src = &pdl[r * n_out..(r + 1) * n_out];
-                        let dst = &mut hdl[r * n_out..(r + 1) * n_out];
-                        for (((o, s), g), x) in dst.iter_mut().zip(s).zip(g).zip(src) {
-                            *o = *s * *g * *x;
-                        }
-                    }
-                }
-            }
             // Outputs of the tangent pass.
             let ly = &self.layers[l_n - 1];
             let g = &job.gate[ly.tv..ly.tv + d];
-            let pdl = &pd[l_n - 1][..rt * d];
+            let pdl = &p[l_n - 1][nb * d..(nb + rt) * d];
             // SAFETY: chunk k owns rows r0..r0 + nb of every output.
             let mut q = job.q.map(|o| unsafe { o.rows(r0, nb) });
             let mut jsq = job.jsq.map(|o| unsafe { o.rows(r0, nb) });
@@ -870,7 +848,7 @@ impl<T: Real> Mlp<T> {
         ub[..nb * d].copy_from_slice(&a[r0 * d..(r0 + nb) * d]);
         if let Some(c) = c {
             if lanes_r > 0 {
-                let seed = &mut udb[..rt * d];
+                let seed = &mut ub[nb * d..(nb + rt) * d];
                 match job.tan {
                     Tan::Exact => {
                         seed.fill(zero);
@@ -893,7 +871,7 @@ impl<T: Real> Mlp<T> {
                     // u̇̄_L += 2 w_b u̇_L.
                     let ly = &self.layers[l_n - 1];
                     let g = &job.gate[ly.tv..ly.tv + d];
-                    let pdl = &pd[l_n - 1][..rt * d];
+                    let pdl = &p[l_n - 1][nb * d..(nb + rt) * d];
                     for (r, (srow, prow)) in
                         seed.chunks_exact_mut(d).zip(pdl.chunks_exact(d)).enumerate()
                     {
@@ -917,8 +895,7 @@ impl<T: Real> Mlp<T> {
             let g = &job.gate[ly.tv..ly.tv + n_out];
             let gs = &mut gsum[ly.tv..ly.tv + n_out];
             let bs = &mut bsum[ly.tv..ly.tv + n_out];
-            let cu = &mut ub[..nb * n_out];
-            let cud = &mut udb[..rt * n_out];
+            let (cu, cud) = ub[..(nb + rt) * n_out].split_at_mut(nb * n_out);
             let pl = &p[l][..nb * n_out];
             // One pass over the primal cotangent rows ū: Σū (shift), Σū ⊙ p (gate), then
             // ū ← ū ⊙ g (the cotangent of p) and Σ ū ⊙ g (bias); then the tangent rows.
@@ -944,7 +921,7 @@ impl<T: Real> Mlp<T> {
                         }
                     }
                 }
-                let pdl = &pd[l][..rt * n_out];
+                let pdl = &p[l][nb * n_out..(nb + rt) * n_out];
                 for (ur, prow) in cud.chunks_exact_mut(n_out).zip(pdl.chunks_exact(n_out)) {
                     for (((sg, u), x), g) in gs.iter_mut().zip(ur.iter_mut()).zip(prow).zip(g) {
                         *sg += *u * *x;
@@ -968,26 +945,43 @@ impl<T: Real> Mlp<T> {
                     }
                 }
             }
+            // The cotangent rows [ū; u̇̄] (now of p and ṗ), read-only from here on.
+            let uu = &ub[..(nb + rt) * n_out];
+            let (cu, cud) = uu.split_at(nb * n_out);
             if want_theta {
                 let tw = &mut theta[ly.w + ly.x0..ly.w + n_out * ly.wcols];
-                let x: &[T] = if l == 0 { zc } else { &h[l - 1][..nb * n_in] };
-                T::gemm(n_out, nb, n_in, one, cu, (1, n_out), x, (n_in, 1), one, tw, (ly.wcols, 1));
-                if lanes_r > 0 {
-                    if l > 0 {
-                        T::gemm(
-                            n_out,
-                            rt,
-                            n_in,
-                            one,
-                            cud,
-                            (1, n_out),
-                            &hd[l - 1][..rt * n_in],
-                            (n_in, 1),
-                            one,
-                            tw,
-                            (ly.wcols, 1),
-                        );
-                    } else {
+                if l > 0 {
+                    // ∂Φ/∂W += [ū; u̇̄]ᵀ [h; ḣ]: primal and tangent rows in one GEMM.
+                    let x = &h[l - 1][..(nb + rt) * n_in];
+                    let k = nb + rt;
+                    T::gemm(
+                        n_out,
+                        k,
+                        n_in,
+                        one,
+                        uu,
+                        (1, n_out),
+                        x,
+                        (n_in, 1),
+                        one,
+                        tw,
+                        (ly.wcols, 1),
+                    );
+                } else {
+                    T::gemm(
+                        n_out,
+                        nb,
+                        n_in,
+                        one,
+                        cu,
+                        (1, n_out),
+                        zc,
+                        (n_in, 1),
+                        one,
+                        tw,
+                        (ly.wcols, 1),
+                    );
+                    if lanes_r > 0 {
                         match job.tan {
                             Tan::Exact => {
                                 for (r, row) in cud.chunks_exact(n_out).enumerate() {
@@ -1015,42 +1009,29 @@ impl<T: Real> Mlp<T> {
                 }
             }
             if l > 0 {
-                let nu = &mut ub2[..nb * n_in];
+                // [h̄; ḣ̄] = [ū; u̇̄] W: primal and tangent rows in one GEMM.
+                let m = nb + rt;
+                let out = &mut ub2[..m * n_in];
                 T::gemm(
-                    nb,
+                    m,
                     n_out,
                     n_in,
                     one,
-                    cu,
+                    uu,
                     (n_out, 1),
                     self.wx(l),
                     (ly.wcols, 1),
                     zero,
-                    nu,
+                    out,
                     (n_in, 1),
                 );
-                let nud = &mut udb2[..rt * n_in];
-                if lanes_r > 0 {
-                    T::gemm(
-                        rt,
-                        n_out,
-                        n_in,
-                        one,
-                        cud,
-                        (n_out, 1),
-                        self.wx(l),
-                        (ly.wcols, 1),
-                        zero,
-                        nud,
-                        (n_in, 1),
-                    );
-                }
+                let (nu, nud) = out.split_at_mut(nb * n_in);
                 // Through the activation of layer l − 1 (width n_in).
                 let lp = &self.layers[l - 1];
                 let gp = &job.gate[lp.tv..lp.tv + n_in];
                 let s1p = &s1[l - 1][..nb * n_in];
                 let s2p = &s2[l - 1][..nb * n_in];
-                let pdp = &pd[l - 1][..rt * n_in];
+                let pdp = &p[l - 1][nb * n_in..(nb + rt) * n_in];
                 for b in 0..nb {
                     let nur = &mut nu[b * n_in..(b + 1) * n_in];
                     let s1r = &s1p[b * n_in..(b + 1) * n_in];
@@ -1074,7 +1055,6 @@ impl<T: Real> Mlp<T> {
                     }
                 }
                 std::mem::swap(ub, ub2);
-                std::mem::swap(udb, udb2);
             } else if let Some(zb) = job.zbar {
                 // SAFETY: chunk k owns rows r0..r0 + nb of every output.
                 let zb = unsafe { zb.rows(r0 * d, nb * d) };
