@@ -5,15 +5,20 @@
 //! 100, 300, 500 and 1000. Prints the wall time and the test NLL beside the peers' figure
 //! (test NLL 2.894 after 1000 iterations; 334 s diffrax f32, 701 s torchdiffeq f32).
 //!
-//! Recorded 2026-11-28 on the shared 2-core machine (seed 0, backsolve; test NLL at 100 / 300 /
-//! 500 / 1000 iterations; peers 3.6845 / 3.1198 / 3.0331 / 2.8936):
+//! Recorded 2026-11-28, 18:22–18:29, on the shared 2-core machine, quiet (seed 0; test NLL
+//! at 100 / 300 / 500 / 1000 iterations, always evaluated at rtol = atol = 1e-5; peers
+//! 3.6845 / 3.1198 / 3.0331 / 2.8936):
 //!
-//! | dtype | test NLL | training wall time | NFE fwd / bwd (total) | load average |
-//! |---|---|---|---|---|
-//! | f64 | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 126.0 s | 51,830 / 35,208 | 1–3 |
-//! | f64 | same | 235.6 s | same | about 5 |
-//! | f32 | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 98.6 s | 52,154 / 35,274 | about 3 |
-//! | f64, checkpointed adjoint | … / 2.8932 | 132.6 s | 51,818 / 33,378 | 5 → 1 |
+//! | dtype | solver (forward and backward) | adjoint | test NLL | training wall time | NFE fwd / bwd (total) |
+//! |---|---|---|---|---|---|
+//! | f64 | dopri5 1e-5 | checkpointed | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 61.5 s | 51,818 / 33,378 |
+//! | f64 | dopri5 1e-5 | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 67.8 s | 51,830 / 35,208 |
+//! | f64 | dopri5 1e-4 | checkpointed | 3.6880 / 3.1228 / 3.0349 / 2.8931 | 49.0 s | 35,132 / 28,584 |
+//! | f32 | dopri5 1e-5 | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 37.5 s | 52,178 / 35,274 |
+//!
+//! Earlier the same day, before the field work of that afternoon (vectorized activation
+//! loops, FMA polynomials, recycled workspaces): f64 dopri5 1e-5 84 s (checkpointed, quiet)
+//! and 126 s (backsolve, load 1–3). Tsit5 at 1e-4 gives the same NLL at about the same NFE.
 //!
 //! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]
 //! [METHOD] [TOL]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5; STRATEGY is backsolve,
