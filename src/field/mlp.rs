@@ -420,9 +420,15 @@ impl<T: Real> MlpWorkspace<T> {
             bsum: vec![T::zero(); m.n_tv],
             chunks: Vec::new(),
         };
-        let lanes = if m.cfg.dim <= 8 { m.cfg.dim } else { 1 };
-        ws.grow(m, batch.div_ceil(m.cfg.chunk_size), lanes, false);
+        ws.fit(m, batch);
         ws
+    }
+
+    /// Grows the workspace for batches of `batch` samples with the lanes of an exact trace
+    /// (up to d = 8; one lane beyond).
+    fn fit(&mut self, m: &Mlp<T>, batch: usize) {
+        let lanes = if m.cfg.dim <= 8 { m.cfg.dim } else { 1 };
+        self.grow(m, batch.div_ceil(m.cfg.chunk_size), lanes, false);
     }
 
     /// Checks that the workspace was made for an architecture like `m`'s, then grows it.
@@ -1170,11 +1176,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
     }
 
     fn workspace(&self, batch: usize) -> MlpWorkspace<T> {
-        let spare = self.spare.lock().ok().and_then(|mut v| v.pop());
-        match spare {
+        match self.spare.lock().ok().and_then(|mut v| v.pop()) {
             Some(mut ws) => {
-                let lanes = if self.cfg.dim <= 8 { self.cfg.dim } else { 1 };
-                ws.grow(self, batch.div_ceil(self.cfg.chunk_size), lanes, false);
+                ws.fit(self, batch);
                 ws
             }
             None => MlpWorkspace::new(self, batch),
