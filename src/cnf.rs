@@ -42,7 +42,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use odeflow_solvers::{Integrator, Method, NoObserver, OdeSystem, SolveError, SolveOptions, Stats};
+use odeflow_solvers::{
+    Integrator, Method, NoObserver, OdeSystem, PiController, SolveError, SolveOptions, Stats,
+};
 
 use crate::error::{batch_size, check_finite, check_len, Error};
 use crate::field::{Divergence, FieldError, Real, VectorField};
@@ -76,6 +78,9 @@ pub struct CnfConfig<T> {
     /// Other solver options (first step, step bounds, maximum steps, fixed step); their
     /// `rtol`/`atol` are replaced by the two fields above. Default: the solver's defaults.
     pub options: SolveOptions<T>,
+    /// The step-size controller of every solve of this CNF (forward, sampling and the
+    /// adjoint's backward solves). Default: the solver's, Hairer's PI controller.
+    pub controller: PiController<T>,
     /// The divergence estimator. Default: exact.
     pub trace: TraceEstimator,
     /// Shared, chunked or per-sample steps. Default: [`SolveMode::Chunked`]`(512)`: on
@@ -94,6 +99,7 @@ impl<T: Real> Default for CnfConfig<T> {
             rtol: T::from_f64c(1e-5),
             atol: T::from_f64c(1e-5),
             options: SolveOptions::default(),
+            controller: PiController::default(),
             trace: TraceEstimator::Exact,
             mode: SolveMode::Chunked(512),
             seed: 0,
@@ -105,6 +111,11 @@ impl<T: Real> CnfConfig<T> {
     /// The solver options these settings stand for (`options` with `rtol` and `atol` set).
     pub fn solve_options(&self) -> SolveOptions<T> {
         SolveOptions { rtol: self.rtol, atol: self.atol.into(), ..self.options.clone() }
+    }
+
+    /// An integrator with these settings (method, options, controller).
+    pub fn integrator(&self) -> Result<Integrator<T>, SolveError> {
+        Integrator::with_controller(self.method, self.controller, self.solve_options())
     }
 }
 
@@ -464,8 +475,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         let n = state.len();
         let forward = t_to >= t_from;
         let mut stats = Stats::default();
-        let mut integ = Integrator::new(self.config.method, self.config.solve_options())
-            .map_err(|source| Error::Solve { block: 0, source })?;
+        let mut integ =
+            self.config.integrator().map_err(|source| Error::Solve { block: 0, source })?;
         integ.reserve(n);
         let mut local_times: Vec<T> = Vec::with_capacity(times.len());
         let mut next_out = 0;

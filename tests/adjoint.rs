@@ -174,6 +174,29 @@ fn nll_gradient_matches_finite_differences_exact_single_block() {
     }
 }
 
+/// The config's step-size controller drives the forward and the backward solves: a
+/// controller that may grow the step by at most 1.2× per step costs more steps on both
+/// sides than the default (fac_max = 10), and the gradient stays right (same FD bar).
+#[test]
+fn config_controller_drives_forward_and_backward_solves() {
+    let x = points(4, 3, 1.5);
+    let base =
+        Cnf::new(small_mlp(1, Activation::Tanh), 0.7, tight(1e-10, TraceEstimator::Exact)).unwrap();
+    let mut slow_cfg = base.config().clone();
+    slow_cfg.controller.fac_max = Some(1.2);
+    let slow = Cnf::new(small_mlp(1, Activation::Tanh), 0.7, slow_cfg).unwrap();
+    let stats = |c: &Cnf<f64, Mlp<f64>>| {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let adj = AdjointConfig::with_strategy(Strategy::Backsolve);
+        cnf_nll_grad(c, &x, &mut rng, &adj).unwrap().1.stats
+    };
+    let (s_base, s_slow) = (stats(&base), stats(&slow));
+    assert!(s_slow.forward.n_steps() > s_base.forward.n_steps(), "{s_slow:?} vs {s_base:?}");
+    assert!(s_slow.backward.n_steps() > s_base.backward.n_steps(), "{s_slow:?} vs {s_base:?}");
+    let worst = check_nll_against_fd(&slow, &x, Strategy::Backsolve);
+    assert!(worst < 1e-5, "worst relative error {worst:.2e}");
+}
+
 /// Hutchinson divergence (Rademacher): the same noise in the forward and backward solves,
 /// so the gradient is that of the stochastic loss for the drawn ε, to the tolerance.
 #[test]

@@ -53,6 +53,41 @@ fn linear_field_gives_the_analytic_gaussian_log_density() {
     assert!(stats.n_rhs > 0 && stats.n_accepted > 0);
 }
 
+/// The controller and the first-step rule in the config reach the solver: diffrax's
+/// settings (elementary controller, first step with q = p + 1) and a slow-growing controller
+/// take other step sequences than the default, and all meet the analytic log-density.
+#[test]
+fn config_controller_and_first_step_rule_reach_the_solver() {
+    use odeflow::solvers::{InitialStepOrder, PiController, SolveOptions};
+    let t_end = 0.8;
+    let field = || LinearField::new(&A, &[0.0, 0.0]).unwrap();
+    let x = points(20, 2, 3.0);
+    let e = exp_at(t_end);
+    let run = |cfg: CnfConfig<f64>| {
+        let (logp, stats) = Cnf::new(field(), t_end, cfg).unwrap().log_prob(&x).unwrap();
+        for (b, xb) in x.chunks(2).enumerate() {
+            let exact = std_normal_log_prob(&matvec(&e, xb)) + t_end * (0.3 - 0.4);
+            // rtol = atol = 1e-9: errors of about 1e-8 at most; 1e-7 relative leaves margin.
+            assert!(((logp[b] - exact) / exact).abs() < 1e-7, "{b}: {} vs {exact}", logp[b]);
+        }
+        stats
+    };
+    let base = CnfConfig { rtol: 1e-9, atol: 1e-9, ..Default::default() };
+    let diffrax_like = CnfConfig {
+        controller: PiController::elementary(),
+        options: SolveOptions {
+            initial_step_order: InitialStepOrder::MethodPlusOne,
+            ..Default::default()
+        },
+        ..base.clone()
+    };
+    let mut slow = base.clone();
+    slow.controller.fac_max = Some(1.2);
+    let (s_base, s_dx, s_slow) = (run(base), run(diffrax_like), run(slow));
+    assert_ne!(s_dx, s_base);
+    assert!(s_slow.n_steps() > s_base.n_steps(), "{s_slow:?} vs {s_base:?}");
+}
+
 /// The trajectory of x under f = Az is e^{At} x, and ℓ(t) = −t tr A, at every output time.
 #[test]
 fn linear_trajectories_match_the_matrix_exponential() {

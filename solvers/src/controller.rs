@@ -72,6 +72,12 @@ impl<T: Real> Default for PiController<T> {
 }
 
 impl<T: Real> PiController<T> {
+    /// The elementary (integral) controller, `β2 = 0`: `fac = safety·err^(−1/k)`, the other
+    /// settings default. torchdiffeq's and diffrax's default controller has this form.
+    pub fn elementary() -> Self {
+        PiController { beta2: Some(T::zero()), ..Default::default() }
+    }
+
     /// The smallest step factor in effect for `k = error_order + 1`.
     pub fn fac_min(&self, k: u8) -> T {
         self.fac_min.unwrap_or_else(|| T::from_f64c(if k >= 8 { 0.333 } else { 0.2 }))
@@ -141,6 +147,24 @@ mod tests {
         assert!((c.fac_min(8) - 0.333).abs() < 1e-15 && (c.fac_max(8) - 6.0).abs() < 1e-15);
         assert!((c.beta1(5) - 0.17).abs() < 1e-15 && (c.beta2(5) - 0.04).abs() < 1e-15);
         assert!((c.beta1(8) - 0.125).abs() < 1e-15 && c.beta2(8).abs() < 1e-15);
+    }
+
+    /// The elementary controller has no memory: the same error gives the same factor
+    /// `safety·err^(−1/k)` whatever came before.
+    #[test]
+    fn elementary_controller_is_memoryless() {
+        let mut c = PiController::<f64>::elementary();
+        assert!(c.beta2(5).abs() < 1e-300);
+        assert!((c.beta1(5) - 0.2).abs() < 1e-15);
+        let want = 0.9 * 0.5f64.powf(-0.2);
+        for prior in [1e-3, 0.9] {
+            c.reset();
+            let _ = c.decide(prior, 1.0, 5);
+            match c.decide(0.5, 1.0, 5) {
+                Decision::Accept { h_next } => assert!((h_next - want).abs() < 1e-12),
+                d => panic!("{d:?}"),
+            }
+        }
     }
 
     /// One decision computed by hand from the formula of dopri5.f.

@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use crate::observer::{hairer_eval, poly_eval, DenseRows};
 use crate::{
-    Atol, DenseOutput, ErrorEstimator, Method, NoObserver, Observer, OdeSystem, PiController, Real,
-    SolveError, SolveOptions, Stats, StepController, StepView, Tableau,
+    Atol, DenseOutput, ErrorEstimator, InitialStepOrder, Method, NoObserver, Observer, OdeSystem,
+    PiController, Real, SolveError, SolveOptions, Stats, StepController, StepView, Tableau,
 };
 
 /// Nonzero coefficients of one linear combination: `(stage index, coefficient)`.
@@ -994,7 +994,8 @@ fn build_dense<T: Real, S: OdeSystem<T> + ?Sized>(
 
 /// Hairer's automatic initial step (HNW I, §II.4, "Starting step size"), in the RMS norm
 /// over the error components: `h0 = 0.01·‖y0‖/‖f0‖`, one explicit Euler step to estimate
-/// the second derivative, then `h1 = (0.01 / max(‖f0‖, ‖y''‖))^(1/p)` and
+/// the second derivative, then `h1 = (0.01 / max(‖f0‖, ‖y''‖))^(1/q)` (`q` from
+/// [`SolveOptions::initial_step_order`]) and
 /// `h = min(100·h0, h1, h_max)`. Uses one RHS call. Needs `f0` in stage 0.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
@@ -1048,7 +1049,11 @@ fn initial_step<T: Real, S: OdeSystem<T> + ?Sized>(
     }
     der2 = (der2 / nf).sqrt() / h;
     let der12 = der2.abs().max(dnf);
-    let p = T::from_f64c(f64::from(co.order));
+    let q = match opts.initial_step_order {
+        InitialStepOrder::Method => co.order,
+        InitialStepOrder::MethodPlusOne => co.order + 1,
+    };
+    let p = T::from_f64c(f64::from(q));
     let h1 = if der12 <= T::from_f64c(1e-15) {
         (h * T::from_f64c(1e-3)).max(T::from_f64c(1e-6))
     } else {

@@ -66,7 +66,7 @@ pub mod tableau;
 pub use controller::{Decision, PiController, StepController};
 pub use integrator::{solve, solve_into, Integrator};
 pub use observer::{FnObserver, NoObserver, Observer, StepView};
-pub use options::{Atol, SolveError, SolveOptions, Stats};
+pub use options::{Atol, InitialStepOrder, SolveError, SolveOptions, Stats};
 pub use real::Real;
 pub use system::{FnSystem, OdeSystem};
 pub use tableau::{DenseOutput, ErrorEstimator, Method, ParseMethodError, Tableau};

@@ -25,6 +25,23 @@ impl<T> From<Vec<T>> for Atol<T> {
     }
 }
 
+/// The exponent of the automatic first step (HNW I, §II.4, "Starting step size"): after
+/// `d0 = ‖y0‖`, `d1 = ‖f0‖`, `h0 = 0.01·d0/d1` and `d2 = ‖f(t0 + h0, y0 + h0·f0) − f0‖/h0`
+/// (all in the error norm), the rule takes `h1 = (0.01 / max(d1, d2))^(1/q)` and starts with
+/// `min(100·h0, h1)`. For tolerances tight enough that `max(d1, d2) > 0.01`, a larger `q`
+/// starts with a larger step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum InitialStepOrder {
+    /// `q = p`, the method's order: `HINIT` with `IORD` in Hairer's `dopri5.f`/`dop853.f`
+    /// (and `ode_solvers`). The default.
+    #[default]
+    Method,
+    /// `q = p + 1`: the book's statement of the rule (`h1^(p+1)·max(d1, d2) = 0.01`) and
+    /// diffrax's choice. On the FFJORD toy net it starts the sampling solve one step later in
+    /// the ramp-up (see `CnfConfig` in the `odeflow` crate for the measured effect).
+    MethodPlusOne,
+}
+
 /// Options of a solve. Build with struct-update syntax:
 /// `SolveOptions { rtol: 1e-8, atol: 1e-8.into(), ..Default::default() }`.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +53,9 @@ pub struct SolveOptions<T> {
     /// First step size (its magnitude; the sign follows the direction of integration).
     /// `None` (default): Hairer's automatic initial step (HNW I, §II.4).
     pub h0: Option<T>,
+    /// The order `q` of Hairer's automatic first step `h1 = (0.01 / max(d1, d2))^(1/q)`
+    /// (used when `h0` is `None`). Default [`InitialStepOrder::Method`], as Hairer's codes.
+    pub initial_step_order: InitialStepOrder,
     /// Smallest allowed |h|; ≥ 0. Default 0 (only the round-off bound
     /// `|h| ≤ 10·ε·|t|` applies). A step that must shrink below it fails with
     /// [`SolveError::StepSizeUnderflow`].
@@ -57,6 +77,7 @@ impl<T: Real> Default for SolveOptions<T> {
             rtol: T::from_f64c(1e-6),
             atol: Atol::Scalar(T::from_f64c(1e-9)),
             h0: None,
+            initial_step_order: InitialStepOrder::Method,
             h_min: T::zero(),
             h_max: None,
             max_steps: 100_000,

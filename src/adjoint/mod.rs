@@ -255,8 +255,7 @@ pub(crate) fn cnf_forward_noise<'a, T: Real, F: VectorField<T>>(
     };
     check_len("eps", eps.len(), want)?;
     let n = b * d;
-    let mut integ = Integrator::new(cfg.method, cfg.solve_options())
-        .map_err(|source| Error::Solve { block: 0, source })?;
+    let mut integ = cfg.integrator().map_err(|source| Error::Solve { block: 0, source })?;
     integ.reserve(n + b);
     let mut state = vec![T::zero(); n + b];
     state[..n].copy_from_slice(x);
@@ -352,7 +351,7 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
         let cfg = self.cnf.config();
         let method = self.adj.method.unwrap_or(cfg.method);
         let opts = self.adj.options.clone().unwrap_or_else(|| cfg.solve_options());
-        let mut integ = Integrator::new(method, opts)
+        let mut integ = Integrator::with_controller(method, cfg.controller, opts)
             .map_err(|source| Error::AdjointSolve { segment: 0, source })?;
         let nb = self.cnf.blocks().len();
         let mut a_z = dl_dz.to_vec();
