@@ -52,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let logp_ref = reference.log_prob(&x)?.0;
     let samples_ref = reference.sample(10_000, &mut rng())?.0;
-    println!("method  setting       tol    | W2 NFE  max err  mean err | W3 NFE  max err  mean err");
+    println!(
+        "method  setting       tol    | W2 NFE  max err  mean err | W3 NFE  max err  mean err"
+    );
     let grid: [(Method, &[f64]); 3] = [
         (Method::Dopri5, &[5e-6, 1e-5, 2e-5, 4e-5]),
         (Method::Tsit5, &[5e-6, 1e-5, 2e-5, 4e-5]),
