@@ -297,6 +297,16 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         Ok((x, dl, stats))
     }
 
+    /// Maps latent to data without the log-density: x = z(0) from z(Σ T_k) = z, only the
+    /// state integrated (what [`Cnf::sample`] does with its draws; use it to push given base
+    /// draws, e.g. another library's, through the flow). Returns (x, statistics).
+    pub fn inverse_state(&self, z: &[T]) -> Result<(Vec<T>, Stats), Error> {
+        let mut x = vec![T::zero(); z.len()];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        let stats = self.transform(self.total_time(), T::zero(), z, &mut x, None, &mut rng)?;
+        Ok((x, stats))
+    }
+
     /// Draws `n` points from the flow: z ~ N(0, I) from `rng`, integrated back to t = 0.
     /// Only the state is integrated (no divergence), a third of the work of
     /// [`Cnf::sample_with_log_prob`] for the exact 2-D trace.
@@ -304,9 +314,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         let d = self.dim();
         let z: Vec<T> =
             (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
-        let mut x = vec![T::zero(); n * d];
-        let stats = self.transform(self.total_time(), T::zero(), &z, &mut x, None, rng)?;
-        Ok((x, stats))
+        self.inverse_state(&z)
     }
 
     /// Draws `n` points and their log-densities log p(x) = log N(z) + Δℓ in one solve.

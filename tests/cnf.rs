@@ -215,6 +215,12 @@ fn sampling_is_consistent_with_log_prob_and_invertible() {
     for (a, b) in x2.iter().zip(&x) {
         assert!((a - b).abs() < 1e-7);
     }
+    // `inverse_state` of the same base draws is `sample`, bit for bit.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let z: Vec<f64> =
+        (0..400).map(|_| rand::Rng::sample(&mut rng, rand_distr::StandardNormal)).collect();
+    let (x3, _) = cnf.inverse_state(&z).unwrap();
+    assert_eq!(x3, x2);
 }
 
 /// The Hutchinson log-density is unbiased: its mean over noise draws matches the exact
