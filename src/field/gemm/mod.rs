@@ -17,10 +17,19 @@
 //! 3. the `KC × NC` block of `B` is *packed* into panels `NR` columns wide, each panel stored
 //!    depth step by depth step (`NR` consecutive elements per step, the last panel
 //!    zero-padded), so the kernel reads it with contiguous (unaligned) vector loads whatever
-//!    the original strides were;
-//! 4. `m` in blocks of `MC` rows, each `MC × KC` block of `A` packed likewise into panels `MR`
-//!    rows tall;
-//! 5. for every `NR` panel of `B` and `MR` panel of `A`, the micro-kernel accumulates the
+//!    the original strides were (on the x86 kernels the transposing case, `B` contiguous along
+//!    the depth as a row-major weight matrix viewed transposed, runs in `4 × 4` register
+//!    transposes);
+//! 4. `m` in blocks of `MC` rows. `A` is *not* packed: the micro-kernel reads it in place
+//!    through its two strides (BLIS's "sup" scheme), broadcasting `A[i, p]` through `MR`
+//!    precomputed row pointers at every depth step (rows past the edge of a partial tile
+//!    repeat its last row and are never stored). Only a wide product, whose `A` blocks are
+//!    reread for many `B` panels (at least 128 panels when `A` has unit depth stride, 32
+//!    otherwise), packs each `MC × KC` block of `A` into panels `MR` rows tall first, which
+//!    the same kernel reads with strides `(1, MR)`. The routes run the same operations in the
+//!    same order, so they give the same bits (see `a_route` in `kernel.rs` for the
+//!    measurements behind the thresholds);
+//! 5. for every `NR` panel of `B` and `MR` rows of `A`, the micro-kernel accumulates the
 //!    `MR × NR` tile of `A·B` in registers over the whole depth block, then writes
 //!    `α·acc + β·C` into `C` (vector loads/stores for a full tile with unit column stride, a
 //!    scalar loop with the same arithmetic for edge tiles and strided `C`; `C` is never read
@@ -33,17 +42,19 @@
 //! On x86-64 with AVX2 and FMA (detected at run time with `is_x86_feature_detected!`; the
 //! standard library caches the answer) the kernels are `6 × 8` for `f64` and `6 × 16` for
 //! `f32`: twelve `ymm` accumulators, per depth step two vector loads of the `B` panel, six
-//! broadcasts from the `A` panel and twelve FMAs. With AVX-512F both run the same scheme on
-//! `zmm` registers (`6 × 16` for `f64`, `6 × 32` for `f32`). Everywhere else a portable `4 × 8` kernel in plain arrays runs (the
-//! compiler vectorizes it for the baseline target features). All blocking parameters:
+//! broadcasts from `A` (in place or packed) and twelve FMAs. With AVX-512F both run the same
+//! scheme on `zmm` registers (`6 × 16` for `f64`, `6 × 32` for `f32`). Everywhere else a
+//! portable `4 × 8` kernel in plain arrays runs (the compiler vectorizes it for the baseline
+//! target features). All blocking parameters:
 //! `KC = 256`; `MC = 72` (`f64`), `144` (`f32`), `128` (portable); `NC = 4080` (4096; `4064` for the `6 × 32` kernel, a multiple of its width).
 //!
 //! # Packing buffers
-//! The packed blocks live in one buffer per thread and element type (a `thread_local!`
-//! `Vec`), grown to the next power of two when a call needs more than it holds and reused by
-//! every later call on that thread: after the first call of the largest shape a thread sees,
-//! GEMMs allocate nothing. (Each rayon worker has its own buffer, grown on its first GEMM.)
-//! The buffers are at most `KC·(MC + NC)` elements.
+//! The packed `B` block (and, on the packed route, the packed `A` block) live in one buffer
+//! per thread and element type (a `thread_local!` `Vec`), grown to the next power of two when
+//! a call needs more than it holds and reused by every later call on that thread: after the
+//! first call of the largest shape a thread sees, GEMMs allocate nothing. (Each rayon worker
+//! has its own buffer, grown on its first GEMM.) The buffers are at most `KC·(MC + NC)`
+//! elements, `KC·NC` when `A` is read in place.
 //!
 //! # Determinism
 //! The order of the floating-point operations depends only on the shape (and on which kernel
@@ -56,8 +67,9 @@
 /// `A` is `m × k`, `B` is `k × n`, `C` is `m × n`; each operand is a flat slice with a
 /// `(row stride, column stride)` pair, so a transposed view of a row-major buffer is just
 /// swapped strides and never a copy. Implemented for exactly `f32` and `f64` by this
-/// crate's own blocked GEMM (packed panels, a register-blocked AVX-512/AVX2 + FMA micro-kernel
-/// picked at run time, a portable one elsewhere; packing buffers kept per thread): no
+/// crate's own blocked GEMM (packed `B` panels, `A` read in place, a register-blocked
+/// AVX-512/AVX2 + FMA micro-kernel picked at run time, a portable one elsewhere; packing
+/// buffers kept per thread): no
 /// allocation after a thread's first call of its largest shape, and bit-identical results for
 /// a given input on every call and thread (not bit-identical to other GEMM libraries).
 pub trait Gemm: Copy {
