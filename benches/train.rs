@@ -10,7 +10,9 @@
 //!   (quiet machine: diffrax f64 118 ms, f32 73 ms; torchdiffeq f64 196 ms);
 //! - the weights after 300 PyTorch iterations (`torch_f32_iter0300.npz`), the peers' "after
 //!   300 iterations" row (diffrax f64 170 ms, f32 159 ms; torchdiffeq f64 666 ms), with the
-//!   backsolve adjoint and, in f64, the checkpointed one.
+//!   backsolve adjoint and, in f64, the checkpointed one;
+//! - both again in f64 with the peers' steps (the elementary controller and the first step
+//!   with q = p + 1, as torchdiffeq and diffrax take them).
 //!
 //! Before timing, each configuration prints its loss and NFE forward and backward.
 //!
@@ -25,12 +27,20 @@ use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::load_peer_checkpoint;
+use odeflow::solvers::{InitialStepOrder, PiController};
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
 
-fn cnf<T: Real>(weights: &str) -> Cnf<T, Mlp<T>> {
+/// The toy CNF from the peers' `weights`; `peers_steps`: the elementary controller and the
+/// first step with q = p + 1 (torchdiffeq's and diffrax's steps) instead of the defaults.
+fn cnf<T: Real>(weights: &str, peers_steps: bool) -> Cnf<T, Mlp<T>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(dir.join(weights), Activation::Tanh).unwrap();
-    Cnf::new(mlp, T::from_f64c(0.5), CnfConfig::default()).unwrap()
+    let mut cfg = CnfConfig::default();
+    if peers_steps {
+        cfg.controller = PiController::elementary();
+        cfg.options.initial_step_order = InitialStepOrder::MethodPlusOne;
+    }
+    Cnf::new(mlp, T::from_f64c(0.5), cfg).unwrap()
 }
 
 fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, Mlp<T>> {
@@ -50,8 +60,14 @@ fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, M
     tr
 }
 
-fn bench_one<T: Real>(c: &mut Criterion, weights: &str, label: &str, strategy: Strategy) {
-    let cnf = cnf::<T>(weights);
+fn bench_one<T: Real>(
+    c: &mut Criterion,
+    weights: &str,
+    label: &str,
+    strategy: Strategy,
+    peers_steps: bool,
+) {
+    let cnf = cnf::<T>(weights, peers_steps);
     let p = trainer(&cnf, strategy).step().unwrap();
     println!(
         "W1 {label}: loss {:.4}, NFE forward {}, backward {}",
@@ -71,13 +87,17 @@ fn bench_one<T: Real>(c: &mut Criterion, weights: &str, label: &str, strategy: S
 
 fn train_iteration(c: &mut Criterion) {
     let bs = Strategy::Backsolve;
-    bench_one::<f64>(c, "init_toy.npz", "init_b512_dopri5_1e-5_exact_backsolve_f64", bs);
-    bench_one::<f32>(c, "init_toy.npz", "init_b512_dopri5_1e-5_exact_backsolve_f32", bs);
+    let init = "init_toy.npz";
+    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f64", bs, false);
+    bench_one::<f32>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f32", bs, false);
     let w300 = "torch_f32_iter0300.npz";
-    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f64", bs);
-    bench_one::<f32>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f32", bs);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f64", bs, false);
+    bench_one::<f32>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f32", bs, false);
     let ck = Strategy::Checkpointed;
-    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_checkpointed_f64", ck);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_checkpointed_f64", ck, false);
+    // The same with the peers' steps (their controller and first step), in f64.
+    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, true);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, true);
 }
 
 criterion_group!(benches, train_iteration);

@@ -21,9 +21,11 @@
 //! and 126 s (backsolve, load 1–3). Tsit5 at 1e-4 gives the same NLL at about the same NFE.
 //!
 //! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]
-//! [METHOD] [TOL]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5; STRATEGY is backsolve,
-//! checkpointed or discrete; METHOD any solver name, used forward and backward with
-//! rtol = atol = TOL). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
+//! [METHOD] [TOL] [STEPS]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5, hairer; STRATEGY
+//! is backsolve, checkpointed or discrete; METHOD any solver name, used forward and backward
+//! with rtol = atol = TOL; STEPS `hairer` (the default PI controller and first step) or
+//! `peers` (the elementary controller and the first step with q = p + 1, as torchdiffeq and
+//! diffrax)). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
 //! NumPy stream, so the curve matches theirs in distribution, not draw for draw.
 
 use std::path::Path;
@@ -33,7 +35,7 @@ use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Activation, Real};
 use odeflow::io::load_peer_checkpoint;
-use odeflow::solvers::Method;
+use odeflow::solvers::{InitialStepOrder, Method, PiController, SolveOptions};
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy};
 
 fn run<T: Real>(
@@ -42,13 +44,21 @@ fn run<T: Real>(
     strategy: Strategy,
     method: Method,
     tol: f64,
+    peers_steps: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(peers.join("init_toy.npz"), Activation::Tanh)?;
+    let (controller, initial_step_order) = if peers_steps {
+        (PiController::elementary(), InitialStepOrder::MethodPlusOne)
+    } else {
+        (PiController::default(), InitialStepOrder::Method)
+    };
     let solver = CnfConfig {
         method,
         rtol: T::from_f64c(tol),
         atol: T::from_f64c(tol),
+        controller,
+        options: SolveOptions { initial_step_order, ..Default::default() },
         ..Default::default()
     };
     let cnf = Cnf::new(mlp, T::from_f64c(0.5), solver)?;
@@ -123,12 +133,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let method: Method = args.get(4).map_or("dopri5", String::as_str).parse()?;
     let tol: f64 = args.get(5).map_or(Ok(1e-5), |s| s.parse())?;
+    let peers_steps = match args.get(6).map_or("hairer", String::as_str) {
+        "hairer" => false,
+        "peers" => true,
+        other => return Err(format!("STEPS is hairer or peers, not {other}").into()),
+    };
     println!(
-        "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}"
+        "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}, {} steps",
+        if peers_steps { "peers'" } else { "Hairer's" }
     );
     match dtype {
-        "f64" => run::<f64>(iterations, seed, strategy, method, tol),
-        "f32" => run::<f32>(iterations, seed, strategy, method, tol),
+        "f64" => run::<f64>(iterations, seed, strategy, method, tol, peers_steps),
+        "f32" => run::<f32>(iterations, seed, strategy, method, tol, peers_steps),
         other => Err(format!("dtype must be f64 or f32, not {other}").into()),
     }
 }

@@ -80,6 +80,19 @@ pub struct CnfConfig<T> {
     pub options: SolveOptions<T>,
     /// The step-size controller of every solve of this CNF (forward, sampling and the
     /// adjoint's backward solves). Default: the solver's, Hairer's PI controller.
+    ///
+    /// [`PiController::elementary`] with [`InitialStepOrder::MethodPlusOne`] in `options`
+    /// takes torchdiffeq's and diffrax's steps. Measured on FFJORD's toy net at
+    /// rtol = atol = 1e-5, against these defaults: 1000 training iterations 15% faster (f64
+    /// 51.2 vs 60.0 s; more forward, fewer backward evaluations) to the same test NLL
+    /// (2.8931); 10,000 samples with 32 instead of 44 evaluations, but a mean sample error
+    /// of 6.6e-6 instead of 1.3e-6 (diffrax's own: 6.2e-6). At equal accuracy the two do
+    /// about the same work (`examples/cnf_work_precision.rs`): the choice calibrates what a
+    /// tolerance buys, and the default keeps the tighter calibration (the adjoint tests'
+    /// bounds of 10 tolerance units between strategies hold with it, not with the other:
+    /// 16 units at 1e-4).
+    ///
+    /// [`InitialStepOrder::MethodPlusOne`]: odeflow_solvers::InitialStepOrder::MethodPlusOne
     pub controller: PiController<T>,
     /// The divergence estimator. Default: exact.
     pub trace: TraceEstimator,
