@@ -5,17 +5,20 @@
 //! 100, 300, 500 and 1000. Prints the wall time and the test NLL beside the peers' figure
 //! (test NLL 2.894 after 1000 iterations; 334 s diffrax f32, 701 s torchdiffeq f32).
 //!
-//! Recorded 2026-11-28, 18:22–18:29, on the shared 2-core machine, quiet (seed 0; test NLL
-//! at 100 / 300 / 500 / 1000 iterations, always evaluated at rtol = atol = 1e-5; peers
-//! 3.6845 / 3.1198 / 3.0331 / 2.8936):
+//! Recorded 2026-11-28, 19:53–20:00, on the shared 2-core machine (load 1.3–2.5 from other
+//! tenants; seed 0; test NLL at 100 / 300 / 500 / 1000 iterations, always evaluated at
+//! rtol = atol = 1e-5; peers 3.6845 / 3.1198 / 3.0331 / 2.8936):
 //!
-//! | dtype | solver (forward and backward) | adjoint | test NLL | training wall time | NFE fwd / bwd (total) |
-//! |---|---|---|---|---|---|
-//! | f64 | dopri5 1e-5 | checkpointed | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 61.5 s | 51,818 / 33,378 |
-//! | f64 | dopri5 1e-5 | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 67.8 s | 51,830 / 35,208 |
-//! | f64 | dopri5 1e-4 | checkpointed | 3.6880 / 3.1228 / 3.0349 / 2.8931 | 49.0 s | 35,132 / 28,584 |
-//! | f32 | dopri5 1e-5 | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 37.5 s | 52,178 / 35,274 |
+//! | dtype | solver (forward and backward) | steps | adjoint | test NLL | training wall time | NFE fwd / bwd at it. 1000 |
+//! |---|---|---|---|---|---|---|
+//! | f64 | dopri5 1e-5 | Hairer's | checkpointed | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 60.0 s | 62 / 39 |
+//! | f64 | dopri5 1e-5 | peers' | checkpointed | 3.6880 / 3.1228 / 3.0349 / 2.8931 | 51.2 s | 68 / 33 |
+//! | f64 | dopri5 1e-4 | Hairer's | checkpointed | 3.6880 / 3.1228 / 3.0349 / 2.8931 | 47.9 s | 38 / 33 |
+//! | f32 | dopri5 1e-5 | Hairer's | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 30.3 s | 62 / 39 |
+//! | f32 | dopri5 1e-5 | peers' | backsolve | 3.6880 / 3.1228 / 3.0347 / 2.8931 | 25.7 s | 68 / 33 |
 //!
+//! An hour earlier (before the GEMM read A in place): f64 dopri5 1e-5 61.5 s checkpointed,
+//! 67.8 s backsolve; 1e-4 49.0 s; f32 37.5 s.
 //! Earlier the same day, before the field work of that afternoon (vectorized activation
 //! loops, FMA polynomials, recycled workspaces): f64 dopri5 1e-5 84 s (checkpointed, quiet)
 //! and 126 s (backsolve, load 1–3). Tsit5 at 1e-4 gives the same NLL at about the same NFE.
