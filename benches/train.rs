@@ -24,10 +24,9 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use odeflow::adjoint::{AdjointConfig, Strategy};
-use odeflow::cnf::{Cnf, CnfConfig};
+use odeflow::cnf::{Cnf, CnfConfig, Steps};
 use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::load_peer_checkpoint;
-use odeflow::solvers::{InitialStepOrder, PiController};
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
 
 /// The toy CNF from the peers' `weights`; `peers_steps`: the elementary controller and the
@@ -37,8 +36,7 @@ fn cnf<T: Real>(weights: &str, peers_steps: bool) -> Cnf<T, Mlp<T>> {
     let mlp = load_peer_checkpoint::<T>(dir.join(weights), Activation::Tanh).unwrap();
     let mut cfg = CnfConfig::default();
     if peers_steps {
-        cfg.controller = PiController::elementary();
-        cfg.options.initial_step_order = InitialStepOrder::MethodPlusOne;
+        Steps::Peers.apply(&mut cfg);
     }
     Cnf::new(mlp, T::from_f64c(0.5), cfg).unwrap()
 }

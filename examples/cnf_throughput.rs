@@ -20,10 +20,10 @@
 
 use std::time::Instant;
 
-use odeflow::cnf::{Cnf, CnfConfig, SolveMode};
+use odeflow::cnf::{Cnf, CnfConfig, SolveMode, Steps};
 use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::{load_peer_checkpoint, read_npy, read_npy_matrix};
-use odeflow::solvers::{InitialStepOrder, Method, PiController, SolveOptions};
+use odeflow::solvers::Method;
 
 /// One row's solver settings.
 #[derive(Clone, Copy)]
@@ -48,20 +48,16 @@ impl Row {
     fn cnf<T: Real>(&self, mlp: &Mlp<f64>) -> Cnf<T, Mlp<T>> {
         let params: Vec<T> = mlp.params().iter().map(|&v| T::from_f64c(v)).collect();
         let field = Mlp::from_params(mlp.config(), params).expect("same architecture");
-        let (controller, initial_step_order) = if self.peers_steps {
-            (PiController::elementary(), InitialStepOrder::MethodPlusOne)
-        } else {
-            (PiController::default(), InitialStepOrder::Method)
-        };
-        let cfg = CnfConfig {
+        let mut cfg = CnfConfig {
             method: self.method,
             rtol: T::from_f64c(self.tol),
             atol: T::from_f64c(self.tol),
             mode: self.mode,
-            controller,
-            options: SolveOptions { initial_step_order, ..Default::default() },
             ..Default::default()
         };
+        if self.peers_steps {
+            Steps::Peers.apply(&mut cfg);
+        }
         Cnf::new(field, T::from_f64c(0.5), cfg).expect("valid settings")
     }
 }

@@ -4,33 +4,28 @@
 //! log p and of the samples against a DOP853 solve at 1e-11. Counting only (no timing): the
 //! time of a solve is proportional to its NFE here (`cnf_throughput` times them).
 //!
-//! Settings: "hairer" is the default (PI controller with β2 = 0.04, DOP853's elementary
-//! controller, first step with q = p); "i, q=p+1" is the elementary controller with the
-//! book's first step (torchdiffeq's and diffrax's choices, diffrax's step exponent aside).
+//! Settings ([`odeflow::cnf::Steps`]): "hairer" is the default (PI controller with
+//! β2 = 0.04, DOP853's elementary controller, first step with q = p); "peers" is the
+//! elementary controller with the book's first step (torchdiffeq's and diffrax's choices,
+//! diffrax's step exponent aside).
 //!
 //! Run: `cargo run --release --example cnf_work_precision`
 
-use odeflow::cnf::{Cnf, CnfConfig, SolveMode};
+use odeflow::cnf::{Cnf, CnfConfig, SolveMode, Steps};
 use odeflow::field::{Activation, Mlp};
 use odeflow::io::{load_peer_checkpoint, read_npy_matrix};
-use odeflow::solvers::{InitialStepOrder, Method, PiController, SolveOptions};
+use odeflow::solvers::Method;
 use rand::SeedableRng;
 
-fn cnf(mlp: &Mlp<f64>, method: Method, tol: f64, hairer: bool) -> Cnf<f64, Mlp<f64>> {
-    let (controller, initial_step_order) = if hairer {
-        (PiController::default(), InitialStepOrder::Method)
-    } else {
-        (PiController::elementary(), InitialStepOrder::MethodPlusOne)
-    };
-    let cfg = CnfConfig {
+fn cnf(mlp: &Mlp<f64>, method: Method, tol: f64, steps: Steps) -> Cnf<f64, Mlp<f64>> {
+    let mut cfg = CnfConfig {
         method,
         rtol: tol,
         atol: tol,
-        controller,
-        options: SolveOptions { initial_step_order, ..Default::default() },
         mode: SolveMode::Chunked(512),
         ..Default::default()
     };
+    steps.apply(&mut cfg);
     Cnf::new(mlp.clone(), 0.5, cfg).expect("valid settings")
 }
 
@@ -61,14 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Method::Dop853, &[4e-5, 1e-4, 3e-4]),
     ];
     for (method, tols) in grid {
-        for hairer in [true, false] {
+        for steps in [Steps::Hairer, Steps::Peers] {
             for &tol in tols {
-                let m = cnf(&mlp, method, tol, hairer);
+                let m = cnf(&mlp, method, tol, steps);
                 let (logp, s2) = m.log_prob(&x)?;
                 let (samples, s3) = m.sample(10_000, &mut rng())?;
                 let (a, b) = errors(&logp, &logp_ref);
                 let (c, d) = errors(&samples, &samples_ref);
-                let setting = if hairer { "hairer" } else { "i, q=p+1" };
+                let setting = steps.name();
                 println!(
                     "{method:<7} {setting:<9} {tol:8.0e} | {:6} {a:8.1e} {b:9.1e} | {:6} {c:8.1e} {d:9.1e}",
                     s2.n_rhs, s3.n_rhs

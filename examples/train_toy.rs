@@ -35,10 +35,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use odeflow::adjoint::{AdjointConfig, Strategy};
-use odeflow::cnf::{Cnf, CnfConfig};
+use odeflow::cnf::{Cnf, CnfConfig, Steps};
 use odeflow::field::{Activation, Real};
 use odeflow::io::load_peer_checkpoint;
-use odeflow::solvers::{InitialStepOrder, Method, PiController, SolveOptions};
+use odeflow::solvers::Method;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Dataset, Toy};
 
 fn run<T: Real>(
@@ -47,23 +47,17 @@ fn run<T: Real>(
     strategy: Strategy,
     method: Method,
     tol: f64,
-    peers_steps: bool,
+    steps: Steps,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(peers.join("init_toy.npz"), Activation::Tanh)?;
-    let (controller, initial_step_order) = if peers_steps {
-        (PiController::elementary(), InitialStepOrder::MethodPlusOne)
-    } else {
-        (PiController::default(), InitialStepOrder::Method)
-    };
-    let solver = CnfConfig {
+    let mut solver = CnfConfig {
         method,
         rtol: T::from_f64c(tol),
         atol: T::from_f64c(tol),
-        controller,
-        options: SolveOptions { initial_step_order, ..Default::default() },
         ..Default::default()
     };
+    steps.apply(&mut solver);
     let cnf = Cnf::new(mlp, T::from_f64c(0.5), solver)?;
     let test = Dataset::<T>::from_npy(peers.join("eval2k_8gaussians.npy"), 2)?;
     let cfg = CnfTrainConfig {
@@ -136,18 +130,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let method: Method = args.get(4).map_or("dopri5", String::as_str).parse()?;
     let tol: f64 = args.get(5).map_or(Ok(1e-5), |s| s.parse())?;
-    let peers_steps = match args.get(6).map_or("hairer", String::as_str) {
-        "hairer" => false,
-        "peers" => true,
-        other => return Err(format!("STEPS is hairer or peers, not {other}").into()),
-    };
+    let steps: Steps = args.get(6).map_or("hairer", String::as_str).parse()?;
     println!(
         "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}, {} steps",
-        if peers_steps { "peers'" } else { "Hairer's" }
+        steps.name()
     );
     match dtype {
-        "f64" => run::<f64>(iterations, seed, strategy, method, tol, peers_steps),
-        "f32" => run::<f32>(iterations, seed, strategy, method, tol, peers_steps),
+        "f64" => run::<f64>(iterations, seed, strategy, method, tol, steps),
+        "f32" => run::<f32>(iterations, seed, strategy, method, tol, steps),
         other => Err(format!("dtype must be f64 or f32, not {other}").into()),
     }
 }

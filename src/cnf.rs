@@ -43,7 +43,8 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use odeflow_solvers::{
-    Integrator, Method, NoObserver, OdeSystem, PiController, SolveError, SolveOptions, Stats,
+    InitialStepOrder, Integrator, Method, NoObserver, OdeSystem, PiController, SolveError,
+    SolveOptions, Stats,
 };
 
 use crate::error::{batch_size, check_finite, check_len, Error};
@@ -64,6 +65,62 @@ pub enum SolveMode {
     /// size, solved in parallel: between the two above (GEMM-sized evaluations, and a hard
     /// point sets the step only for its own chunk).
     Chunked(usize),
+}
+
+/// The step-size rules of a CNF's solves, as a named pair of [`CnfConfig::controller`] and
+/// `options.initial_step_order`: what model files, flow specs and the command line store.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Steps {
+    /// Hairer's PI controller and first step (`dopri5.f`, `dop853.f`): the default.
+    #[default]
+    Hairer,
+    /// The elementary controller and the first step with q = p + 1: torchdiffeq's and
+    /// diffrax's steps (see [`CnfConfig::controller`] for what it trades).
+    Peers,
+}
+
+impl Steps {
+    /// Sets `cfg`'s controller and first-step rule to these (other options untouched).
+    pub fn apply<T: Real>(self, cfg: &mut CnfConfig<T>) {
+        let (controller, order) = match self {
+            Steps::Hairer => (PiController::default(), InitialStepOrder::Method),
+            Steps::Peers => (PiController::elementary(), InitialStepOrder::MethodPlusOne),
+        };
+        cfg.controller = controller;
+        cfg.options.initial_step_order = order;
+    }
+
+    /// The named rules `cfg` follows, if it follows one exactly.
+    pub fn of<T: Real>(cfg: &CnfConfig<T>) -> Option<Steps> {
+        [Steps::Hairer, Steps::Peers].into_iter().find(|s| {
+            let mut c = cfg.clone();
+            s.apply(&mut c);
+            c == *cfg
+        })
+    }
+
+    /// The name (`hairer` or `peers`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Steps::Hairer => "hairer",
+            Steps::Peers => "peers",
+        }
+    }
+}
+
+impl std::str::FromStr for Steps {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hairer" => Ok(Steps::Hairer),
+            "peers" => Ok(Steps::Peers),
+            other => Err(format!("unknown step rules `{other}` (hairer or peers)")),
+        }
+    }
 }
 
 /// The solver settings of a CNF.

@@ -355,6 +355,36 @@ fn train_with_rnode_regularizers() {
     assert!(help.contains("--jacobian") && help.contains("Jacobian-Frobenius"), "{help}");
 }
 
+/// `--steps peers` trains with the peers' step rules, records them in run.json and in the
+/// model file, and `--steps` on logprob overrides them; an unknown name is refused.
+#[test]
+fn train_with_the_peers_steps() {
+    let (dir, _) = setup("trainsteps");
+    let out = dir.join("run");
+    let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
+    args.extend(SMALL);
+    let o = s(&out);
+    args.extend(["--steps", "peers", "--out", o.as_str()]);
+    let text = ok(&args);
+    assert!(text.contains("trained at iteration 2"), "{text}");
+    let run = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(run.contains("\"steps\": \"peers\""), "{run}");
+    let model_path = out.join("model.safetensors");
+    let header = String::from_utf8_lossy(&std::fs::read(&model_path).unwrap()).into_owned();
+    assert!(header.contains("\\\"steps\\\":\\\"peers\\\""), "no steps in the metadata");
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "x0,x1\n0.1,0.2\n-1.0,0.5\n").unwrap();
+    let m = s(&model_path);
+    for steps in ["peers", "hairer"] {
+        let lp = dir.join(format!("lp-{steps}.csv"));
+        let l = s(&lp);
+        ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &l, "--steps", steps]);
+        assert!(std::fs::read_to_string(&lp).unwrap().lines().count() == 3);
+    }
+    let err = fails(&["logprob", "--model", &m, "--input", &s(&pts), "--steps", "pid"]);
+    assert!(err.contains("pid"), "{err}");
+}
+
 #[test]
 fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     let (dir, _) = setup("trainbad");

@@ -1,6 +1,6 @@
 //! Continuous normalizing flows against closed forms, quadrature, and each other.
 
-use odeflow::cnf::{std_normal_log_prob, Cnf, CnfBlock, CnfConfig, SolveMode};
+use odeflow::cnf::{std_normal_log_prob, Cnf, CnfBlock, CnfConfig, SolveMode, Steps};
 use odeflow::field::{Activation, LinearField, Mlp, MlpConfig, TimeConditioning};
 use odeflow::solvers::{Method, SolveError, SolveOptions};
 use odeflow::trace::{Noise, TraceEstimator};
@@ -83,6 +83,15 @@ fn config_controller_and_first_step_rule_reach_the_solver() {
     };
     let mut slow = base.clone();
     slow.controller.fac_max = Some(1.2);
+    // `Steps` names the two rule sets: the default is Hairer's, the other the peers'.
+    assert_eq!(Steps::of(&base), Some(Steps::Hairer));
+    assert_eq!(Steps::of(&diffrax_like), Some(Steps::Peers));
+    let mut named = base.clone();
+    Steps::Peers.apply(&mut named);
+    assert_eq!(named, diffrax_like);
+    assert_eq!(Steps::of(&slow), None);
+    assert_eq!("peers".parse::<Steps>(), Ok(Steps::Peers));
+    assert!("pid".parse::<Steps>().is_err());
     let (s_base, s_dx, s_slow) = (run(base), run(diffrax_like), run(slow));
     assert_ne!(s_dx, s_base);
     assert!(s_slow.n_steps() > s_base.n_steps(), "{s_slow:?} vs {s_base:?}");

