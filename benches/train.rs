@@ -12,7 +12,7 @@
 //!   300 iterations" row (diffrax f64 170 ms, f32 159 ms; torchdiffeq f64 666 ms), with the
 //!   backsolve adjoint and, in f64, the checkpointed one;
 //! - both again in f64 with the peers' steps (the elementary controller and the first step
-//!   with q = p + 1, as torchdiffeq and diffrax take them).
+//!   with q = p + 1: torchdiffeq's controller, diffrax's first step).
 //!
 //! Before timing, each configuration prints its loss and NFE forward and backward.
 //!
@@ -30,7 +30,7 @@ use odeflow::io::load_peer_checkpoint;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
 
 /// The toy CNF from the peers' `weights`; `peers_steps`: the elementary controller and the
-/// first step with q = p + 1 (torchdiffeq's and diffrax's steps) instead of the defaults.
+/// first step with q = p + 1 ([`Steps::Peers`]) instead of the defaults.
 fn cnf<T: Real>(weights: &str, peers_steps: bool) -> Cnf<T, Mlp<T>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(dir.join(weights), Activation::Tanh).unwrap();

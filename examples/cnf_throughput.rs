@@ -5,8 +5,8 @@
 //! the two are compared under one load.
 //!
 //! "peers' steps" marks rows with the elementary controller and the first step with
-//! q = p + 1 (torchdiffeq's and diffrax's choices); the others use Hairer's PI controller
-//! and first step (the default). `cnf_work_precision` lays out NFE against error for all.
+//! q = p + 1 (torchdiffeq's controller, diffrax's first step; `cnf::Steps::Peers`); the
+//! others use Hairer's PI controller and first step (the default). `cnf_work_precision` lays out NFE against error for all.
 //! W3 pushes the harness's own base draws (`data/peers/w3_base10k.npy`), so that sample
 //! errors compare with the peers'.
 //!

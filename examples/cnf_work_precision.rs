@@ -6,8 +6,7 @@
 //!
 //! Settings ([`odeflow::cnf::Steps`]): "hairer" is the default (PI controller with
 //! β2 = 0.04, DOP853's elementary controller, first step with q = p); "peers" is the
-//! elementary controller with the book's first step (torchdiffeq's and diffrax's choices,
-//! diffrax's step exponent aside).
+//! elementary controller (torchdiffeq's) with the book's first step (diffrax's).
 //!
 //! Run: `cargo run --release --example cnf_work_precision`
 

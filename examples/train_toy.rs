@@ -27,8 +27,7 @@
 //! [METHOD] [TOL] [STEPS]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5, hairer; STRATEGY
 //! is backsolve, checkpointed or discrete; METHOD any solver name, used forward and backward
 //! with rtol = atol = TOL; STEPS `hairer` (the default PI controller and first step) or
-//! `peers` (the elementary controller and the first step with q = p + 1, as torchdiffeq and
-//! diffrax)). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
+//! `peers` (the elementary controller and the first step with q = p + 1, `cnf::Steps`)). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
 //! NumPy stream, so the curve matches theirs in distribution, not draw for draw.
 
 use std::path::Path;

@@ -73,7 +73,8 @@ impl<T: Real> Default for PiController<T> {
 
 impl<T: Real> PiController<T> {
     /// The elementary (integral) controller, `β2 = 0`: `fac = safety·err^(−1/k)`, the other
-    /// settings default. torchdiffeq's and diffrax's default controller has this form.
+    /// settings default. torchdiffeq's default controller is this one (exponent 1/5 for
+    /// dopri5); diffrax's default has this form with the exponent 1/(k + 1).
     pub fn elementary() -> Self {
         PiController { beta2: Some(T::zero()), ..Default::default() }
     }

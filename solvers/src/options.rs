@@ -37,8 +37,8 @@ pub enum InitialStepOrder {
     #[default]
     Method,
     /// `q = p + 1`: the book's statement of the rule (`h1^(p+1)·max(d1, d2) = 0.01`) and
-    /// diffrax's choice. On the FFJORD toy net it starts the sampling solve one step later in
-    /// the ramp-up (see `CnfConfig` in the `odeflow` crate for the measured effect).
+    /// diffrax's choice. On FFJORD's toy net it saves one step of the ramp-up of a sampling
+    /// solve (see `CnfConfig::controller` in the `odeflow` crate for the measured effect).
     MethodPlusOne,
 }
 

@@ -501,7 +501,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1e-5)]
     atol: f64,
     /// Step-size rules: hairer (Hairer's PI controller and first step) or peers (the
-    /// elementary controller and first step of torchdiffeq and diffrax: on FFJORD's toy net
+    /// elementary controller of torchdiffeq and first step of diffrax: on FFJORD's toy net
     /// 15% faster training to the same test NLL, less accurate per tolerance). Saved in the
     /// model.
     #[arg(long, default_value = "hairer")]
