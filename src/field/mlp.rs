@@ -388,7 +388,7 @@ impl<T: Real> Mlp<T> {
 /// another on a worker, so a batch of any size needs one of these per worker, and the
 /// buffers stay in that core's cache).
 #[derive(Debug, Clone, Default)]
-struct ChunkWs<T> {
+struct WorkerWs<T> {
     /// Lane capacity of the tangent buffers.
     lanes: usize,
     /// `h_ℓ` (hidden layers), `rows × n_out`, then the tangents `ḣ_ℓ`, `lanes·rows × n_out`.
@@ -430,7 +430,7 @@ pub struct MlpWorkspace<T> {
     shift: Vec<T>,
     gsum: Vec<T>,
     bsum: Vec<T>,
-    scratch: Vec<ChunkWs<T>>,
+    scratch: Vec<WorkerWs<T>>,
     sums: Vec<ChunkSums<T>>,
 }
 
@@ -495,7 +495,7 @@ impl<T: Real> MlpWorkspace<T> {
         }
         while self.scratch.len() < m.workers(n_chunks) {
             let hid = |k: usize| m.layers[k].n_out * rows;
-            self.scratch.push(ChunkWs {
+            self.scratch.push(WorkerWs {
                 lanes: 0,
                 h: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
                 p: (0..l_n).map(|k| vec![z; hid(k)]).collect(),
@@ -684,21 +684,21 @@ impl<T: Real> Mlp<T> {
     /// for AVX-512, AVX2 + FMA and the baseline target, chosen at run time (the GEMMs inside
     /// do their own dispatch in [`super::gemm`]). The elementwise loops (activations with
     /// σ′ σ″, tangent scaling, the σ″ term of the reverse pass) run 8/4/2 f64 lanes wide.
-    fn run_chunk(&self, k: usize, job: &Job<'_, T>, cw: &mut ChunkWs<T>, cs: &mut ChunkSums<T>) {
+    fn run_chunk(&self, k: usize, job: &Job<'_, T>, cw: &mut WorkerWs<T>, sums: &mut ChunkSums<T>) {
         #[cfg(target_arch = "x86_64")]
         if SIMD_DISPATCH.load(Ordering::Relaxed) {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F (checked just above).
-                return unsafe { self.run_chunk_avx512(k, job, cw, cs) };
+                return unsafe { self.run_chunk_avx512(k, job, cw, sums) };
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { self.run_chunk_avx2(k, job, cw, cs) };
+                return unsafe { self.run_chunk_avx2(k, job, cw, sums) };
             }
         }
-        self.run_chunk_impl(k, job, cw, cs)
+        self.run_chunk_impl(k, job, cw, sums)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -707,10 +707,10 @@ impl<T: Real> Mlp<T> {
         &self,
         k: usize,
         job: &Job<'_, T>,
-        cw: &mut ChunkWs<T>,
-        cs: &mut ChunkSums<T>,
+        cw: &mut WorkerWs<T>,
+        sums: &mut ChunkSums<T>,
     ) {
-        self.run_chunk_impl(k, job, cw, cs)
+        self.run_chunk_impl(k, job, cw, sums)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -719,10 +719,10 @@ impl<T: Real> Mlp<T> {
         &self,
         k: usize,
         job: &Job<'_, T>,
-        cw: &mut ChunkWs<T>,
-        cs: &mut ChunkSums<T>,
+        cw: &mut WorkerWs<T>,
+        sums: &mut ChunkSums<T>,
     ) {
-        self.run_chunk_impl(k, job, cw, cs)
+        self.run_chunk_impl(k, job, cw, sums)
     }
 
     #[inline(always)]
@@ -730,7 +730,7 @@ impl<T: Real> Mlp<T> {
         &self,
         k: usize,
         job: &Job<'_, T>,
-        cw: &mut ChunkWs<T>,
+        cw: &mut WorkerWs<T>,
         sums: &mut ChunkSums<T>,
     ) {
         let cs = self.cfg.chunk_size;
@@ -755,7 +755,7 @@ impl<T: Real> Mlp<T> {
         };
         let one = T::one();
         let zero = T::zero();
-        let ChunkWs { h, p, s1, s2, ub, ub2, .. } = cw;
+        let WorkerWs { h, p, s1, s2, ub, ub2, .. } = cw;
         let ChunkSums { theta, gsum, bsum } = sums;
         // Row layout of h, p and the reverse buffers: the chunk's nb primal rows, then (with
         // tangents) its rt = lanes·nb tangent rows, so that one GEMM per layer serves both.
@@ -1138,7 +1138,7 @@ impl<T: Real> Mlp<T> {
     fn drive(
         &self,
         job: Job<'_, T>,
-        scratch: &mut [ChunkWs<T>],
+        scratch: &mut [WorkerWs<T>],
         sums: &mut [ChunkSums<T>],
         red: Reduce<'_, T>,
     ) -> T {
