@@ -17,7 +17,7 @@
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
+use super::{check_aug_lens, AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// A scalar a user field is written over: plain `T`, [`Dual<T>`] or [`HyperDual<T>`].
 ///
@@ -699,24 +699,10 @@ impl<F> AutoDiffField<F> {
     {
         let d = self.field.dim();
         let batch = self.check_batch(z, ws)?;
-        let AugmentedVjp { f, q, z_cot, theta_cot } = out;
-        check_len("a", a, batch * d)?;
-        check_len("c", c, batch)?;
-        check_len("f", f, batch * d)?;
-        check_len("q", q, batch)?;
-        check_len("z_cot", z_cot, batch * d)?;
-        if let Divergence::Hutchinson(e) = div {
-            check_len("eps", e, batch * d)?;
-        }
-        if let Some(th) = &theta_cot {
-            check_len("theta_cot", th, 0)?;
-        }
+        check_aug_lens(batch, d, 0, &div, a, c, &out, jac.as_ref())?;
+        let AugmentedVjp { f, q, z_cot, .. } = out;
         let (w, mut jac_sq) = match jac {
-            Some(JacobianTerm { w, jac_sq }) => {
-                check_len("w", w, batch)?;
-                check_len("jac_sq", jac_sq, batch)?;
-                (w, Some(jac_sq))
-            }
+            Some(JacobianTerm { w, jac_sq }) => (w, Some(jac_sq)),
             None => (&[][..], None),
         };
         let want_jac = jac_sq.is_some();

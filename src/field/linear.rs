@@ -1,7 +1,7 @@
 //! The linear field `f = A z + b` with hand-written exact derivatives.
 
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
+use super::{check_aug_lens, AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// The autonomous linear field `f(t, z) = A z + b` (`A`: `d × d`, `b`: `d`).
 ///
@@ -254,23 +254,9 @@ impl<T: Real> LinearField<T> {
     ) -> Result<T, FieldError> {
         let d = self.d;
         let batch = batch_of(z.len(), d)?;
-        check_len("a", a, batch * d)?;
-        check_len("f", out.f, batch * d)?;
-        check_len("z_cot", out.z_cot, batch * d)?;
-        if let Some(th) = &out.theta_cot {
-            check_len("theta_cot", th, self.params.len())?;
-        }
-        check_len("c", c, batch)?;
-        check_len("q", out.q, batch)?;
-        if let Divergence::Hutchinson(e) = div {
-            check_len("eps", e, batch * d)?;
-        }
+        check_aug_lens(batch, d, self.params.len(), &div, a, c, &out, jac.as_ref())?;
         let (w, jac_sq) = match jac {
-            Some(JacobianTerm { w, jac_sq }) => {
-                check_len("w", w, batch)?;
-                check_len("jac_sq", jac_sq, batch)?;
-                (w, Some(jac_sq))
-            }
+            Some(JacobianTerm { w, jac_sq }) => (w, Some(jac_sq)),
             None => (&[][..], None),
         };
         let want_jac = jac_sq.is_some();

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::act::Activation;
 use super::error::{batch_of, check_len, FieldError};
-use super::{AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
+use super::{check_aug_lens, AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
 /// How each layer sees the time `t` (FFJORD's layer types).
 ///
@@ -269,7 +269,7 @@ impl<T: Real> Mlp<T> {
     /// rounded to `T`, so f32 and f64 nets of one seed agree to f32 rounding.
     pub fn new(cfg: &MlpConfig) -> Result<Self, FieldError> {
         cfg.validate()?;
-        let (layers, blocks, n_tv, max_w) = layout(cfg);
+        let (layers, blocks, _, _) = layout(cfg);
         let n: usize = blocks.iter().map(ParamBlock::len).sum();
         let mut params = vec![T::zero(); n];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -283,15 +283,7 @@ impl<T: Real> Mlp<T> {
                 *x = T::from_f64c(rng.random_range(-bound..bound));
             }
         }
-        Ok(Mlp {
-            cfg: cfg.clone(),
-            layers,
-            params,
-            blocks,
-            n_tv,
-            max_w,
-            spare: Mutex::new(Vec::new()),
-        })
+        Self::from_params(cfg, params)
     }
 
     /// Builds the network of `cfg` with the given parameters (layout as on [`Mlp`]).
@@ -1457,29 +1449,15 @@ impl<T: Real> Mlp<T> {
     ) -> Result<T, FieldError> {
         let d = self.cfg.dim;
         let batch = batch_of(z.len(), d)?;
-        check_len("a", a, batch * d)?;
-        check_len("c", c, batch)?;
+        check_aug_lens(batch, d, self.params.len(), &div, a, c, &out, jac.as_ref())?;
         let AugmentedVjp { f, q, z_cot, theta_cot } = out;
-        check_len("f", f, batch * d)?;
-        check_len("q", q, batch)?;
-        check_len("z_cot", z_cot, batch * d)?;
-        if let Some(th) = &theta_cot {
-            check_len("theta_cot", th, self.params.len())?;
-        }
         let (jw, jsq) = match jac {
-            Some(JacobianTerm { w, jac_sq }) => {
-                check_len("w", w, batch)?;
-                check_len("jac_sq", jac_sq, batch)?;
-                (Some(w), Some(OutPtr::new(jac_sq)))
-            }
+            Some(JacobianTerm { w, jac_sq }) => (Some(w), Some(OutPtr::new(jac_sq))),
             None => (None, None),
         };
         let tan = match div {
             Divergence::Exact => Tan::Exact,
-            Divergence::Hutchinson(e) => {
-                check_len("eps", e, batch * d)?;
-                Tan::Dir(e)
-            }
+            Divergence::Hutchinson(e) => Tan::Dir(e),
         };
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
         let want_theta = theta_cot.is_some();

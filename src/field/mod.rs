@@ -68,6 +68,8 @@ mod gemm;
 mod linear;
 mod mlp;
 
+use error::check_len;
+
 pub use act::Activation;
 pub use autodiff::{AutoDiffField, AutoDiffWorkspace, Dual, DualScalar, HyperDual, ScalarField};
 pub use counting::{CountingField, FieldStats};
@@ -122,6 +124,38 @@ pub struct JacobianTerm<'a, T> {
     pub w: &'a [T],
     /// `‖J_b V_b‖²`, length `B` (overwritten).
     pub jac_sq: &'a mut [T],
+}
+
+/// Checks the buffers of a [`VectorField::vjp_aug`]/[`VectorField::vjp_aug_jac`] call on
+/// `batch` points of dimension `d` for a field of `n_params` parameters: `a`, `c`, the
+/// outputs, the Hutchinson noise and the Jacobian term's `w` and `jac_sq`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_aug_lens<T>(
+    batch: usize,
+    d: usize,
+    n_params: usize,
+    div: &Divergence<'_, T>,
+    a: &[T],
+    c: &[T],
+    out: &AugmentedVjp<'_, T>,
+    jac: Option<&JacobianTerm<'_, T>>,
+) -> Result<(), FieldError> {
+    check_len("a", a, batch * d)?;
+    check_len("c", c, batch)?;
+    check_len("f", out.f, batch * d)?;
+    check_len("q", out.q, batch)?;
+    check_len("z_cot", out.z_cot, batch * d)?;
+    if let Some(th) = &out.theta_cot {
+        check_len("theta_cot", th, n_params)?;
+    }
+    if let Divergence::Hutchinson(e) = div {
+        check_len("eps", e, batch * d)?;
+    }
+    if let Some(j) = jac {
+        check_len("w", j.w, batch)?;
+        check_len("jac_sq", j.jac_sq, batch)?;
+    }
+    Ok(())
 }
 
 /// A batched vector field `f(t, z; θ): ℝ × ℝᵈ → ℝᵈ` with the derivatives a CNF and its
