@@ -1033,10 +1033,20 @@ impl<T: Real> Mlp<T> {
                     if lanes_r > 0 {
                         match job.tan {
                             Tan::Exact => {
-                                for (r, row) in cud.chunks_exact(n_out).enumerate() {
-                                    let i = r % d;
-                                    for j in 0..n_out {
-                                        tw[j * ly.wcols + i] += row[j];
+                                // ṗ = W₀ eᵢ: column i of W̄₀ gains Σ_b of lane i's rows. Sum
+                                // them per lane in contiguous vectors first (ub2 is free at
+                                // the first layer), then add each column once: the strided
+                                // scalar updates row by row cost 1.7% of a toy-net VJP.
+                                let acc = &mut ub2[..d * n_out];
+                                acc.fill(zero);
+                                for lanes_row in cud.chunks_exact(d * n_out) {
+                                    for (a, x) in acc.iter_mut().zip(lanes_row) {
+                                        *a += *x;
+                                    }
+                                }
+                                for (i, col) in acc.chunks_exact(n_out).enumerate() {
+                                    for (j, v) in col.iter().enumerate() {
+                                        tw[j * ly.wcols + i] += *v;
                                     }
                                 }
                             }
