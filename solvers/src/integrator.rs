@@ -179,12 +179,30 @@ fn stage_comb_dyn<T: Real>(
         }
         return;
     }
-    // Long states: streaming passes over up to four stages at a time (vectorised).
+    stage_comb_long(out, base, h, coefs, k, dim, 0..dim);
+}
+
+/// The long-state path of [`stage_comb`] on the components in `part` only (the others of
+/// `out` are left as they are): streaming passes over up to four stages at a time
+/// (vectorised). Each component gets the same operations whatever `part` is, so a stage
+/// formed in parts has the bits of one formed whole.
+#[inline(never)]
+fn stage_comb_long<T: Real>(
+    out: &mut [T],
+    base: Option<&[T]>,
+    h: T,
+    coefs: &[(usize, T)],
+    k: &[T],
+    dim: usize,
+    part: Range<usize>,
+) {
+    let out = &mut out[part.clone()];
     match base {
-        Some(y) => out.copy_from_slice(&y[..dim]),
+        Some(y) => out.copy_from_slice(&y[part.clone()]),
         None => out.iter_mut().for_each(|o| *o = T::zero()),
     }
-    let row = |j: usize| &k[j * dim..(j + 1) * dim];
+    let len = part.len();
+    let row = |j: usize| &k[j * dim + part.start..j * dim + part.end];
     for chunk in coefs.chunks(4) {
         match *chunk {
             [(j0, a0)] => {
@@ -195,21 +213,21 @@ fn stage_comb_dyn<T: Real>(
             }
             [(j0, a0), (j1, a1)] => {
                 let (c0, c1, x0, x1) = (h * a0, h * a1, row(j0), row(j1));
-                for i in 0..dim {
+                for i in 0..len {
                     out[i] += c0 * x0[i] + c1 * x1[i];
                 }
             }
             [(j0, a0), (j1, a1), (j2, a2)] => {
                 let (c0, c1, c2) = (h * a0, h * a1, h * a2);
                 let (x0, x1, x2) = (row(j0), row(j1), row(j2));
-                for i in 0..dim {
+                for i in 0..len {
                     out[i] += c0 * x0[i] + c1 * x1[i] + c2 * x2[i];
                 }
             }
             [(j0, a0), (j1, a1), (j2, a2), (j3, a3)] => {
                 let (c0, c1, c2, c3) = (h * a0, h * a1, h * a2, h * a3);
                 let (x0, x1, x2, x3) = (row(j0), row(j1), row(j2), row(j3));
-                for i in 0..dim {
+                for i in 0..len {
                     out[i] += (c0 * x0[i] + c1 * x1[i]) + (c2 * x2[i] + c3 * x3[i]);
                 }
             }
@@ -521,6 +539,13 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         &mut self.ctrl
     }
 
+    /// The state length the workspace is sized for (0 before the first solve or
+    /// [`Integrator::reserve`]): a caller keeping integrators for reuse picks the one whose
+    /// buffers already fit.
+    pub fn workspace_dim(&self) -> usize {
+        self.ws.dim
+    }
+
     /// Sizes the workspace for states of length `dim` now (otherwise the first solve does).
     pub fn reserve(&mut self, dim: usize) {
         let co = &self.co;
@@ -672,6 +697,21 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                 dim,
             });
         }
+        let passive = sys.passive_components();
+        if passive.start > passive.end || passive.end > dim {
+            return Err(SolveError::InvalidPassiveComponents {
+                start: passive.start,
+                end: passive.end,
+                dim,
+            });
+        }
+        // Intermediate stage states are formed on the active parts only (long states; a
+        // short one is formed whole in one fused pass).
+        let active: [Range<usize>; 2] = if passive.is_empty() || dim <= SMALL_DIM {
+            [0..dim, dim..dim]
+        } else {
+            [0..passive.start, passive.end..dim]
+        };
         if !t0.is_finite() {
             return Err(SolveError::InvalidTime { t: t0.to_f64c() });
         }
@@ -801,9 +841,17 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             };
             for i in 1..n_eval {
                 let (done, rest) = ws.k.split_at_mut(i * dim);
-                let target: &mut [T] =
-                    if co.fsal && i == s - 1 { &mut ws.y_new } else { &mut ws.y_stage };
-                stage_comb(target, Some(&ws.y), h, &co.a[i], done, dim);
+                if co.fsal && i == s - 1 {
+                    stage_comb(&mut ws.y_new, Some(&ws.y), h, &co.a[i], done, dim);
+                } else if active[0].len() == dim {
+                    stage_comb(&mut ws.y_stage, Some(&ws.y), h, &co.a[i], done, dim);
+                } else {
+                    for part in active.iter().filter(|p| !p.is_empty()) {
+                        let (y, a) = (Some(&ws.y[..]), &co.a[i]);
+                        stage_comb_long(&mut ws.y_stage, y, h, a, done, dim, part.clone());
+                    }
+                }
+                let target: &[T] = if co.fsal && i == s - 1 { &ws.y_new } else { &ws.y_stage };
                 let ti = if co.fsal && i == s - 1 { t_next } else { t + co.c[i] * h };
                 sys.rhs(ti, target, &mut rest[..dim]);
             }
@@ -828,9 +876,10 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                     let (k, y0, y1) = (&ws.k[..], &ws.y[..dim], &ws.y_new[..dim]);
                     fused_error_norm(co, k, dim, h, y0, y1, range.clone(), opts.rtol, &opts.atol)
                 } else {
-                    stage_comb(&mut ws.err, None, h, &co.e, &ws.k, dim);
+                    // The error estimate only where the norm reads it.
+                    stage_comb_long(&mut ws.err, None, h, &co.e, &ws.k, dim, range.clone());
                     let e3 = if co.blended {
-                        stage_comb(&mut ws.err3, None, h, &co.e3, &ws.k, dim);
+                        stage_comb_long(&mut ws.err3, None, h, &co.e3, &ws.k, dim, range.clone());
                         Some(&ws.err3[..])
                     } else {
                         None

@@ -219,6 +219,16 @@ pub enum SolveError {
         /// The system's dimension.
         dim: usize,
     },
+    /// `passive_components()` is not within `0..dim()`.
+    #[error("passive components {start}..{end} out of range for dimension {dim}")]
+    InvalidPassiveComponents {
+        /// Range start.
+        start: usize,
+        /// Range end.
+        end: usize,
+        /// The system's dimension.
+        dim: usize,
+    },
     /// A time is not finite, or output times are not monotone in the direction of integration.
     #[error("invalid time {t}")]
     InvalidTime {

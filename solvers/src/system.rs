@@ -18,6 +18,15 @@ pub trait OdeSystem<T: Real = f64> {
     fn error_components(&self) -> Range<usize> {
         0..self.dim()
     }
+    /// Components that `rhs` never reads (its output does not depend on them): a quadrature
+    /// riding along with the solve, such as the adjoint's parameter cotangent
+    /// `dg/dt = −∂Φ/∂θ(t, z, a)`. The integrators form them only in each step's solution
+    /// (`y + h Σ b_i k_i`), not in the intermediate stage states `y + h Σ_j a_ij k_j`, which
+    /// saves most of the solver's own work on a long quadrature; the results are
+    /// bit-identical to declaring none. Default: none. Must lie within `0..dim()`.
+    fn passive_components(&self) -> Range<usize> {
+        0..0
+    }
 }
 
 impl<T: Real, S: OdeSystem<T> + ?Sized> OdeSystem<T> for &mut S {
@@ -29,6 +38,9 @@ impl<T: Real, S: OdeSystem<T> + ?Sized> OdeSystem<T> for &mut S {
     }
     fn error_components(&self) -> Range<usize> {
         (**self).error_components()
+    }
+    fn passive_components(&self) -> Range<usize> {
+        (**self).passive_components()
     }
 }
 

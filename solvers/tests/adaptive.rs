@@ -309,3 +309,105 @@ fn initial_step_order_sets_the_first_step() {
         assert!((y[0] - 1f64.exp()).abs() < 1e-5);
     }
 }
+
+/// 12 coupled nonlinear oscillators (components 0..24) and 40 quadratures of them riding
+/// along (24..64, never read by the right-hand side), declared passive or not.
+struct WithQuadrature {
+    passive: bool,
+    seminorm: bool,
+}
+
+impl odeflow_solvers::OdeSystem<f64> for WithQuadrature {
+    fn dim(&self) -> usize {
+        64
+    }
+    fn rhs(&mut self, t: f64, y: &[f64], dy: &mut [f64]) {
+        for i in 0..12 {
+            let (x, v) = (y[2 * i], y[2 * i + 1]);
+            let next = y[(2 * i + 2) % 24];
+            dy[2 * i] = v;
+            dy[2 * i + 1] = -(1.0 + 0.1 * i as f64) * x - 0.3 * x * x * x + 0.2 * (next - x);
+        }
+        for j in 0..40 {
+            dy[24 + j] = (y[j % 24] * (1.0 + 0.05 * j as f64)).sin() * (t * 0.3).cos();
+        }
+    }
+    fn error_components(&self) -> std::ops::Range<usize> {
+        if self.seminorm {
+            0..24
+        } else {
+            0..64
+        }
+    }
+    fn passive_components(&self) -> std::ops::Range<usize> {
+        if self.passive {
+            24..64
+        } else {
+            0..0
+        }
+    }
+}
+
+/// Declaring the quadrature components passive (the integrators then skip them in the
+/// intermediate stage states) changes no bit of the solution, the dense output or the work,
+/// for every method, forward and backward, under the full norm and a seminorm.
+#[test]
+fn passive_components_give_identical_results() {
+    let y0: Vec<f64> =
+        (0..64).map(|i| if i < 24 { 0.5 + 0.1 * (i as f64).sin() } else { 0.0 }).collect();
+    for m in Method::ALL {
+        for seminorm in [false, true] {
+            for (t0, t1) in [(0.0, 3.0), (3.0, 0.5)] {
+                let run = |passive: bool| {
+                    let mut sys = WithQuadrature { passive, seminorm };
+                    let opts = if m.is_adaptive() {
+                        tol(1e-7)
+                    } else {
+                        SolveOptions { h_fixed: Some(0.01), ..tol(1e-7) }
+                    };
+                    let mut integ = Integrator::new(m, opts).unwrap();
+                    let mut y = y0.clone();
+                    let mut dense = Vec::new();
+                    let mut obs = FnObserver(|s: &StepView<'_, f64>| {
+                        let mut mid = vec![0.0; 64];
+                        let t_mid = s.t_start() + 0.37 * s.h();
+                        s.interpolate(t_mid, &mut mid).unwrap();
+                        dense.extend(mid.iter().map(|v| v.to_bits()));
+                        ControlFlow::Continue(())
+                    });
+                    let stats = integ.integrate(&mut sys, t0, t1, &mut y, &mut obs).unwrap();
+                    (y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), dense, stats)
+                };
+                let (a, b) = (run(false), run(true));
+                assert_eq!(a.2, b.2, "{m} seminorm {seminorm} {t0}→{t1}: work");
+                assert!(a.0 == b.0, "{m} seminorm {seminorm} {t0}→{t1}: solution");
+                assert!(a.1 == b.1, "{m} seminorm {seminorm} {t0}→{t1}: dense output");
+            }
+        }
+    }
+}
+
+/// A passive range outside the state is an error, as an error range is.
+#[test]
+fn passive_components_out_of_range_are_an_error() {
+    struct Bad;
+    impl odeflow_solvers::OdeSystem<f64> for Bad {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn rhs(&mut self, _t: f64, y: &[f64], dy: &mut [f64]) {
+            dy.copy_from_slice(y);
+        }
+        fn passive_components(&self) -> std::ops::Range<usize> {
+            1..3
+        }
+    }
+    let err = solve(Method::Dopri5, &mut Bad, 0.0, 1.0, &[1.0, 1.0], &tol(1e-6)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            odeflow_solvers::SolveError::InvalidPassiveComponents { start: 1, end: 3, dim: 2 }
+        ),
+        "{err:?}"
+    );
+}
