@@ -49,6 +49,7 @@ use odeflow_solvers::{
 
 use crate::error::{batch_size, check_finite, check_len, Error};
 use crate::field::{Divergence, FieldError, Real, VectorField};
+use crate::spare_integrators::SpareIntegrators;
 use crate::trace::TraceEstimator;
 
 /// How the points of a batch are integrated.
@@ -204,9 +205,11 @@ pub struct CnfBlock<T, F> {
 
 /// A continuous normalizing flow: one or more blocks, a standard normal base, a solver.
 #[derive(Debug, Clone)]
-pub struct Cnf<T, F> {
+pub struct Cnf<T: Real, F> {
     blocks: Vec<CnfBlock<T, F>>,
     config: CnfConfig<T>,
+    /// Integrators of earlier solves, reused by the next ones (not copied by `clone`).
+    spare: SpareIntegrators<T>,
 }
 
 /// States of a batch along the flow at requested times (from [`Cnf::trajectory`]).
@@ -263,7 +266,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 source: SolveError::MissingStepSize { method: config.method.name() },
             });
         }
-        Ok(Cnf { blocks, config })
+        Ok(Cnf { blocks, config, spare: SpareIntegrators::default() })
     }
 
     /// The dimension d of a point.
@@ -297,6 +300,31 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     /// The total integration time Σ T_k.
     pub fn total_time(&self) -> T {
         self.blocks.iter().fold(T::zero(), |s, b| s + b.t_end)
+    }
+
+    /// An integrator with the configured method, controller and options, sized for states
+    /// of length `dim`: one kept from an earlier solve if there is one (hand it back with
+    /// [`Cnf::give_integrator`]).
+    pub(crate) fn take_integrator(&self, dim: usize) -> Result<Integrator<T>, SolveError> {
+        let c = &self.config;
+        self.spare.take(c.method, c.controller, c.solve_options(), dim)
+    }
+
+    /// An integrator for the adjoint's backward solves: `method` and `opts` (the adjoint's
+    /// own, or the configured ones) with the configured controller, as
+    /// [`Cnf::take_integrator`].
+    pub(crate) fn take_integrator_with(
+        &self,
+        method: Method,
+        opts: SolveOptions<T>,
+        dim: usize,
+    ) -> Result<Integrator<T>, SolveError> {
+        self.spare.take(method, self.config.controller, opts, dim)
+    }
+
+    /// Keeps `integ` for the next solve.
+    pub(crate) fn give_integrator(&self, integ: Integrator<T>) {
+        self.spare.give(integ);
     }
 
     /// log p(x) for each point of the batch `x` (`B × d`), with the solver statistics;
@@ -558,8 +586,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         let forward = t_to >= t_from;
         let mut stats = Stats::default();
         let mut integ =
-            self.config.integrator().map_err(|source| Error::Solve { block: 0, source })?;
-        integ.reserve(n);
+            self.take_integrator(n).map_err(|source| Error::Solve { block: 0, source })?;
         let mut local_times: Vec<T> = Vec::with_capacity(times.len());
         let mut next_out = 0;
         let mut offset = T::zero();
@@ -650,6 +677,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             out[next_out * n..(next_out + 1) * n].copy_from_slice(state);
             next_out += 1;
         }
+        self.give_integrator(integ);
         Ok(stats)
     }
 
@@ -758,5 +786,10 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
                 dy.fill(T::nan());
             }
         }
+    }
+
+    /// ℓ is a quadrature: the right-hand side reads only z.
+    fn passive_components(&self) -> std::ops::Range<usize> {
+        self.n_z..self.dim()
     }
 }

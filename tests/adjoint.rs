@@ -855,6 +855,43 @@ fn backward_allocations_do_not_grow_with_the_evaluations() {
     }
 }
 
+/// A model keeps the integrators of its solves for the next ones: a repeated gradient is
+/// bit-identical to the first, to one computed on a fresh copy (no kept integrators), and to
+/// one computed after solves of other sizes and another method have used the kept ones; and
+/// the repeated backward pass allocates less than the first (its integrator's buffers are
+/// kept).
+#[test]
+fn kept_integrators_do_not_change_results() {
+    let x = points(16, 23, 1.5);
+    let y = points(40, 29, 1.0);
+    let model = chained(TraceEstimator::Hutchinson(Noise::Rademacher));
+    for strategy in STRATEGIES {
+        let cnf = model.clone(); // no kept integrators
+        let adj = AdjointConfig::with_strategy(strategy);
+        let grad = |cnf: &Cnf<f64, Mlp<f64>>| {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let tape = cnf_forward(cnf, &x, &mut rng, &adj).unwrap();
+            let dz: Vec<f64> = tape.z().iter().map(|z| z / 16.0).collect();
+            let dl = vec![1.0 / 16.0; 16];
+            let (g, n) = allocations(|| tape.backward(&dz, &dl).unwrap());
+            (flat(&g).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), n)
+        };
+        let (first, n_first) = grad(&cnf);
+        let (again, n_again) = grad(&cnf);
+        assert_eq!(first, again, "{strategy:?}: repeated gradient differs");
+        assert!(n_again < n_first, "{strategy:?}: allocations {n_first} then {n_again}");
+        assert_eq!(first, grad(&cnf.clone()).0, "{strategy:?}: fresh copy differs");
+        // Other sizes and another method through the kept integrators, then the gradient.
+        cnf.log_prob(&y).unwrap();
+        let mut other = cnf.clone();
+        let mut cfg = other.config().clone();
+        cfg.method = Method::Tsit5;
+        other.set_config(cfg).unwrap();
+        other.log_prob(&x).unwrap();
+        assert_eq!(first, grad(&cnf).0, "{strategy:?}: after other solves");
+    }
+}
+
 /// A nonlinear, time-dependent 2-D field written once for dual numbers (its calls allocate
 /// nothing, unlike the MLP, whose GEMM backend allocates packing buffers per call).
 struct Rotate;

@@ -427,6 +427,10 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for BacksolveSys<'_, '_, T, F> {
             0..self.dim()
         }
     }
+    /// `g_θ` is a quadrature: the right-hand side never reads it.
+    fn passive_components(&self) -> Range<usize> {
+        2 * self.n..self.dim()
+    }
 }
 
 /// The checkpointed adjoint on `[a_z (n) | g_θ (P)]` with `z(t)` read from the forward
@@ -467,6 +471,10 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for InterpSys<'_, '_, T, F> {
         } else {
             0..self.dim()
         }
+    }
+    /// `g_θ` is a quadrature: the right-hand side never reads it.
+    fn passive_components(&self) -> Range<usize> {
+        self.n..self.dim()
     }
 }
 

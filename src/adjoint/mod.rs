@@ -255,8 +255,8 @@ pub(crate) fn cnf_forward_noise<'a, T: Real, F: VectorField<T>>(
     };
     check_len("eps", eps.len(), want)?;
     let n = b * d;
-    let mut integ = cfg.integrator().map_err(|source| Error::Solve { block: 0, source })?;
-    integ.reserve(n + b);
+    let mut integ =
+        cnf.take_integrator(n + b).map_err(|source| Error::Solve { block: 0, source })?;
     let mut state = vec![T::zero(); n + b];
     state[..n].copy_from_slice(x);
     let mut segs = Vec::with_capacity(cnf.blocks().len());
@@ -269,6 +269,7 @@ pub(crate) fn cnf_forward_noise<'a, T: Real, F: VectorField<T>>(
         forward += s;
         segs.push(tape);
     }
+    cnf.give_integrator(integ);
     Ok(CnfTape {
         cnf,
         adj: adj.clone(),
@@ -351,7 +352,13 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
         let cfg = self.cnf.config();
         let method = self.adj.method.unwrap_or(cfg.method);
         let opts = self.adj.options.clone().unwrap_or_else(|| cfg.solve_options());
-        let mut integ = Integrator::with_controller(method, cfg.controller, opts)
+        let state_len = match self.adj.strategy {
+            Strategy::Backsolve => 2 * n + self.cnf.blocks()[0].field.n_params(),
+            _ => n + self.cnf.blocks()[0].field.n_params(),
+        };
+        let mut integ = self
+            .cnf
+            .take_integrator_with(method, opts, state_len)
             .map_err(|source| Error::AdjointSolve { segment: 0, source })?;
         let nb = self.cnf.blocks().len();
         let mut a_z = dl_dz.to_vec();
@@ -378,6 +385,7 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
             check_grad("theta", k, &g)?;
             theta.push(g);
         }
+        self.cnf.give_integrator(integ);
         theta.reverse();
         check_grad("t_end", 0, &t_end)?;
         check_grad("x", 0, &a_z)?;

@@ -97,7 +97,7 @@ pub struct CnfFlow<T: Real, F: VectorField<T>> {
 }
 
 /// The working copy of a layer's CNF kept in its workspace.
-struct Working<T, F> {
+struct Working<T: Real, F> {
     owner: u64,
     cnf: Cnf<T, F>,
 }
