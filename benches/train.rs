@@ -4,8 +4,9 @@
 //!
 //! Each sample times `CnfTrainer::step` (batch draw, forward solve, backward solve, Adam
 //! update) on a fresh trainer, so every sample is the same first iteration from the same
-//! weights; the trainer's field is handed a workspace first, as it holds one from its earlier
-//! solves in the middle of a run (the peers, too, are timed on warmed-up iterations):
+//! weights; the trainer's model computes one gradient first (not applied), so that its field
+//! workspace and solver integrators are kept ones, as in the middle of a run (the peers, too,
+//! are timed on warmed-up iterations):
 //! - the initial weights (`data/peers/init_toy.npz`), the peers' "initial weights" row
 //!   (quiet machine: diffrax f64 118 ms, f32 73 ms; torchdiffeq f64 196 ms);
 //! - the weights after 300 PyTorch iterations (`torch_f32_iter0300.npz`), the peers' "after
@@ -22,8 +23,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rand::SeedableRng;
+
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use odeflow::adjoint::{AdjointConfig, Strategy};
+use odeflow::adjoint::{cnf_nll_grad, AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfConfig, Steps};
 use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::load_peer_checkpoint;
@@ -50,9 +53,14 @@ fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, M
         ..Default::default()
     };
     let tr = CnfTrainer::new(cnf.clone(), DataSource::Toy(Toy::EightGaussians), None, cfg).unwrap();
-    // A trainer in the middle of a run reuses the field workspace its solves hand back
-    // (`VectorField::recycle`); give the fresh one a workspace so that the timed step is
+    // A trainer in the middle of a run reuses the field workspace and the solver integrators
+    // its solves hand back (`VectorField::recycle`, the model's kept integrators); let the
+    // fresh one's model compute a gradient first (not applied) so that the timed step is
     // such a steady-state iteration, not the first allocation of a run.
+    let x: Vec<T> =
+        (0..512 * 2).map(|i| T::from_f64c(((i * 37 % 101) as f64 - 50.0) / 25.0)).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    cnf_nll_grad(tr.cnf(), &x, &mut rng, &AdjointConfig::with_strategy(strategy)).unwrap();
     let field = &tr.cnf().blocks()[0].field;
     field.recycle(field.workspace(512));
     tr
