@@ -6,7 +6,9 @@
 //! 1. **The system.** Implement [`OdeSystem`] (or wrap a closure in [`FnSystem`]): it writes
 //!    `f(t, y)` into a caller buffer. A batch of B states of dimension d is one buffer of
 //!    B·d numbers. [`OdeSystem::error_components`] chooses which components the error norm
-//!    sees (a seminorm).
+//!    sees (a seminorm); [`OdeSystem::passive_components`] names quadratures the right-hand
+//!    side never reads (an adjoint's parameter cotangent, a CNF's log-density), which are
+//!    then formed only in each step's solution, not in every stage state.
 //! 2. **The method.** [`Method`] selects Euler, midpoint, Heun, RK4 (fixed step) or
 //!    Bogacki–Shampine 3(2), Dormand–Prince 5(4), Tsitouras 5(4), DOP853 (adaptive); its
 //!    [`Tableau`] is public `const` data with a citation.
