@@ -205,10 +205,10 @@ pub struct CnfBlock<T, F> {
 
 /// A continuous normalizing flow: one or more blocks, a standard normal base, a solver.
 ///
-/// A model keeps up to four solver integrators between its solves and reuses their buffers
-/// (a training loop does not reallocate them every iteration; on W4's d = 64 net a fresh
-/// backward integrator cost 10% of the backward pass). Results do not depend on it; `clone`
-/// does not copy them.
+/// A model keeps up to four solver integrators (of states up to 2¹⁹ values) between its
+/// solves and reuses their buffers (a training loop does not reallocate them every
+/// iteration; on W4's d = 64 net a fresh backward integrator cost 10% of the backward pass).
+/// Results do not depend on it; `clone` does not copy them.
 #[derive(Debug, Clone)]
 pub struct Cnf<T: Real, F> {
     blocks: Vec<CnfBlock<T, F>>,

@@ -14,6 +14,10 @@ use crate::field::Real;
 
 /// How many integrators a model keeps (a forward and a backward one per strategy in use).
 const KEEP: usize = 4;
+/// The longest state whose integrator is kept (about 70 MB of f64 buffers): training
+/// batches and W4's adjoint (200,000) are, a log-density of millions of points in one call
+/// is not held on to.
+const KEEP_MAX_DIM: usize = 1 << 19;
 
 /// Integrators handed back after a solve, taken again by the next solve with the same
 /// method. Results do not depend on reuse: every solve resets the step-size controller, and
@@ -42,8 +46,8 @@ impl<T: Real> std::fmt::Debug for SpareIntegrators<T> {
 
 impl<T: Real> SpareIntegrators<T> {
     /// An integrator for `method` with `ctrl` and `opts` (validated), sized for states of
-    /// length `dim`: a kept one of the same method (preferring one already sized for `dim`),
-    /// or a new one.
+    /// length `dim` (0: left as it is): a kept one of the same method (preferring one already
+    /// sized for `dim`), or a new one.
     pub(crate) fn take(
         &self,
         method: Method,
@@ -67,12 +71,18 @@ impl<T: Real> SpareIntegrators<T> {
             }
             None => Integrator::with_controller(method, ctrl, opts)?,
         };
-        integ.reserve(dim);
+        if dim > 0 {
+            integ.reserve(dim);
+        }
         Ok(integ)
     }
 
-    /// Keeps `integ` for a later [`SpareIntegrators::take`] (up to four are kept).
+    /// Keeps `integ` for a later [`SpareIntegrators::take`] (up to four are kept, each for a
+    /// state of at most 2¹⁹ values).
     pub(crate) fn give(&self, integ: Integrator<T>) {
+        if integ.workspace_dim() > KEEP_MAX_DIM {
+            return;
+        }
         if let Ok(mut v) = self.0.lock() {
             if v.len() < KEEP {
                 v.push(integ);

@@ -352,9 +352,11 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
         let cfg = self.cnf.config();
         let method = self.adj.method.unwrap_or(cfg.method);
         let opts = self.adj.options.clone().unwrap_or_else(|| cfg.solve_options());
+        // The adjoint state's length, to size the integrator (the discrete replay uses none).
         let state_len = match self.adj.strategy {
             Strategy::Backsolve => 2 * n + self.cnf.blocks()[0].field.n_params(),
-            _ => n + self.cnf.blocks()[0].field.n_params(),
+            Strategy::Checkpointed => n + self.cnf.blocks()[0].field.n_params(),
+            Strategy::Discrete => 0,
         };
         let mut integ = self
             .cnf
