@@ -160,10 +160,12 @@ struct Layer {
 ///
 /// with `g = 1, β = 0` (`Ignore`), `g = 1, β = w_t t` (`Concat`, `w_t` the time column) or
 /// `g = sigmoid(W_g t + b_g), β = W_b t` (`ConcatSquash`). `J = ∂f/∂z = M_L D_{L−1} ⋯ D₁ M₁`
-/// with `M_ℓ = diag(g_ℓ) W_ℓ`, `D_ℓ = diag(σ′(u_ℓ))`.
+/// with `M_ℓ = diag(g_ℓ) W_ℓ`, `D_ℓ = diag(σ′(u_ℓ))`. Each call forms the gated weights `M_ℓ`
+/// once and computes `u_ℓ = M_ℓ h_{ℓ−1} + (b_ℓ ⊙ g_ℓ + β_ℓ)`: the gate costs no elementwise
+/// pass over the batch, forward or reverse.
 ///
 /// # Tangent pass (JVP, exact trace, Hutchinson form)
-/// `ṗ_ℓ = W_ℓ ḣ_{ℓ−1}`, `u̇_ℓ = ṗ_ℓ ⊙ g_ℓ`, `ḣ_ℓ = σ′(u_ℓ) ⊙ u̇_ℓ`, `ḣ₀ = v` ⇒ `J v = u̇_L`.
+/// `u̇_ℓ = M_ℓ ḣ_{ℓ−1}`, `ḣ_ℓ = σ′(u_ℓ) ⊙ u̇_ℓ`, `ḣ₀ = v` ⇒ `J v = u̇_L`.
 /// Hutchinson: `v = ε`, `q = εᵀ u̇_L`, `‖Jε‖² = ‖u̇_L‖²`. Exact trace: `d` lanes `v = e_i`
 /// stacked into the batch dimension (row `b·d + i`), `q = Σ_i (u̇_L⁽ⁱ⁾)_i`; the first layer's
 /// lane `i` is column `i` of `W₁` (a copy, no GEMM), every later layer one GEMM over `B·d` rows.
@@ -175,12 +177,14 @@ struct Layer {
 /// ℓ = L..1, summing tangent terms over lanes:
 ///
 /// ```text
-/// p̄ = ū ⊙ g,  ṗ̄ = u̇̄ ⊙ g,  ḡ = Σ_b (ū ⊙ p + u̇̄ ⊙ ṗ),  β̄ = Σ_b ū
-/// W̄ += p̄ h_{ℓ−1}ᵀ + ṗ̄ ḣ_{ℓ−1}ᵀ,  b̄ += p̄,  h̄_{ℓ−1} = Wᵀ p̄,  ḣ̄_{ℓ−1} = Wᵀ ṗ̄
+/// M̄ = Σ_b (ū h_{ℓ−1}ᵀ + u̇̄ ḣ_{ℓ−1}ᵀ),  W̄ = diag(g) M̄,  β̄ = Σ_b ū,  b̄ = g ⊙ β̄
+/// g ⊙ ḡ = rowsum(M ⊙ M̄) + g ⊙ b ⊙ β̄  (= Σ_b (ū ⊙ M h_{ℓ−1} + u̇̄ ⊙ u̇) + g ⊙ b ⊙ β̄)
+/// h̄_{ℓ−1} = Mᵀ ū,  ḣ̄_{ℓ−1} = Mᵀ u̇̄
 /// ū_{ℓ−1} = σ′(u_{ℓ−1}) ⊙ h̄_{ℓ−1} + σ″(u_{ℓ−1}) ⊙ Σ_lanes u̇_{ℓ−1} ⊙ ḣ̄_{ℓ−1},   u̇̄_{ℓ−1} = σ′(u_{ℓ−1}) ⊙ ḣ̄_{ℓ−1}
 /// ```
 ///
-/// and at the input `∂Φ/∂z = h̄₀`. Time parameters: `ConcatSquash` `W̄_g = t·ḡ⊙g(1−g)`,
+/// (the row sums of `M ⊙ M̄` when θ's gradient is wanted, the batch sums otherwise) and at the
+/// input `∂Φ/∂z = h̄₀`. Time parameters: `ConcatSquash` `W̄_g = t·ḡ⊙g(1−g)`,
 /// `b̄_g = ḡ⊙g(1−g)`, `W̄_b = t·β̄`; `Concat` `w̄_t = t·β̄`; and
 /// `∂Φ/∂t = Σ_ℓ [ḡ⊙g(1−g)·W_g + β̄·W_b]` (`ConcatSquash`) or `Σ_ℓ β̄·w_t` (`Concat`).
 ///
@@ -344,9 +348,12 @@ impl<T: Real> Mlp<T> {
     }
 
     /// The per-call time vectors of every layer: the gate `g_ℓ(t)` and the shift with the bias
-    /// folded in, `b_ℓ ⊙ g_ℓ(t) + β_ℓ(t)`, so that `u = (W x + b) ⊙ g + β = (W x) ⊙ g + shift`
-    /// and the GEMM need not start from a copy of the bias.
-    fn time_vectors(&self, t: T, gate: &mut [T], shift: &mut [T]) {
+    /// folded in, `b_ℓ ⊙ g_ℓ(t) + β_ℓ(t)`, so that `u = (W x + b) ⊙ g + β = M x + shift`
+    /// with `M = diag(g) W` and the GEMM need not start from a copy of the bias; for
+    /// `ConcatSquash` also the gated weights `M` (in `ws.wg`), so that no elementwise pass
+    /// scales by the gate (the other conditionings have `g = 1`, `M = W`).
+    fn time_vectors(&self, t: T, ws: &mut MlpWorkspace<T>) {
+        let MlpWorkspace { gate, shift, wg, .. } = ws;
         let th = &self.params;
         for ly in &self.layers {
             let g = &mut gate[ly.tv..ly.tv + ly.n_out];
@@ -370,15 +377,34 @@ impl<T: Real> Mlp<T> {
                     s.copy_from_slice(&th[ly.b..ly.b + ly.n_out]);
                 }
             }
+            if self.cfg.time == TimeConditioning::ConcatSquash {
+                let n = ly.n_out * ly.wcols;
+                let rows = wg[ly.w..ly.w + n].chunks_exact_mut(ly.wcols);
+                for ((mr, wr), gj) in rows.zip(th[ly.w..ly.w + n].chunks_exact(ly.wcols)).zip(g) {
+                    for (m, w) in mr.iter_mut().zip(wr) {
+                        *m = *gj * *w;
+                    }
+                }
+            }
         }
     }
 
-    /// Weight view of layer `l` starting at its first input column (`n_out × n_in` with
-    /// strides `(wcols, 1)`; its transpose has strides `(1, wcols)`).
+    /// The weights the GEMMs of a call use: the gated copy `wg` (`ConcatSquash`) or θ.
+    fn weights<'a>(&'a self, wg: &'a [T]) -> &'a [T] {
+        if self.cfg.time == TimeConditioning::ConcatSquash {
+            wg
+        } else {
+            &self.params
+        }
+    }
+
+    /// Weight view of layer `l` in `w` (θ or its gated copy) starting at its first input
+    /// column (`n_out × n_in` with strides `(wcols, 1)`; its transpose has strides
+    /// `(1, wcols)`).
     #[inline]
-    fn wx(&self, l: usize) -> &[T] {
+    fn wx<'a>(&self, w: &'a [T], l: usize) -> &'a [T] {
         let ly = &self.layers[l];
-        &self.params[ly.w + ly.x0..ly.w + ly.n_out * ly.wcols]
+        &w[ly.w + ly.x0..ly.w + ly.n_out * ly.wcols]
     }
 }
 
@@ -391,8 +417,8 @@ struct WorkerWs<T> {
     lanes: usize,
     /// `h_ℓ` (hidden layers), `rows × n_out`, then the tangents `ḣ_ℓ`, `lanes·rows × n_out`.
     h: Vec<Vec<T>>,
-    /// `p_ℓ − b_ℓ = W_ℓ h_{ℓ−1}` (all layers; the bias is folded into the shift),
-    /// `rows × n_out`, then the tangents `ṗ_ℓ`, `lanes·rows × n_out`.
+    /// `M_ℓ h_{ℓ−1}` (all layers; gated, the bias folded into the shift), `rows × n_out`,
+    /// then the tangents `u̇_ℓ = M_ℓ ḣ_{ℓ−1}`, `lanes·rows × n_out`.
     p: Vec<Vec<T>>,
     /// σ′(u_ℓ), σ″(u_ℓ) (hidden layers).
     s1: Vec<Vec<T>>,
@@ -409,7 +435,7 @@ struct WorkerWs<T> {
 struct ChunkSums<T> {
     /// Chunk-local θ-gradient.
     theta: Vec<T>,
-    /// Chunk-local `ḡ` and `β̄` sums, `Σ n_out`.
+    /// Chunk-local `g ⊙ ḡ` and `β̄` sums, `Σ n_out`.
     gsum: Vec<T>,
     bsum: Vec<T>,
 }
@@ -426,6 +452,8 @@ pub struct MlpWorkspace<T> {
     shape: Vec<usize>,
     gate: Vec<T>,
     shift: Vec<T>,
+    /// The gated weights `diag(g_ℓ) W_ℓ` of the call, at θ's offsets (`ConcatSquash` only).
+    wg: Vec<T>,
     gsum: Vec<T>,
     bsum: Vec<T>,
     scratch: Vec<WorkerWs<T>>,
@@ -438,6 +466,7 @@ impl<T: Real> MlpWorkspace<T> {
             shape: m.ws_shape(),
             gate: vec![T::zero(); m.n_tv],
             shift: vec![T::zero(); m.n_tv],
+            wg: Vec::new(),
             gsum: vec![T::zero(); m.n_tv],
             bsum: vec![T::zero(); m.n_tv],
             scratch: Vec::new(),
@@ -477,6 +506,9 @@ impl<T: Real> MlpWorkspace<T> {
         let rows = m.cfg.chunk_size;
         let l_n = m.layers.len();
         let z = T::zero();
+        if m.cfg.time == TimeConditioning::ConcatSquash && self.wg.len() < m.params.len() {
+            self.wg = vec![z; m.params.len()];
+        }
         while self.sums.len() < n_chunks {
             self.sums.push(ChunkSums {
                 theta: Vec::new(),
@@ -570,11 +602,15 @@ struct Job<'a, T> {
     jv: Option<OutPtr<T>>,
     jsq: Option<OutPtr<T>>,
     zbar: Option<OutPtr<T>>,
+    /// θ with every weight row scaled by its gate, `M_ℓ = diag(g_ℓ) W_ℓ` (`ConcatSquash`;
+    /// θ itself otherwise, whose gates are 1): the GEMMs' weights (see [`Mlp`]).
+    w: &'a [T],
     gate: &'a [T],
     shift: &'a [T],
 }
 
-/// `u = p ⊙ g + β` then `h = σ(u)` and, by `level`, σ′ and σ″, over `rows × n` buffers.
+/// `u = p + shift` (`p = M x` with the gate folded into `M`) then `h = σ(u)` and, by `level`,
+/// σ′ and σ″, over `rows × n` buffers.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn act_pass<T: Real>(
@@ -582,7 +618,6 @@ fn act_pass<T: Real>(
     level: u8,
     n: usize,
     p: &[T],
-    g: &[T],
     sh: &[T],
     h: &mut [T],
     s1: &mut [T],
@@ -590,16 +625,12 @@ fn act_pass<T: Real>(
 ) {
     // One monomorphic loop per activation (the closure is inlined), so each vectorizes.
     match act {
-        Activation::Tanh => {
-            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Tanh.value_d2(u))
-        }
+        Activation::Tanh => act_loop(level, n, p, sh, h, s1, s2, |u| Activation::Tanh.value_d2(u)),
         Activation::Softplus => {
-            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Softplus.value_d2(u))
+            act_loop(level, n, p, sh, h, s1, s2, |u| Activation::Softplus.value_d2(u))
         }
-        Activation::Silu => {
-            act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Silu.value_d2(u))
-        }
-        Activation::Elu => act_loop(level, n, p, g, sh, h, s1, s2, |u| Activation::Elu.value_d2(u)),
+        Activation::Silu => act_loop(level, n, p, sh, h, s1, s2, |u| Activation::Silu.value_d2(u)),
+        Activation::Elu => act_loop(level, n, p, sh, h, s1, s2, |u| Activation::Elu.value_d2(u)),
     }
 }
 
@@ -609,21 +640,20 @@ fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
     level: u8,
     n: usize,
     p: &[T],
-    g: &[T],
     sh: &[T],
     h: &mut [T],
     s1: &mut [T],
     s2: &mut [T],
     f: F,
 ) {
-    let (g, sh) = (&g[..n], &sh[..n]);
+    let sh = &sh[..n];
     // Zipped iterators over whole rows (no indexing): LLVM proves every access in bounds and
     // vectorizes all three loops (indexed versions of the σ′ loops stayed scalar).
     match level {
         0 => {
             for (pr, hr) in p.chunks_exact(n).zip(h.chunks_exact_mut(n)) {
-                for (((x, o), g), s) in pr.iter().zip(hr.iter_mut()).zip(g).zip(sh) {
-                    *o = f(*x * *g + *s).0;
+                for ((x, o), s) in pr.iter().zip(hr.iter_mut()).zip(sh) {
+                    *o = f(*x + *s).0;
                 }
             }
         }
@@ -631,10 +661,8 @@ fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
             for ((pr, hr), ar) in
                 p.chunks_exact(n).zip(h.chunks_exact_mut(n)).zip(s1.chunks_exact_mut(n))
             {
-                for ((((x, o), d1), g), s) in
-                    pr.iter().zip(hr.iter_mut()).zip(ar.iter_mut()).zip(g).zip(sh)
-                {
-                    let (v, y, _) = f(*x * *g + *s);
+                for (((x, o), d1), s) in pr.iter().zip(hr.iter_mut()).zip(ar.iter_mut()).zip(sh) {
+                    let (v, y, _) = f(*x + *s);
                     *o = v;
                     *d1 = y;
                 }
@@ -647,15 +675,10 @@ fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
                 .zip(s1.chunks_exact_mut(n))
                 .zip(s2.chunks_exact_mut(n))
             {
-                for (((((x, o), d1), d2), g), s) in pr
-                    .iter()
-                    .zip(hr.iter_mut())
-                    .zip(ar.iter_mut())
-                    .zip(br.iter_mut())
-                    .zip(g)
-                    .zip(sh)
+                for ((((x, o), d1), d2), s) in
+                    pr.iter().zip(hr.iter_mut()).zip(ar.iter_mut()).zip(br.iter_mut()).zip(sh)
                 {
-                    let (v, y, z) = f(*x * *g + *s);
+                    let (v, y, z) = f(*x + *s);
                     *o = v;
                     *d1 = y;
                     *d2 = z;
@@ -763,11 +786,11 @@ impl<T: Real> Mlp<T> {
         for l in 0..l_n {
             let ly = &self.layers[l];
             let (n_in, n_out) = (ly.n_in, ly.n_out);
-            let g = &job.gate[ly.tv..ly.tv + n_out];
             let sh = &job.shift[ly.tv..ly.tv + n_out];
             let (hprev, hcur) = h.split_at_mut(l);
-            // [p; ṗ] = [h; ḣ] Wᵀ without the bias (folded into the shift, see
-            // `time_vectors`); the first layer's tangent rows are set apart below.
+            // [p; ṗ] = [h; ḣ] Mᵀ (M = diag(g) W) without the bias (folded into the shift,
+            // see `time_vectors`); the first layer's tangent rows are set apart below. From
+            // here on p stands for M h and ṗ for u̇ = M ḣ.
             let m = if l == 0 { nb } else { nb + rt };
             let x: &[T] = if l == 0 { zc } else { &hprev[l - 1][..m * n_in] };
             let out = &mut p[l][..m * n_out];
@@ -778,7 +801,7 @@ impl<T: Real> Mlp<T> {
                 one,
                 x,
                 (n_in, 1),
-                self.wx(l),
+                self.wx(job.w, l),
                 (1, ly.wcols),
                 zero,
                 out,
@@ -788,9 +811,9 @@ impl<T: Real> Mlp<T> {
             if l == 0 && lanes > 0 {
                 match job.tan {
                     Tan::Exact => {
-                        // ṗ = W₀ eᵢ, the same d rows for every sample: gather the
-                        // columns of W₀ once, then copy them down the chunk.
-                        let w = &self.params[ly.w + ly.x0..];
+                        // ṗ = M₀ eᵢ, the same d rows for every sample: gather the
+                        // columns of M₀ once, then copy them down the chunk.
+                        let w = &job.w[ly.w + ly.x0..];
                         let (first, rest) = pdl.split_at_mut(d * n_out);
                         for (i, row) in first.chunks_exact_mut(n_out).enumerate() {
                             for (j, v) in row.iter_mut().enumerate() {
@@ -808,7 +831,7 @@ impl<T: Real> Mlp<T> {
                         one,
                         vc,
                         (d, 1),
-                        self.wx(0),
+                        self.wx(job.w, 0),
                         (1, ly.wcols),
                         zero,
                         pdl,
@@ -825,21 +848,20 @@ impl<T: Real> Mlp<T> {
                     level,
                     n_out,
                     pl,
-                    g,
                     sh,
                     hl,
                     &mut s1[l][..nb * n_out],
                     &mut s2[l][..nb * n_out],
                 );
-                // ḣ = σ′ ⊙ g ⊙ ṗ, lane by lane.
+                // ḣ = σ′ ⊙ u̇, lane by lane.
                 let s1l = &s1[l];
                 for r in 0..rt {
                     let b = r / lanes;
                     let s = &s1l[b * n_out..(b + 1) * n_out];
                     let src = &pdl[r * n_out..(r + 1) * n_out];
                     let dst = &mut hdl[r * n_out..(r + 1) * n_out];
-                    for (((o, s), g), x) in dst.iter_mut().zip(s).zip(g).zip(src) {
-                        *o = *s * *g * *x;
+                    for ((o, s), x) in dst.iter_mut().zip(s).zip(src) {
+                        *o = *s * *x;
                     }
                 }
             } else {
@@ -847,7 +869,7 @@ impl<T: Real> Mlp<T> {
                 let f = unsafe { job.f.rows(r0 * d, nb * d) };
                 for (fr, pr) in f.chunks_exact_mut(d).zip(pl.chunks_exact(d)) {
                     for j in 0..d {
-                        fr[j] = pr[j] * g[j] + sh[j];
+                        fr[j] = pr[j] + sh[j];
                     }
                 }
             }
@@ -855,8 +877,6 @@ impl<T: Real> Mlp<T> {
 
         if lanes > 0 {
             // Outputs of the tangent pass.
-            let ly = &self.layers[l_n - 1];
-            let g = &job.gate[ly.tv..ly.tv + d];
             let pdl = &p[l_n - 1][nb * d..(nb + rt) * d];
             // SAFETY: chunk k owns rows r0..r0 + nb of every output.
             let mut q = job.q.map(|o| unsafe { o.rows(r0, nb) });
@@ -868,10 +888,9 @@ impl<T: Real> Mlp<T> {
                     Tan::Exact => {
                         for i in 0..d {
                             let row = &pdl[(b * d + i) * d..(b * d + i + 1) * d];
-                            qb += g[i] * row[i];
-                            for j in 0..d {
-                                let x = g[j] * row[j];
-                                sq += x * x;
+                            qb += row[i];
+                            for x in row {
+                                sq += *x * *x;
                             }
                         }
                     }
@@ -879,7 +898,7 @@ impl<T: Real> Mlp<T> {
                         let row = &pdl[b * d..(b + 1) * d];
                         let eb = &vc[b * d..(b + 1) * d];
                         for j in 0..d {
-                            let x = g[j] * row[j];
+                            let x = row[j];
                             qb += eb[j] * x;
                             sq += x * x;
                             if let Some(jv) = jv.as_deref_mut() {
@@ -923,17 +942,15 @@ impl<T: Real> Mlp<T> {
                     }
                 }
                 if let Some(w) = job.jw {
-                    // The cotangent of w_b ‖u̇_L‖² (u̇_L = ṗ_L ⊙ g_L = J_b V_b, every lane):
+                    // The cotangent of w_b ‖u̇_L‖² (u̇_L = J_b V_b, every lane):
                     // u̇̄_L += 2 w_b u̇_L.
-                    let ly = &self.layers[l_n - 1];
-                    let g = &job.gate[ly.tv..ly.tv + d];
                     let pdl = &p[l_n - 1][nb * d..(nb + rt) * d];
                     for (r, (srow, prow)) in
                         seed.chunks_exact_mut(d).zip(pdl.chunks_exact(d)).enumerate()
                     {
                         let s = (one + one) * w[r0 + r / lanes];
-                        for j in 0..d {
-                            srow[j] += s * (g[j] * prow[j]);
+                        for (o, x) in srow.iter_mut().zip(prow) {
+                            *o += s * *x;
                         }
                     }
                 }
@@ -941,14 +958,10 @@ impl<T: Real> Mlp<T> {
         }
         gsum.fill(zero);
         bsum.fill(zero);
-        if want_theta {
-            // Each weight block is written whole by its first GEMM (β = 0) and the time
-            // parameters are set in `drive` (they stay zero here): only the bias sums start
-            // from zero (zeroing all of θ cost a 1.3 MB memset per chunk and call on W4's net).
-            for ly in &self.layers {
-                theta[ly.b..ly.b + ly.n_out].fill(zero);
-            }
-        }
+        // Each weight block is written whole by its first GEMM (β = 0), the bias blocks are
+        // set from the β̄ sums and the time parameters in `drive` (they stay zero here): no
+        // part of θ needs zeroing (zeroing it all cost a 1.3 MB memset per chunk and call on
+        // W4's net).
         let gated = self.cfg.time == TimeConditioning::ConcatSquash;
         for l in (0..l_n).rev() {
             let ly = &self.layers[l];
@@ -956,63 +969,30 @@ impl<T: Real> Mlp<T> {
             let g = &job.gate[ly.tv..ly.tv + n_out];
             let gs = &mut gsum[ly.tv..ly.tv + n_out];
             let bs = &mut bsum[ly.tv..ly.tv + n_out];
-            let (cu, cud) = ub[..(nb + rt) * n_out].split_at_mut(nb * n_out);
-            let pl = &p[l][..nb * n_out];
-            // One pass over the primal cotangent rows ū: Σū (shift), Σū ⊙ p (gate), then
-            // ū ← ū ⊙ g (the cotangent of p) and Σ ū ⊙ g (bias); then the tangent rows.
-            let mut tb = if want_theta { Some(&mut theta[ly.b..ly.b + n_out]) } else { None };
-            if gated {
-                for (ur, prow) in cu.chunks_exact_mut(n_out).zip(pl.chunks_exact(n_out)) {
-                    let it = bs.iter_mut().zip(gs.iter_mut()).zip(ur.iter_mut()).zip(prow).zip(g);
-                    match tb.as_deref_mut() {
-                        Some(tb) => {
-                            for (((((sb, sg), u), x), g), t) in it.zip(tb) {
-                                *sb += *u;
-                                *sg += *u * *x;
-                                *u *= *g;
-                                *t += *u;
-                            }
-                        }
-                        None => {
-                            for ((((sb, sg), u), x), g) in it {
-                                *sb += *u;
-                                *sg += *u * *x;
-                                *u *= *g;
-                            }
-                        }
-                    }
+            // The cotangent rows [ū; u̇̄] are also those of [p; ṗ] (u = p + shift with the
+            // gate in M, see `time_vectors`); read-only from here on.
+            let uu = &ub[..(nb + rt) * n_out];
+            let (cu, cud) = uu.split_at(nb * n_out);
+            // β̄ = Σ_b ū, the shift's cotangent (the tangent rows have no shift).
+            for ur in cu.chunks_exact(n_out) {
+                for (sb, u) in bs.iter_mut().zip(ur) {
+                    *sb += *u;
                 }
-                let pdl = &p[l][nb * n_out..(nb + rt) * n_out];
-                for (ur, prow) in cud.chunks_exact_mut(n_out).zip(pdl.chunks_exact(n_out)) {
-                    for (((sg, u), x), g) in gs.iter_mut().zip(ur.iter_mut()).zip(prow).zip(g) {
+            }
+            if gated && !want_theta {
+                // Without the weight gradient M̄ to take it from: g ⊙ ḡ = Σ_b (ū ⊙ p + u̇̄ ⊙ ṗ)
+                // over primal and tangent rows (p = M h carries the gate).
+                let pall = &p[l][..(nb + rt) * n_out];
+                for (ur, prow) in uu.chunks_exact(n_out).zip(pall.chunks_exact(n_out)) {
+                    for ((sg, u), x) in gs.iter_mut().zip(ur).zip(prow) {
                         *sg += *u * *x;
-                        *u *= *g;
-                    }
-                }
-                // ∂u/∂g = W x + b: the bias part is b ⊙ Σ ū (this chunk's sum, in `bs`).
-                let bias = &self.params[ly.b..ly.b + n_out];
-                for ((s, b), u) in gs.iter_mut().zip(bias).zip(bs.iter()) {
-                    *s += *b * *u;
-                }
-            } else {
-                for ur in cu.chunks_exact(n_out) {
-                    for (sb, u) in bs.iter_mut().zip(ur) {
-                        *sb += *u;
-                    }
-                    if let Some(tb) = tb.as_deref_mut() {
-                        for (t, u) in tb.iter_mut().zip(ur) {
-                            *t += *u;
-                        }
                     }
                 }
             }
-            // The cotangent rows [ū; u̇̄] (now of p and ṗ), read-only from here on.
-            let uu = &ub[..(nb + rt) * n_out];
-            let (cu, cud) = uu.split_at(nb * n_out);
             if want_theta {
                 let tw = &mut theta[ly.w + ly.x0..ly.w + n_out * ly.wcols];
                 if l > 0 {
-                    // ∂Φ/∂W = [ū; u̇̄]ᵀ [h; ḣ]: primal and tangent rows in one GEMM.
+                    // M̄ = [ū; u̇̄]ᵀ [h; ḣ]: primal and tangent rows in one GEMM.
                     let x = &h[l - 1][..(nb + rt) * n_in];
                     let k = nb + rt;
                     T::gemm(
@@ -1045,7 +1025,7 @@ impl<T: Real> Mlp<T> {
                     if lanes_r > 0 {
                         match job.tan {
                             Tan::Exact => {
-                                // ṗ = W₀ eᵢ: column i of W̄₀ gains Σ_b of lane i's rows. Sum
+                                // ṗ = M₀ eᵢ: column i of M̄₀ gains Σ_b of lane i's rows. Sum
                                 // them per lane in contiguous vectors first (ub2 is free at
                                 // the first layer), then add each column once: the strided
                                 // scalar updates row by row cost 1.7% of a toy-net VJP.
@@ -1078,9 +1058,35 @@ impl<T: Real> Mlp<T> {
                         }
                     }
                 }
+                // From M = diag(g) W: W̄ = diag(g) M̄ and g ⊙ ḡ = rowsum(M ⊙ M̄) (its part
+                // through the weights); b̄ = g ⊙ β̄ (the shift holds b ⊙ g).
+                if gated {
+                    let mw = self.wx(job.w, l);
+                    for (j, (sg, gj)) in gs.iter_mut().zip(g).enumerate() {
+                        let at = j * ly.wcols..j * ly.wcols + n_in;
+                        let mut acc = zero;
+                        for (m, x) in mw[at.clone()].iter().zip(&tw[at.clone()]) {
+                            acc += *m * *x;
+                        }
+                        *sg += acc;
+                        for x in &mut tw[at] {
+                            *x *= *gj;
+                        }
+                    }
+                }
+                for ((tb, gj), sb) in theta[ly.b..ly.b + n_out].iter_mut().zip(g).zip(bs.iter()) {
+                    *tb = *gj * *sb;
+                }
+            }
+            if gated {
+                // The part of g ⊙ ḡ through the shift b ⊙ g: g ⊙ b ⊙ β̄.
+                let bias = &self.params[ly.b..ly.b + n_out];
+                for (((sg, b), sb), gj) in gs.iter_mut().zip(bias).zip(bs.iter()).zip(g) {
+                    *sg += *gj * *b * *sb;
+                }
             }
             if l > 0 {
-                // [h̄; ḣ̄] = [ū; u̇̄] W: primal and tangent rows in one GEMM.
+                // [h̄; ḣ̄] = [ū; u̇̄] M: primal and tangent rows in one GEMM.
                 let m = nb + rt;
                 let out = &mut ub2[..m * n_in];
                 T::gemm(
@@ -1090,7 +1096,7 @@ impl<T: Real> Mlp<T> {
                     one,
                     uu,
                     (n_out, 1),
-                    self.wx(l),
+                    self.wx(job.w, l),
                     (ly.wcols, 1),
                     zero,
                     out,
@@ -1098,8 +1104,6 @@ impl<T: Real> Mlp<T> {
                 );
                 let (nu, nud) = out.split_at_mut(nb * n_in);
                 // Through the activation of layer l − 1 (width n_in).
-                let lp = &self.layers[l - 1];
-                let gp = &job.gate[lp.tv..lp.tv + n_in];
                 let s1p = &s1[l - 1][..nb * n_in];
                 let s2p = &s2[l - 1][..nb * n_in];
                 let pdp = &p[l - 1][nb * n_in..(nb + rt) * n_in];
@@ -1110,16 +1114,16 @@ impl<T: Real> Mlp<T> {
                         *u *= *s;
                     }
                     if lanes_r > 0 {
-                        // ū += σ″ ⊙ Σ_lanes u̇ ⊙ ḣ̄ (u̇ = ṗ ⊙ g), then u̇̄ = σ′ ⊙ ḣ̄ per lane.
+                        // ū += σ″ ⊙ Σ_lanes u̇ ⊙ ḣ̄ (u̇ = ṗ, gated), then u̇̄ = σ′ ⊙ ḣ̄ per lane.
                         let s2r = &s2p[b * n_in..(b + 1) * n_in];
                         for i in 0..lanes_r {
                             let r = b * lanes_r + i;
                             let pr = &pdp[r * n_in..(r + 1) * n_in];
                             let row = &mut nud[r * n_in..(r + 1) * n_in];
-                            for (((((u, s2), x), g), o), s1) in
-                                nur.iter_mut().zip(s2r).zip(pr).zip(gp).zip(row.iter_mut()).zip(s1r)
+                            for ((((u, s2), x), o), s1) in
+                                nur.iter_mut().zip(s2r).zip(pr).zip(row.iter_mut()).zip(s1r)
                             {
-                                *u += *s2 * (*x * *g * *o);
+                                *u += *s2 * (*x * *o);
                                 *o *= *s1;
                             }
                         }
@@ -1136,7 +1140,7 @@ impl<T: Real> Mlp<T> {
                     one,
                     cu,
                     (n_out, 1),
-                    self.wx(0),
+                    self.wx(job.w, 0),
                     (ly.wcols, 1),
                     zero,
                     zb,
@@ -1220,7 +1224,8 @@ impl<T: Real> Mlp<T> {
             match self.cfg.time {
                 TimeConditioning::ConcatSquash => {
                     for j in 0..ly.n_out {
-                        let gg = gs[j] * g[j] * (T::one() - g[j]);
+                        // gs holds g ⊙ ḡ: ∂Φ/∂(W_g t + b_g) = ḡ ⊙ g(1 − g).
+                        let gg = gs[j] * (T::one() - g[j]);
                         t_cot += gg * pr[ly.hg + j] + bs[j] * pr[ly.hb + j];
                         if let Some(th) = theta.as_deref_mut() {
                             th[ly.hg + j] = t * gg;
@@ -1296,8 +1301,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         let batch = batch_of(z.len(), d)?;
         check_len("f", f, batch * d)?;
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, false)?;
-        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
+        self.time_vectors(t, ws);
+        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
+        let w = self.weights(wg);
         let job = Job {
             t,
             z,
@@ -1310,6 +1316,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: None,
+            w,
             gate,
             shift,
         };
@@ -1343,8 +1350,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         }
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, false)?;
-        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
+        self.time_vectors(t, ws);
+        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
+        let w = self.weights(wg);
         let job = Job {
             t,
             z,
@@ -1357,6 +1365,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: jac_sq.map(OutPtr::new),
             jw: None,
             zbar: None,
+            w,
             gate,
             shift,
         };
@@ -1379,8 +1388,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         check_len("f", f, batch * d)?;
         check_len("jv", jv, batch * d)?;
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 1, false)?;
-        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
+        self.time_vectors(t, ws);
+        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
+        let w = self.weights(wg);
         let job = Job {
             t,
             z,
@@ -1393,6 +1403,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: None,
+            w,
             gate,
             shift,
         };
@@ -1420,8 +1431,9 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         }
         let want_theta = theta_cot.is_some();
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, want_theta)?;
-        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
+        self.time_vectors(t, ws);
+        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
+        let w = self.weights(wg);
         let job = Job {
             t,
             z,
@@ -1434,6 +1446,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: Some(OutPtr::new(z_cot)),
+            w,
             gate,
             shift,
         };
@@ -1499,8 +1512,9 @@ impl<T: Real> Mlp<T> {
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
         let want_theta = theta_cot.is_some();
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, want_theta)?;
-        self.time_vectors(t, &mut ws.gate, &mut ws.shift);
-        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
+        self.time_vectors(t, ws);
+        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
+        let w = self.weights(wg);
         let job = Job {
             t,
             z,
@@ -1513,6 +1527,7 @@ impl<T: Real> Mlp<T> {
             jsq,
             jw,
             zbar: Some(OutPtr::new(z_cot)),
+            w,
             gate,
             shift,
         };
