@@ -59,7 +59,8 @@ impl_elem!(f32, PACK_F32);
 impl_elem!(f64, PACK_F64);
 
 /// A register-blocked micro-kernel: one `MR × NR` tile of `C` from `A` read in place through
-/// its strides and a packed panel of `B`.
+/// its strides and an `NR`-wide panel of `B` (packed, or in place when its rows are
+/// contiguous).
 pub(super) trait MicroKernel<T: Elem> {
     /// Rows of the register tile (the width of a packed `A` panel).
     const MR: usize;
@@ -78,13 +79,15 @@ pub(super) trait MicroKernel<T: Elem> {
     /// (the direct route) or a packed panel (`rsa = 1`, `csa = MR`). Rows `mr..MR` of the
     /// register tile repeat row `mr − 1` and are never stored. Per depth step the kernel
     /// broadcasts `A[i, p]` for each row and accumulates `A[i, p]·B̃[p, j]` in the same order
-    /// whichever strides it was given, so both routes give the same bits.
+    /// whichever strides it was given, so both routes give the same bits. Element `(p, j)` of
+    /// the `B` panel is read at `bp + p·ldb + j`: a packed panel (`ldb = NR`) or the caller's
+    /// operand in place (`ldb` its row stride), again the same bits.
     ///
     /// # Safety
-    /// `kc ≥ 1`; every `a + i·rsa + p·csa` for `i < mr`, `p < kc` is readable; `bp` holds
-    /// `kc·NR` readable elements (a `B` panel stored `NR` per depth step); `1 ≤ mr ≤ MR`,
-    /// `1 ≤ nr ≤ NR`; every `c + i·rs + j·cs` for `i < mr`, `j < nr` is valid for reads and
-    /// writes and aliases neither input.
+    /// `kc ≥ 1`; every `a + i·rsa + p·csa` for `i < mr`, `p < kc` is readable; every
+    /// `bp + p·ldb + j` for `p < kc`, `j < NR` is readable; `1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`;
+    /// every `c + i·rs + j·cs` for `i < mr`, `j < nr` is valid for reads and writes and
+    /// aliases neither input.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         kc: usize,
@@ -93,6 +96,7 @@ pub(super) trait MicroKernel<T: Elem> {
         rsa: usize,
         csa: usize,
         bp: *const T,
+        ldb: usize,
         beta: T,
         c: *mut T,
         rs: usize,
@@ -213,16 +217,20 @@ pub(super) unsafe fn driver<T: Elem, K: MicroKernel<T>>(
     sc: (usize, usize),
 ) {
     // SAFETY: the caller's contract.
-    unsafe { driver_route::<T, K>(Route::Auto, m, k, n, alpha, a, sa, b, sb, beta, c, sc) }
+    unsafe {
+        driver_route::<T, K>(Route::Auto, Route::Auto, m, k, n, alpha, a, sa, b, sb, beta, c, sc)
+    }
 }
 
-/// [`driver`] with the route of `A` given.
+/// [`driver`] with the routes of `A` and `B` given (`B`'s [`Route::Direct`] is taken only
+/// where `B` can be read in place, see [`b_in_place`]; it is packed otherwise).
 ///
 /// # Safety
 /// As for [`driver`].
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
     route: Route,
+    b_route: Route,
     m: usize,
     k: usize,
     n: usize,
@@ -244,9 +252,10 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
     };
     let route = if route == Route::Auto { a_route::<T, K>(n, sa) } else { route };
     let packed = route == Route::Packed;
+    let b_direct = b_route != Route::Packed && b_in_place::<T, K>(n, sb);
     let kc_max = k.min(K::KC);
     let mc_max = if packed { m.next_multiple_of(K::MR).min(K::MC) } else { 0 };
-    let nc_max = n.next_multiple_of(K::NR).min(K::NC);
+    let nc_max = if b_direct { 0 } else { n.next_multiple_of(K::NR).min(K::NC) };
     T::with_pack(kc_max * (mc_max + nc_max), |buf| {
         let (abuf, bbuf) = buf.split_at_mut(kc_max * mc_max);
         for jc in (0..n).step_by(K::NC) {
@@ -255,9 +264,17 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
                 let kc = K::KC.min(k - pc);
                 // Later depth blocks accumulate onto the first one's result.
                 let beta = if pc == 0 { beta } else { T::ONE };
-                // SAFETY: rows pc..pc + kc and columns jc..jc + nc of B are in bounds; bbuf
-                // holds ⌈nc / NR⌉·NR·kc ≤ nc_max·kc_max elements.
-                unsafe { K::pack_b(kc, nc, b.add(pc * sb.0 + jc * sb.1), sb, bbuf) };
+                // SAFETY: rows pc..pc + kc and columns jc..jc + nc of B are in bounds.
+                let bblk = unsafe { b.add(pc * sb.0 + jc * sb.1) };
+                // The B block as the kernel reads it: panel q at bpan + q·pstep, depth steps
+                // ldb apart (in place: NR consecutive columns of B's rows).
+                let (bpan, pstep, ldb) = if b_direct {
+                    (bblk, K::NR, sb.0)
+                } else {
+                    // SAFETY: bbuf holds ⌈nc / NR⌉·NR·kc ≤ nc_max·kc_max elements.
+                    unsafe { K::pack_b(kc, nc, bblk, sb, bbuf) };
+                    (bbuf.as_ptr(), kc * K::NR, K::NR)
+                };
                 for ic in (0..m).step_by(K::MC) {
                     let mc = K::MC.min(m - ic);
                     // SAFETY: rows ic..ic + mc and columns pc..pc + kc of A are in bounds.
@@ -278,9 +295,11 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
                             let mr = K::MR.min(mc - ir);
                             // SAFETY: rows ir..ir + mr (depth 0..kc) of the A block are
                             // readable at ablk + ir·a_panel through (rsa, csa), in place or
-                            // packed; panel jr / NR of bbuf is packed (kc·NR elements); the
-                            // mr × nr tile of C at (ic + ir, jc + jr) is in bounds and
-                            // disjoint from A, B and the buffers.
+                            // packed; panel jr / NR of the B block is readable at
+                            // bpan + (jr / NR)·pstep, NR per depth step ldb apart (packed, or
+                            // in place where every panel is full); the mr × nr tile of C at
+                            // (ic + ir, jc + jr) is in bounds and disjoint from A, B and the
+                            // buffers.
                             unsafe {
                                 K::tile(
                                     kc,
@@ -288,7 +307,8 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
                                     ablk.add(ir * a_panel),
                                     rsa,
                                     csa,
-                                    bbuf.as_ptr().add(jr * kc),
+                                    bpan.add(jr / K::NR * pstep),
+                                    ldb,
                                     beta,
                                     c.add((ic + ir) * sc.0 + (jc + jr) * sc.1),
                                     sc.0,
@@ -304,6 +324,24 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
         }
     })
 }
+
+/// Whether the kernel reads `B` (strides `sb`, `n` columns, after the narrow transposition)
+/// in place instead of packing it: its rows must be contiguous (`sb.1 = 1`), every `NR`
+/// panel full (`n` a multiple of `NR`: no zero padding to read past the edge) and the rows
+/// at most [`B_IN_PLACE_MAX_STRIDE`] bytes apart. Then each panel is `NR` consecutive
+/// elements of each of `B`'s rows, which the kernel loads as it would a packed panel.
+#[inline]
+fn b_in_place<T: Elem, K: MicroKernel<T>>(n: usize, sb: (usize, usize)) -> bool {
+    sb.1 == 1 && n.is_multiple_of(K::NR) && sb.0 * size_of::<T>() <= B_IN_PLACE_MAX_STRIDE
+}
+
+/// The widest row stride (bytes) at which `B` is read in place. A panel read in place walks
+/// `KC` rows this far apart, so a wide stride crowds them into a few L1 sets (2 KB apart:
+/// every row in the same two of 64 sets): W4's backward pass (256-wide layers) ran 1–3%
+/// slower with them in place. The toy net's 64-wide `f64` rows (512 bytes) spread over 16
+/// sets; there the copy saved was about 3% of a W1 gradient (the weight-gradient and
+/// input-gradient GEMMs).
+const B_IN_PLACE_MAX_STRIDE: usize = 512;
 
 /// The route of `A` for an `n`-column product with `A`'s strides `sa` (after the
 /// narrow transposition), from the number of `B` panels each `A` block is read for.
@@ -421,6 +459,7 @@ impl<T: Elem> MicroKernel<T> for Portable {
         rsa: usize,
         csa: usize,
         bp: *const T,
+        ldb: usize,
         beta: T,
         c: *mut T,
         rs: usize,
@@ -428,12 +467,12 @@ impl<T: Elem> MicroKernel<T> for Portable {
         mr: usize,
         nr: usize,
     ) {
-        // SAFETY: the B panel holds kc·8 elements; every row of A is in bounds (the caller's
-        // contract).
-        let (b, rows) =
-            unsafe { (std::slice::from_raw_parts(bp, kc * 8), row_ptrs::<T, 4>(a, rsa, mr)) };
+        // SAFETY: every row of A is in bounds (the caller's contract).
+        let rows = unsafe { row_ptrs::<T, 4>(a, rsa, mr) };
         let mut acc = [[T::ZERO; 8]; 4];
-        for (p, bk) in b.chunks_exact(8).enumerate() {
+        for p in 0..kc {
+            // SAFETY: p < kc: the panel's 8 elements of depth p are readable (the contract).
+            let bk = unsafe { std::slice::from_raw_parts(bp.add(p * ldb), 8) };
             // SAFETY: p < kc, rows in bounds: element (i, p) of A.
             let ak: [T; 4] = std::array::from_fn(|i| unsafe { *rows[i].add(p * csa) });
             for i in 0..4 {
@@ -617,6 +656,7 @@ mod x86 {
                     rsa: usize,
                     csa: usize,
                     bp: *const $t,
+                    ldb: usize,
                     beta: $t,
                     c: *mut $t,
                     rs: usize,
@@ -626,7 +666,7 @@ mod x86 {
                 ) {
                     // SAFETY: the kernels are only selected after their target features were
                     // detected (see `dgemm`/`sgemm`); the rest is the caller's contract.
-                    unsafe { $imp(kc, alpha, a, rsa, csa, bp, beta, c, rs, cs, mr, nr) }
+                    unsafe { $imp(kc, alpha, a, rsa, csa, bp, ldb, beta, c, rs, cs, mr, nr) }
                 }
 
                 #[inline]
@@ -655,6 +695,7 @@ mod x86 {
                 rsa: usize,
                 csa: usize,
                 bp: *const $t,
+                ldb: usize,
                 beta: $t,
                 c: *mut $t,
                 rs: usize,
@@ -669,11 +710,11 @@ mod x86 {
                 let rows = unsafe { row_ptrs::<$t, MR>(a, rsa, mr) };
                 let mut acc: [[$v; 2]; MR] = [[$zero(); 2]; MR];
                 for p in 0..kc {
-                    // SAFETY: p < kc, so p·NR + NR ≤ kc·NR elements of the B panel, and
+                    // SAFETY: p < kc, so the NR elements at bp + p·ldb are readable, and
                     // rows[i] + p·csa is element (min(i, mr − 1), p) of A.
                     unsafe {
-                        let b0 = $load(bp.add(p * NR));
-                        let b1 = $load(bp.add(p * NR + L));
+                        let b0 = $load(bp.add(p * ldb));
+                        let b1 = $load(bp.add(p * ldb + L));
                         let off = p * csa;
                         for (i, acc) in acc.iter_mut().enumerate() {
                             let ai = $set1(*rows[i].add(off));
@@ -1054,9 +1095,9 @@ mod tests {
         }
     }
 
-    /// Runs kernel `K` on `m × k · k × n` through both routes of `A` (read in place, packed)
-    /// for every layout combination and a few (α, β), and checks that `C` comes out
-    /// bit-identical, untouched elements included.
+    /// Runs kernel `K` on `m × k · k × n` through both routes of `A` and of `B` (read in
+    /// place, packed) for every layout combination and a few (α, β), and checks that `C`
+    /// comes out bit-identical, untouched elements included.
     fn routes_agree<T: Cast, K: MicroKernel<T>>(m: usize, k: usize, n: usize) {
         for (ai, &(sa, la)) in layouts(m, k).iter().enumerate() {
             for (bi, &(sb, lb)) in layouts(k, n).iter().enumerate() {
@@ -1067,12 +1108,13 @@ mod tests {
                         let a: Vec<T> = fill(la, seed).into_iter().map(T::of).collect();
                         let b: Vec<T> = fill(lb, seed + 1).into_iter().map(T::of).collect();
                         let c0: Vec<T> = fill(lc, seed + 2).into_iter().map(T::of).collect();
-                        let run = |route| {
+                        let run = |route, b_route| {
                             let mut c = c0.clone();
                             // SAFETY: the layouts' lengths cover every addressed element.
                             unsafe {
                                 driver_route::<T, K>(
                                     route,
+                                    b_route,
                                     m,
                                     k,
                                     n,
@@ -1088,11 +1130,19 @@ mod tests {
                             };
                             c.iter().map(|x| x.to().to_bits()).collect::<Vec<_>>()
                         };
-                        assert_eq!(
-                            run(Route::Direct),
-                            run(Route::Packed),
-                            "{m}×{k}×{n} sa {sa:?} sb {sb:?} sc {sc:?} α {alpha} β {beta}"
-                        );
+                        let want = run(Route::Packed, Route::Packed);
+                        for routes in [
+                            (Route::Direct, Route::Packed),
+                            (Route::Packed, Route::Direct),
+                            (Route::Direct, Route::Direct),
+                        ] {
+                            assert_eq!(
+                                run(routes.0, routes.1),
+                                want,
+                                "{m}×{k}×{n} sa {sa:?} sb {sb:?} sc {sc:?} α {alpha} β {beta} \
+                                 routes {routes:?}"
+                            );
+                        }
                     }
                 }
             }
@@ -1113,6 +1163,9 @@ mod tests {
             (150, 300, 65),
             (256, 64, 64),
             (64, 384, 64),
+            (150, 300, 64),
+            (128, 64, 2),
+            (7, 5, 32),
         ] {
             routes_agree::<T, K>(m, k, n);
         }

@@ -19,7 +19,9 @@
 //!    zero-padded), so the kernel reads it with contiguous (unaligned) vector loads whatever
 //!    the original strides were (on the x86 kernels the transposing case, `B` contiguous along
 //!    the depth as a row-major weight matrix viewed transposed, runs in `4 × 4` register
-//!    transposes);
+//!    transposes). A `B` whose rows are contiguous, at most 512 bytes apart and a whole
+//!    number of panels wide is read in place instead (the panels are then slices of its
+//!    rows; see `b_in_place` in `kernel.rs`), with the same operations in the same order;
 //! 4. `m` in blocks of `MC` rows. `A` is *not* packed: the micro-kernel reads it in place
 //!    through its two strides (BLIS's "sup" scheme), broadcasting `A[i, p]` through `MR`
 //!    precomputed row pointers at every depth step (rows past the edge of a partial tile
@@ -54,7 +56,7 @@
 //! a call needs more than it holds and reused by every later call on that thread: after the
 //! first call of the largest shape a thread sees, GEMMs allocate nothing. (Each rayon worker
 //! has its own buffer, grown on its first GEMM.) The buffers are at most `KC·(MC + NC)`
-//! elements, `KC·NC` when `A` is read in place.
+//! elements, `KC·NC` when `A` is read in place (none when `B` is too).
 //!
 //! # Determinism
 //! The order of the floating-point operations depends only on the shape (and on which kernel
