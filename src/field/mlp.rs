@@ -349,11 +349,10 @@ impl<T: Real> Mlp<T> {
 
     /// The per-call time vectors of every layer: the gate `g_ℓ(t)` and the shift with the bias
     /// folded in, `b_ℓ ⊙ g_ℓ(t) + β_ℓ(t)`, so that `u = (W x + b) ⊙ g + β = M x + shift`
-    /// with `M = diag(g) W` and the GEMM need not start from a copy of the bias; for
-    /// `ConcatSquash` also the gated weights `M` (in `ws.wg`), so that no elementwise pass
-    /// scales by the gate (the other conditionings have `g = 1`, `M = W`).
+    /// with `M = diag(g) W` (see [`Mlp::fold_gate`]) and the GEMM need not start from a copy
+    /// of the bias.
     fn time_vectors(&self, t: T, ws: &mut MlpWorkspace<T>) {
-        let MlpWorkspace { gate, shift, wg, .. } = ws;
+        let MlpWorkspace { gate, shift, .. } = ws;
         let th = &self.params;
         for ly in &self.layers {
             let g = &mut gate[ly.tv..ly.tv + ly.n_out];
@@ -377,24 +376,28 @@ impl<T: Real> Mlp<T> {
                     s.copy_from_slice(&th[ly.b..ly.b + ly.n_out]);
                 }
             }
-            if self.cfg.time == TimeConditioning::ConcatSquash {
-                let n = ly.n_out * ly.wcols;
-                let rows = wg[ly.w..ly.w + n].chunks_exact_mut(ly.wcols);
-                for ((mr, wr), gj) in rows.zip(th[ly.w..ly.w + n].chunks_exact(ly.wcols)).zip(g) {
-                    for (m, w) in mr.iter_mut().zip(wr) {
-                        *m = *gj * *w;
-                    }
-                }
-            }
         }
     }
 
-    /// The weights the GEMMs of a call use: the gated copy `wg` (`ConcatSquash`) or θ.
-    fn weights<'a>(&'a self, wg: &'a [T]) -> &'a [T] {
-        if self.cfg.time == TimeConditioning::ConcatSquash {
-            wg
-        } else {
-            &self.params
+    /// `ConcatSquash`: the gated weights `M_ℓ = diag(g_ℓ) W_ℓ` of a call, at θ's offsets in
+    /// `mg`, so that no elementwise pass over the batch scales by the gate (the other
+    /// conditionings have `g = 1`, `M = W`, and use θ itself). Each worker forms its own
+    /// copy when it starts on a call: a copy written by the calling thread and read by the
+    /// workers cost more in cache-line transfers than the products.
+    fn fold_gate(&self, gate: &[T], mg: &mut [T]) {
+        if self.cfg.time != TimeConditioning::ConcatSquash {
+            return;
+        }
+        let th = &self.params;
+        for ly in &self.layers {
+            let n = ly.n_out * ly.wcols;
+            let rows = mg[ly.w..ly.w + n].chunks_exact_mut(ly.wcols);
+            let g = &gate[ly.tv..ly.tv + ly.n_out];
+            for ((mr, wr), gj) in rows.zip(th[ly.w..ly.w + n].chunks_exact(ly.wcols)).zip(g) {
+                for (m, w) in mr.iter_mut().zip(wr) {
+                    *m = *gj * *w;
+                }
+            }
         }
     }
 
@@ -427,6 +430,8 @@ struct WorkerWs<T> {
     /// then the tangent ones.
     ub: Vec<T>,
     ub2: Vec<T>,
+    /// The gated weights of the current call (`ConcatSquash`; see [`Mlp::fold_gate`]).
+    mg: Vec<T>,
 }
 
 /// The reverse-pass sums of one batch chunk, kept per chunk so that the reduction runs in
@@ -452,8 +457,6 @@ pub struct MlpWorkspace<T> {
     shape: Vec<usize>,
     gate: Vec<T>,
     shift: Vec<T>,
-    /// The gated weights `diag(g_ℓ) W_ℓ` of the call, at θ's offsets (`ConcatSquash` only).
-    wg: Vec<T>,
     gsum: Vec<T>,
     bsum: Vec<T>,
     scratch: Vec<WorkerWs<T>>,
@@ -466,7 +469,6 @@ impl<T: Real> MlpWorkspace<T> {
             shape: m.ws_shape(),
             gate: vec![T::zero(); m.n_tv],
             shift: vec![T::zero(); m.n_tv],
-            wg: Vec::new(),
             gsum: vec![T::zero(); m.n_tv],
             bsum: vec![T::zero(); m.n_tv],
             scratch: Vec::new(),
@@ -506,9 +508,6 @@ impl<T: Real> MlpWorkspace<T> {
         let rows = m.cfg.chunk_size;
         let l_n = m.layers.len();
         let z = T::zero();
-        if m.cfg.time == TimeConditioning::ConcatSquash && self.wg.len() < m.params.len() {
-            self.wg = vec![z; m.params.len()];
-        }
         while self.sums.len() < n_chunks {
             self.sums.push(ChunkSums {
                 theta: Vec::new(),
@@ -533,9 +532,16 @@ impl<T: Real> MlpWorkspace<T> {
                 s2: (0..l_n - 1).map(|k| vec![z; hid(k)]).collect(),
                 ub: vec![z; rows * m.max_w],
                 ub2: vec![z; rows * m.max_w],
+                mg: Vec::new(),
             });
         }
+        let gated = m.cfg.time == TimeConditioning::ConcatSquash;
         for c in &mut self.scratch {
+            // (A workspace made for a net of the same widths but another time conditioning
+            // may lack the gated weights.)
+            if gated && c.mg.len() < m.params.len() {
+                c.mg = vec![z; m.params.len()];
+            }
             if c.lanes < lanes {
                 c.lanes = lanes;
                 // Room for the tangent rows after the primal ones (see `run_chunk_impl`).
@@ -602,9 +608,6 @@ struct Job<'a, T> {
     jv: Option<OutPtr<T>>,
     jsq: Option<OutPtr<T>>,
     zbar: Option<OutPtr<T>>,
-    /// θ with every weight row scaled by its gate, `M_ℓ = diag(g_ℓ) W_ℓ` (`ConcatSquash`;
-    /// θ itself otherwise, whose gates are 1): the GEMMs' weights (see [`Mlp`]).
-    w: &'a [T],
     gate: &'a [T],
     shift: &'a [T],
 }
@@ -776,7 +779,10 @@ impl<T: Real> Mlp<T> {
         };
         let one = T::one();
         let zero = T::zero();
-        let WorkerWs { h, p, s1, s2, ub, ub2, .. } = cw;
+        let WorkerWs { h, p, s1, s2, ub, ub2, mg, .. } = cw;
+        // The GEMMs' weights: M = diag(g) W (formed by `drive`) or θ itself (g = 1).
+        let wts: &[T] =
+            if self.cfg.time == TimeConditioning::ConcatSquash { mg } else { &self.params };
         let ChunkSums { theta, gsum, bsum } = sums;
         // Row layout of h, p and the reverse buffers: the chunk's nb primal rows, then (with
         // tangents) its rt = lanes·nb tangent rows, so that one GEMM per layer serves both.
@@ -801,7 +807,7 @@ impl<T: Real> Mlp<T> {
                 one,
                 x,
                 (n_in, 1),
-                self.wx(job.w, l),
+                self.wx(wts, l),
                 (1, ly.wcols),
                 zero,
                 out,
@@ -813,7 +819,7 @@ impl<T: Real> Mlp<T> {
                     Tan::Exact => {
                         // ṗ = M₀ eᵢ, the same d rows for every sample: gather the
                         // columns of M₀ once, then copy them down the chunk.
-                        let w = &job.w[ly.w + ly.x0..];
+                        let w = &wts[ly.w + ly.x0..];
                         let (first, rest) = pdl.split_at_mut(d * n_out);
                         for (i, row) in first.chunks_exact_mut(n_out).enumerate() {
                             for (j, v) in row.iter_mut().enumerate() {
@@ -831,7 +837,7 @@ impl<T: Real> Mlp<T> {
                         one,
                         vc,
                         (d, 1),
-                        self.wx(job.w, 0),
+                        self.wx(wts, 0),
                         (1, ly.wcols),
                         zero,
                         pdl,
@@ -1061,7 +1067,7 @@ impl<T: Real> Mlp<T> {
                 // From M = diag(g) W: W̄ = diag(g) M̄ and g ⊙ ḡ = rowsum(M ⊙ M̄) (its part
                 // through the weights); b̄ = g ⊙ β̄ (the shift holds b ⊙ g).
                 if gated {
-                    let mw = self.wx(job.w, l);
+                    let mw = self.wx(wts, l);
                     for (j, (sg, gj)) in gs.iter_mut().zip(g).enumerate() {
                         let at = j * ly.wcols..j * ly.wcols + n_in;
                         let mut acc = zero;
@@ -1096,7 +1102,7 @@ impl<T: Real> Mlp<T> {
                     one,
                     uu,
                     (n_out, 1),
-                    self.wx(job.w, l),
+                    self.wx(wts, l),
                     (ly.wcols, 1),
                     zero,
                     out,
@@ -1140,7 +1146,7 @@ impl<T: Real> Mlp<T> {
                     one,
                     cu,
                     (n_out, 1),
-                    self.wx(job.w, 0),
+                    self.wx(wts, 0),
                     (ly.wcols, 1),
                     zero,
                     zb,
@@ -1168,12 +1174,14 @@ impl<T: Real> Mlp<T> {
             let per = n_chunks.div_ceil(workers);
             scratch[..workers].par_iter_mut().zip(chunks.par_chunks_mut(per)).enumerate().for_each(
                 |(w, (cw, run))| {
+                    self.fold_gate(job.gate, &mut cw.mg);
                     for (i, cs) in run.iter_mut().enumerate() {
                         self.run_chunk(w * per + i, &job, cw, cs);
                     }
                 },
             );
         } else {
+            self.fold_gate(job.gate, &mut scratch[0].mg);
             for (k, cs) in chunks.iter_mut().enumerate() {
                 self.run_chunk(k, &job, &mut scratch[0], cs);
             }
@@ -1302,8 +1310,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         check_len("f", f, batch * d)?;
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, false)?;
         self.time_vectors(t, ws);
-        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
-        let w = self.weights(wg);
+        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1316,7 +1323,6 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: None,
-            w,
             gate,
             shift,
         };
@@ -1351,8 +1357,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         let lanes = if matches!(tan, Tan::Exact) { d } else { 1 };
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, false)?;
         self.time_vectors(t, ws);
-        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
-        let w = self.weights(wg);
+        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1365,7 +1370,6 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: jac_sq.map(OutPtr::new),
             jw: None,
             zbar: None,
-            w,
             gate,
             shift,
         };
@@ -1389,8 +1393,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         check_len("jv", jv, batch * d)?;
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 1, false)?;
         self.time_vectors(t, ws);
-        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
-        let w = self.weights(wg);
+        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1403,7 +1406,6 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: None,
-            w,
             gate,
             shift,
         };
@@ -1432,8 +1434,7 @@ impl<T: Real> VectorField<T> for Mlp<T> {
         let want_theta = theta_cot.is_some();
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), 0, want_theta)?;
         self.time_vectors(t, ws);
-        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
-        let w = self.weights(wg);
+        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1446,7 +1447,6 @@ impl<T: Real> VectorField<T> for Mlp<T> {
             jsq: None,
             jw: None,
             zbar: Some(OutPtr::new(z_cot)),
-            w,
             gate,
             shift,
         };
@@ -1513,8 +1513,7 @@ impl<T: Real> Mlp<T> {
         let want_theta = theta_cot.is_some();
         ws.ensure(self, batch.div_ceil(self.cfg.chunk_size), lanes, want_theta)?;
         self.time_vectors(t, ws);
-        let MlpWorkspace { gate, shift, wg, gsum, bsum, scratch, sums, .. } = ws;
-        let w = self.weights(wg);
+        let MlpWorkspace { gate, shift, gsum, bsum, scratch, sums, .. } = ws;
         let job = Job {
             t,
             z,
@@ -1527,7 +1526,6 @@ impl<T: Real> Mlp<T> {
             jsq,
             jw,
             zbar: Some(OutPtr::new(z_cot)),
-            w,
             gate,
             shift,
         };
