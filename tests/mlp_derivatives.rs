@@ -309,6 +309,15 @@ fn check_case(cs: &Case) {
         check(&format!("{name} z"), ctx, &zc5, &zr, REF_REL, REF_ABS);
         check(&format!("{name} t"), ctx, &[tc5], &[tr], REF_REL, REF_ABS);
         check(&format!("{name} θ"), ctx, &thc5, &thr, REF_REL, REF_ABS);
+        // Without θ: f, q and the z part bit for bit (the adjoint's step-size probe relies
+        // on it), t to a few ulp (see the plain VJP above).
+        let (mut f6, mut q6, mut zc6) = (vec![0.0; bsz * d], vec![0.0; bsz], vec![0.0; bsz * d]);
+        let out = AugmentedVjp { f: &mut f6, q: &mut q6, z_cot: &mut zc6, theta_cot: None };
+        let tc6 = cs.mlp.vjp_aug(cs.t, &cs.z, div, &cs.a, &cs.c, out, &mut ws).unwrap();
+        check(&format!("{name}.f (no θ)"), ctx, &f6, &f5, 0.0, 0.0);
+        check(&format!("{name}.q (no θ)"), ctx, &q6, &q5, 0.0, 0.0);
+        check(&format!("{name} z (no θ)"), ctx, &zc6, &zc5, 0.0, 0.0);
+        check(&format!("{name} t (no θ)"), ctx, &[tc6], &[tc5], 1e-13, 1e-15);
         if cs.fd_ok {
             let (zf, tf, thf) = cs.phi_fd(Some(div));
             check(&format!("{name} z vs FD"), ctx, &zc5, &zf, FD_REL, FD_ABS);

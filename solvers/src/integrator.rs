@@ -1089,7 +1089,7 @@ fn initial_step<T: Real, S: OdeSystem<T> + ?Sized>(
         *ys = y + h * dir * f;
     }
     let f1 = &mut rest[..dim];
-    sys.rhs(t0 + h * dir, &ws.y_stage, f1);
+    sys.rhs_error_part(t0 + h * dir, &ws.y_stage, f1);
     let mut der2 = T::zero();
     for i in range.clone() {
         let s = sk(i, ws.y[i]);

@@ -8,7 +8,9 @@
 //!    B·d numbers. [`OdeSystem::error_components`] chooses which components the error norm
 //!    sees (a seminorm); [`OdeSystem::passive_components`] names quadratures the right-hand
 //!    side never reads (an adjoint's parameter cotangent, a CNF's log-density), which are
-//!    then formed only in each step's solution, not in every stage state.
+//!    then formed only in each step's solution, not in every stage state;
+//!    [`OdeSystem::rhs_error_part`] may skip the other components where the integrator
+//!    reads only the error components (the initial-step probe).
 //! 2. **The method.** [`Method`] selects Euler, midpoint, Heun, RK4 (fixed step) or
 //!    Bogacki–Shampine 3(2), Dormand–Prince 5(4), Tsitouras 5(4), DOP853 (adaptive); its
 //!    [`Tableau`] is public `const` data with a citation.

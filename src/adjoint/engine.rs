@@ -357,7 +357,7 @@ fn add_into<T: Real>(g: &mut [T], x: &[T]) {
 }
 
 /// `Φ = Σ_b [a_bᵀ f_b + c_b q_b]` (or `Σ_b a_bᵀ f_b` without divergence): writes `f`, `q`,
-/// `∂Φ/∂z` and `∂Φ/∂θ`, returns `∂Φ/∂t`.
+/// `∂Φ/∂z` and (if given a buffer) `∂Φ/∂θ`, returns `∂Φ/∂t`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn phi_vjp<T: Real, F: VectorField<T>>(
@@ -369,20 +369,14 @@ fn phi_vjp<T: Real, F: VectorField<T>>(
     f: &mut [T],
     q: &mut [T],
     z_cot: &mut [T],
-    theta_cot: &mut [T],
+    theta_cot: Option<&mut [T]>,
     ws: &mut F::Workspace,
 ) -> Result<T, FieldError> {
     match seg.div {
-        Some(div) => seg.field.vjp_aug(
-            t,
-            z,
-            div,
-            a,
-            c,
-            AugmentedVjp { f, q, z_cot, theta_cot: Some(theta_cot) },
-            ws,
-        ),
-        None => seg.field.vjp(t, z, a, f, z_cot, Some(theta_cot), ws),
+        Some(div) => {
+            seg.field.vjp_aug(t, z, div, a, c, AugmentedVjp { f, q, z_cot, theta_cot }, ws)
+        }
+        None => seg.field.vjp(t, z, a, f, z_cot, theta_cot, ws),
     }
 }
 
@@ -404,21 +398,7 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for BacksolveSys<'_, '_, T, F> {
         2 * self.n + self.seg.field.n_params()
     }
     fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
-        let n = self.n;
-        let (z, rest) = y.split_at(n);
-        let a = &rest[..n];
-        let (dz, rest) = dy.split_at_mut(n);
-        let (da, dg) = rest.split_at_mut(n);
-        match phi_vjp(self.seg, t, z, a, self.c, dz, &mut self.q, da, dg, self.ws) {
-            Ok(_) => {
-                da.iter_mut().for_each(|v| *v = -*v);
-                dg.iter_mut().for_each(|v| *v = -*v);
-            }
-            Err(e) => {
-                self.error.get_or_insert(e);
-                dy.fill(T::nan());
-            }
-        }
+        self.eval(t, y, dy, true);
     }
     fn error_components(&self) -> Range<usize> {
         if self.seminorm {
@@ -430,6 +410,35 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for BacksolveSys<'_, '_, T, F> {
     /// `g_θ` is a quadrature: the right-hand side never reads it.
     fn passive_components(&self) -> Range<usize> {
         2 * self.n..self.dim()
+    }
+    /// With the seminorm, the step-size probe needs `(dz, da_z)` only: a VJP without `∂Φ/∂θ`
+    /// (`dg` is left as it was).
+    fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, !self.seminorm);
+    }
+}
+
+impl<T: Real, F: VectorField<T>> BacksolveSys<'_, '_, T, F> {
+    /// The right-hand side, with `dg` only if `theta`.
+    fn eval(&mut self, t: T, y: &[T], dy: &mut [T], theta: bool) {
+        let n = self.n;
+        let (z, rest) = y.split_at(n);
+        let a = &rest[..n];
+        let (dz, rest) = dy.split_at_mut(n);
+        let (da, dg) = rest.split_at_mut(n);
+        let dg = if theta { Some(dg) } else { None };
+        match phi_vjp(self.seg, t, z, a, self.c, dz, &mut self.q, da, dg, self.ws) {
+            Ok(_) => {
+                da.iter_mut().for_each(|v| *v = -*v);
+                if theta {
+                    dy[2 * n..].iter_mut().for_each(|v| *v = -*v);
+                }
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+                dy.fill(T::nan());
+            }
+        }
     }
 }
 
@@ -453,17 +462,7 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for InterpSys<'_, '_, T, F> {
         self.n + self.seg.field.n_params()
     }
     fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
-        let n = self.n;
-        self.rec.eval(t, &mut self.z);
-        let a = &y[..n];
-        let (da, dg) = dy.split_at_mut(n);
-        match phi_vjp(self.seg, t, &self.z, a, self.c, &mut self.f, &mut self.q, da, dg, self.ws) {
-            Ok(_) => dy.iter_mut().for_each(|v| *v = -*v),
-            Err(e) => {
-                self.error.get_or_insert(e);
-                dy.fill(T::nan());
-            }
-        }
+        self.eval(t, y, dy, true);
     }
     fn error_components(&self) -> Range<usize> {
         if self.seminorm {
@@ -475,6 +474,31 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for InterpSys<'_, '_, T, F> {
     /// `g_θ` is a quadrature: the right-hand side never reads it.
     fn passive_components(&self) -> Range<usize> {
         self.n..self.dim()
+    }
+    /// With the seminorm, the step-size probe needs `da_z` only: a VJP without `∂Φ/∂θ`.
+    fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, !self.seminorm);
+    }
+}
+
+impl<T: Real, F: VectorField<T>> InterpSys<'_, '_, T, F> {
+    /// The right-hand side, with `dg` only if `theta`.
+    fn eval(&mut self, t: T, y: &[T], dy: &mut [T], theta: bool) {
+        let n = self.n;
+        self.rec.eval(t, &mut self.z);
+        let a = &y[..n];
+        let (da, dg) = dy.split_at_mut(n);
+        let dg = if theta { Some(dg) } else { None };
+        match phi_vjp(self.seg, t, &self.z, a, self.c, &mut self.f, &mut self.q, da, dg, self.ws) {
+            Ok(_) => {
+                let end = if theta { dy.len() } else { n };
+                dy[..end].iter_mut().for_each(|v| *v = -*v);
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+                dy.fill(T::nan());
+            }
+        }
     }
 }
 
@@ -566,7 +590,7 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                 &mut fscr,
                 &mut qscr,
                 &mut zbar,
-                &mut thscr,
+                Some(&mut thscr),
                 ws,
             )?;
             out.stats.n_rhs += 1;
