@@ -787,6 +787,10 @@ impl<T: Real> Mlp<T> {
         // Row layout of h, p and the reverse buffers: the chunk's nb primal rows, then (with
         // tangents) its rt = lanes·nb tangent rows, so that one GEMM per layer serves both.
         let rt = lanes * nb;
+        // With the exact trace the first layer's tangent rows are the same d rows for every
+        // sample (u̇ = M₀ eᵢ): unless that layer is also the output, only those d rows are
+        // stored, and tangent row r reads row r mod d.
+        let shared0 = matches!(job.tan, Tan::Exact) && l_n > 1;
 
         // ── Forward pass: primal and tangent rows together, layer by layer ──
         for l in 0..l_n {
@@ -817,8 +821,9 @@ impl<T: Real> Mlp<T> {
             if l == 0 && lanes > 0 {
                 match job.tan {
                     Tan::Exact => {
-                        // ṗ = M₀ eᵢ, the same d rows for every sample: gather the
-                        // columns of M₀ once, then copy them down the chunk.
+                        // u̇ = M₀ eᵢ, the same d rows for every sample: gather the
+                        // columns of M₀ once (and copy them down the chunk only if this
+                        // is the output layer; see `shared0`).
                         let w = &wts[ly.w + ly.x0..];
                         let (first, rest) = pdl.split_at_mut(d * n_out);
                         for (i, row) in first.chunks_exact_mut(n_out).enumerate() {
@@ -826,8 +831,10 @@ impl<T: Real> Mlp<T> {
                                 *v = w[j * ly.wcols + i];
                             }
                         }
-                        for block in rest.chunks_exact_mut(d * n_out) {
-                            block.copy_from_slice(first);
+                        if !shared0 {
+                            for block in rest.chunks_exact_mut(d * n_out) {
+                                block.copy_from_slice(first);
+                            }
                         }
                     }
                     Tan::Dir(_) => T::gemm(
@@ -864,7 +871,8 @@ impl<T: Real> Mlp<T> {
                 for r in 0..rt {
                     let b = r / lanes;
                     let s = &s1l[b * n_out..(b + 1) * n_out];
-                    let src = &pdl[r * n_out..(r + 1) * n_out];
+                    let rs = if l == 0 && shared0 { r % lanes } else { r };
+                    let src = &pdl[rs * n_out..(rs + 1) * n_out];
                     let dst = &mut hdl[r * n_out..(r + 1) * n_out];
                     for ((o, s), x) in dst.iter_mut().zip(s).zip(src) {
                         *o = *s * *x;
@@ -988,8 +996,10 @@ impl<T: Real> Mlp<T> {
             if gated && !want_theta {
                 // Without the weight gradient M̄ to take it from: g ⊙ ḡ = Σ_b (ū ⊙ p + u̇̄ ⊙ ṗ)
                 // over primal and tangent rows (p = M h carries the gate).
-                let pall = &p[l][..(nb + rt) * n_out];
-                for (ur, prow) in uu.chunks_exact(n_out).zip(pall.chunks_exact(n_out)) {
+                for (r, ur) in uu.chunks_exact(n_out).enumerate() {
+                    // (The first layer's shared tangent rows: row nb + lane.)
+                    let rs = if l == 0 && shared0 && r >= nb { nb + (r - nb) % lanes } else { r };
+                    let prow = &p[l][rs * n_out..(rs + 1) * n_out];
                     for ((sg, u), x) in gs.iter_mut().zip(ur).zip(prow) {
                         *sg += *u * *x;
                     }
@@ -1124,7 +1134,8 @@ impl<T: Real> Mlp<T> {
                         let s2r = &s2p[b * n_in..(b + 1) * n_in];
                         for i in 0..lanes_r {
                             let r = b * lanes_r + i;
-                            let pr = &pdp[r * n_in..(r + 1) * n_in];
+                            let rs = if l == 1 && shared0 { i } else { r };
+                            let pr = &pdp[rs * n_in..(rs + 1) * n_in];
                             let row = &mut nud[r * n_in..(r + 1) * n_in];
                             for ((((u, s2), x), o), s1) in
                                 nur.iter_mut().zip(s2r).zip(pr).zip(row.iter_mut()).zip(s1r)
