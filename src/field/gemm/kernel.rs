@@ -20,6 +20,9 @@ pub(super) trait Elem:
     /// Runs `f` on this thread's packing buffer of at least `need` elements, grown (once per
     /// new maximum, to a power of two) and then reused by every later call on the thread.
     fn with_pack<R>(need: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+
+    /// `self·a + b` rounded once (one instruction where the caller enables FMA).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 thread_local! {
@@ -32,6 +35,11 @@ macro_rules! impl_elem {
         impl Elem for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
+
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
 
             fn with_pack<R>(need: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
                 let mut f = Some(f);
@@ -104,6 +112,37 @@ pub(super) trait MicroKernel<T: Elem> {
         mr: usize,
         nr: usize,
     );
+
+    /// A narrow product (see [`SMALL_N`]): `C[..m, ..n] ← α·A·B + β·C` with `A` contiguous
+    /// along the depth (element `(i, p)` at `a + i·rsa + p`) and `B` given transposed
+    /// (`bt`: row `j` at `j·ldbt`, its `k` elements then zeros up to `ldbt`), as dot
+    /// products over the depth ([`small_n_body`]).
+    ///
+    /// # Safety
+    /// `m, k ≥ 1`, `1 ≤ n ≤ SMALL_N`; every `a + i·rsa + p` (`i < m`, `p < k`) is readable;
+    /// `ldbt ≥ k` is a multiple of [`SMALL_N_PAD`] and `bt` holds `n·ldbt` elements; every
+    /// `c + i·sc.0 + j·sc.1` (`i < m`, `j < n`) is valid for reads and writes and aliases
+    /// neither input.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn small_n(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: T,
+        a: *const T,
+        rsa: usize,
+        bt: &[T],
+        ldbt: usize,
+        beta: T,
+        c: *mut T,
+        sc: (usize, usize),
+    ) where
+        Self: Sized,
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { small_n_body::<T, 4, false>(m, k, n, alpha, a, rsa, bt, ldbt, beta, c, sc) }
+    }
 
     /// Packs `B[.., ..nc]` (depth `kc`) into `NR`-wide panels, exactly as [`pack`] does; a
     /// kernel may override it with a vectorized routine that writes the same panels.
@@ -185,6 +224,135 @@ unsafe fn pack<T: Elem, const W: usize>(
     }
 }
 
+/// The widest product (`n` columns, fewer than a register tile's) run as dot products over
+/// the depth when `A` is contiguous along it, instead of transposed into a tile kernel
+/// (whatever `m`: the choice, and so the summation order of each element, depends on `n`
+/// and the layout only): the output layer of a 2-D flow (`n = d = 2`, depth 64), whose transposed
+/// route packed the whole `k × m` activation block into panels for a product of only
+/// `2·k·m` flops (skipping that GEMM made the toy net's f + exact divergence 6% faster).
+pub(super) const SMALL_N: usize = 4;
+
+/// The row length of the transposed `B` of a narrow product is padded to a multiple of this
+/// (the widest dot kernel's lanes, 16 `f32` on AVX-512), so a depth tail reads zeros.
+const SMALL_N_PAD: usize = 16;
+
+/// [`MicroKernel::small_n`] with `W` lanes per depth step (one vector register where the
+/// caller enables SIMD) and `R = 4` rows of `A` per pass: `4·N` accumulators of `W` lanes;
+/// per `W` depth steps, 4 loads of `A`, `N` of `Bᵀ` and `4·N` lane-wise multiply-adds
+/// (fused with `FUSED`); a depth tail `k mod W` goes into lanes `0..k mod W` in order, then
+/// each accumulator is summed over its lanes pairwise (lane `q` with `q + W/2`, …). The
+/// order depends on the shape only.
+///
+/// # Safety
+/// As for [`MicroKernel::small_n`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn small_n_body<T: Elem, const W: usize, const FUSED: bool>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: *const T,
+    rsa: usize,
+    bt: &[T],
+    ldbt: usize,
+    beta: T,
+    c: *mut T,
+    sc: (usize, usize),
+) {
+    // SAFETY (all): forwarded from the caller; the const-N copies see N = n.
+    unsafe {
+        match n {
+            1 => small_n_rows::<T, W, 1, FUSED>(m, k, alpha, a, rsa, bt, ldbt, beta, c, sc),
+            2 => small_n_rows::<T, W, 2, FUSED>(m, k, alpha, a, rsa, bt, ldbt, beta, c, sc),
+            3 => small_n_rows::<T, W, 3, FUSED>(m, k, alpha, a, rsa, bt, ldbt, beta, c, sc),
+            _ => small_n_rows::<T, W, 4, FUSED>(m, k, alpha, a, rsa, bt, ldbt, beta, c, sc),
+        }
+    }
+}
+
+/// [`small_n_body`] for `N = n` columns.
+///
+/// # Safety
+/// As for [`MicroKernel::small_n`], with `n = N`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn small_n_rows<T: Elem, const W: usize, const N: usize, const FUSED: bool>(
+    m: usize,
+    k: usize,
+    alpha: T,
+    a: *const T,
+    rsa: usize,
+    bt: &[T],
+    ldbt: usize,
+    beta: T,
+    c: *mut T,
+    sc: (usize, usize),
+) {
+    const R: usize = 4;
+    let madd = |x: T, y: T, acc: T| if FUSED { x.mul_add(y, acc) } else { acc + x * y };
+    let kp = ldbt;
+    let kw = k - k % W;
+    // Every index into the accumulators is a constant (all R rows computed, partial passes
+    // repeating the last row; the depth tail as one zero-padded block), so they stay in
+    // registers.
+    let step = |acc: &mut [[[T; W]; N]; R], av: &[[T; W]; R], p: usize| {
+        for (j, accj) in (0..N).map(|j| (j, &bt[j * kp + p..j * kp + p + W])) {
+            for r in 0..R {
+                for q in 0..W {
+                    acc[r][j][q] = madd(av[r][q], accj[q], acc[r][j][q]);
+                }
+            }
+        }
+    };
+    for i0 in (0..m).step_by(R) {
+        let rows = R.min(m - i0);
+        // SAFETY: rows i0 + min(r, rows − 1) < m of A (partial passes repeat the last row).
+        let ar: [*const T; R] =
+            std::array::from_fn(|r| unsafe { a.add((i0 + r.min(rows - 1)) * rsa) });
+        let mut acc = [[[T::ZERO; W]; N]; R];
+        for p in (0..kw).step_by(W) {
+            // SAFETY: p + q < kw ≤ k: in row ar[r] of A.
+            let av: [[T; W]; R] =
+                std::array::from_fn(|r| std::array::from_fn(|q| unsafe { *ar[r].add(p + q) }));
+            step(&mut acc, &av, p);
+        }
+        if kw < k {
+            // SAFETY: only p = kw + q < k is read (the rest of the block is zero, as in bt).
+            let av: [[T; W]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|q| {
+                    if kw + q < k {
+                        unsafe { *ar[r].add(kw + q) }
+                    } else {
+                        T::ZERO
+                    }
+                })
+            });
+            step(&mut acc, &av, kw);
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                let mut w = W;
+                while w > 1 {
+                    w /= 2;
+                    for q in 0..w {
+                        lanes[q] = lanes[q] + lanes[q + w];
+                    }
+                }
+                if r < rows {
+                    // SAFETY: element (i0 + r, j) of C, i0 + r < m and j < N (the contract).
+                    let x = unsafe { &mut *c.add((i0 + r) * sc.0 + j * sc.1) };
+                    *x = if beta == T::ZERO {
+                        alpha * lanes[0]
+                    } else {
+                        alpha * lanes[0] + beta * *x
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// How the driver hands `A` to the micro-kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Route {
@@ -243,6 +411,23 @@ pub(super) unsafe fn driver_route<T: Elem, K: MicroKernel<T>>(
     c: *mut T,
     sc: (usize, usize),
 ) {
+    // A very narrow C with A contiguous along the depth: dot products (see SMALL_N). The
+    // choice must not depend on m: the MLP computes a layer's primal rows alone or with
+    // tangent rows appended and relies on the same bits for them.
+    if n <= SMALL_N && n < K::NR && sa.1 == 1 {
+        // Bᵀ, each row zero-padded to a multiple of the widest dot kernel (16 lanes).
+        let kp = k.next_multiple_of(SMALL_N_PAD);
+        return T::with_pack(n * kp, |bt| {
+            for (j, row) in bt.chunks_exact_mut(kp).enumerate() {
+                for (p, x) in row.iter_mut().enumerate() {
+                    // SAFETY: element (p, j) of B, p < k and j < n.
+                    *x = if p < k { unsafe { *b.add(p * sb.0 + j * sb.1) } } else { T::ZERO };
+                }
+            }
+            // SAFETY: the caller's contract; bt holds Bᵀ (n rows of k, kp apart).
+            unsafe { K::small_n(m, k, n, alpha, a, sa.0, bt, kp, beta, c, sc) }
+        });
+    }
     // A narrow C (n below one register tile, m larger) is computed as Cᵀ = Bᵀ·Aᵀ, so that the
     // wide dimension fills the tile's columns. The choice depends on the shape only.
     let (m, n, a, sa, b, sb, sc) = if n < K::NR && m > n {
@@ -638,9 +823,9 @@ mod x86 {
     }
 
     macro_rules! avx2_kernel {
-        ($name:ident, $imp:ident, $t:ty, $nr:expr, $lanes:expr, $v:ty, $zero:ident, $load:ident,
-         $store:ident, $set1:ident, $fma:ident, $mul:ident, $add:ident, $mc:expr, $nc:expr,
-         $feat:literal) => {
+        ($name:ident, $imp:ident, $dot:ident, $t:ty, $nr:expr, $lanes:expr, $v:ty, $zero:ident,
+         $load:ident, $store:ident, $set1:ident, $fma:ident, $mul:ident, $add:ident, $mc:expr,
+         $nc:expr, $feat:literal) => {
             impl MicroKernel<$t> for $name {
                 const MR: usize = 6;
                 const NR: usize = $nr;
@@ -680,6 +865,52 @@ mod x86 {
                     // SAFETY: the kernel's target features imply AVX2 and were detected
                     // before it was selected; the rest is the caller's contract.
                     unsafe { pack_avx2::<$t, $nr>(kc, nc, b, sb.1, sb.0, out) }
+                }
+
+                #[inline]
+                unsafe fn small_n(
+                    m: usize,
+                    k: usize,
+                    n: usize,
+                    alpha: $t,
+                    a: *const $t,
+                    rsa: usize,
+                    bt: &[$t],
+                    ldbt: usize,
+                    beta: $t,
+                    c: *mut $t,
+                    sc: (usize, usize),
+                ) {
+                    // SAFETY: as for `tile`.
+                    unsafe { $dot(m, k, n, alpha, a, rsa, bt, ldbt, beta, c, sc) }
+                }
+            }
+
+            /// [`MicroKernel::small_n`] one vector register wide, with fused multiply-adds.
+            ///
+            /// # Safety
+            #[doc = concat!("The target features `", $feat, "` are available; otherwise as")]
+            /// [`MicroKernel::small_n`].
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $dot(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: $t,
+                a: *const $t,
+                rsa: usize,
+                bt: &[$t],
+                ldbt: usize,
+                beta: $t,
+                c: *mut $t,
+                sc: (usize, usize),
+            ) {
+                // SAFETY: the caller's contract.
+                unsafe {
+                    super::small_n_body::<$t, $lanes, true>(
+                        m, k, n, alpha, a, rsa, bt, ldbt, beta, c, sc,
+                    )
                 }
             }
 
@@ -762,6 +993,7 @@ mod x86 {
     avx2_kernel!(
         Avx2F64,
         avx2_f64_tile,
+        avx2_f64_dot,
         f64,
         8,
         4,
@@ -780,6 +1012,7 @@ mod x86 {
     avx2_kernel!(
         Avx2F32,
         avx2_f32_tile,
+        avx2_f32_dot,
         f32,
         16,
         8,
@@ -798,6 +1031,7 @@ mod x86 {
     avx2_kernel!(
         Avx512F64,
         avx512_f64_tile,
+        avx512_f64_dot,
         f64,
         16,
         8,
@@ -816,6 +1050,7 @@ mod x86 {
     avx2_kernel!(
         Avx512F32,
         avx512_f32_tile,
+        avx512_f32_dot,
         f32,
         32,
         16,
@@ -893,7 +1128,7 @@ entry!(sgemm, f32, Avx2F32, Avx512F32);
 
 #[cfg(test)]
 mod tests {
-    use super::{driver, driver_route, Elem, MicroKernel, Portable, Route};
+    use super::{driver, driver_route, Elem, MicroKernel, Portable, Route, SMALL_N};
 
     /// Small deterministic pseudo-random numbers in [−1, 1).
     fn fill(n: usize, seed: u64) -> Vec<f64> {
@@ -1051,6 +1286,11 @@ mod tests {
         check_shape::<T, K>(2, 128, 64);
         check_shape::<T, K>(64, 256, 3);
         check_shape::<T, K>(256, 64, 64);
+        // Narrow products as dot products (n ≤ SMALL_N): every n, depth tails of every
+        // kernel width, partial row passes.
+        for &(m, k, n) in &[(130, 37, 4), (9, 5, 4), (384, 64, 2), (6, 17, 3), (5, 33, 1)] {
+            check_shape::<T, K>(m, k, n);
+        }
     }
 
     #[test]
@@ -1168,6 +1408,59 @@ mod tests {
             (7, 5, 32),
         ] {
             routes_agree::<T, K>(m, k, n);
+        }
+    }
+
+    /// A narrow product's rows do not depend on how many rows it has (the MLP computes a
+    /// layer's primal rows alone or with tangent rows appended): the first rows of a taller
+    /// product are bit-identical to the shorter one's, for every narrow width and m ≤ n too.
+    fn narrow_rows_agree<T: Cast, K: MicroKernel<T>>() {
+        for n in 1..=SMALL_N + 1 {
+            for k in [1, 7, 64, 70] {
+                let a: Vec<T> =
+                    fill(130 * k, (n * 100 + k) as u64).into_iter().map(T::of).collect();
+                let b: Vec<T> =
+                    fill(k * n, (n * 100 + k + 1) as u64).into_iter().map(T::of).collect();
+                let run = |m: usize| {
+                    let mut c = vec![T::ZERO; m * n];
+                    // SAFETY: A is m × k (m ≤ 130) row-major, B k × n, C m × n row-major.
+                    unsafe {
+                        driver::<T, K>(
+                            m,
+                            k,
+                            n,
+                            T::ONE,
+                            a.as_ptr(),
+                            (k, 1),
+                            b.as_ptr(),
+                            (n, 1),
+                            T::ZERO,
+                            c.as_mut_ptr(),
+                            (n, 1),
+                        )
+                    };
+                    c.iter().map(|x| x.to().to_bits()).collect::<Vec<_>>()
+                };
+                let tall = run(130);
+                for m in [1, 2, 3, 4, 5, 64] {
+                    assert_eq!(run(m), tall[..m * n], "n {n} k {k} m {m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_rows_independent_of_m() {
+        narrow_rows_agree::<f64, Portable>();
+        narrow_rows_agree::<f32, Portable>();
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx2_fma() {
+            narrow_rows_agree::<f64, super::Avx2F64>();
+            narrow_rows_agree::<f32, super::Avx2F32>();
+            if super::has_avx512f() {
+                narrow_rows_agree::<f64, super::Avx512F64>();
+                narrow_rows_agree::<f32, super::Avx512F32>();
+            }
         }
     }
 

@@ -37,8 +37,13 @@
 //!    scalar loop with the same arithmetic for edge tiles and strided `C`; `C` is never read
 //!    when `β = 0`).
 //!
-//! A narrow product (`n < NR` and `m > n`, e.g. the 2-wide output layer of a 2-D flow) is
-//! computed as `Cᵀ = Bᵀ·Aᵀ` (swapped strides again), so the wide dimension fills the tile.
+//! A narrow product (`n < NR` and `m > n`) is computed as `Cᵀ = Bᵀ·Aᵀ` (swapped strides
+//! again), so the wide dimension fills the tile; but at most 4 columns wide with `A`
+//! contiguous along the depth (the 2-wide output layer of a 2-D flow) it runs as dot
+//! products: `Bᵀ` copied once (`n·k` elements), four rows of `A` at a time against it one
+//! vector register of depth per step, each sum reduced over the register's lanes pairwise
+//! (`small_n_body` in `kernel.rs`) — no `k × m` block of `A` packed for a product of
+//! `2·k·m` flops.
 //!
 //! # Kernels
 //! On x86-64 with AVX2 and FMA (detected at run time with `is_x86_feature_detected!`; the
