@@ -271,6 +271,38 @@ pub(super) unsafe fn small_n_body<T: Elem, const W: usize, const FUSED: bool>(
     }
 }
 
+/// Rows per pass of the narrow-product dot kernel.
+const R: usize = 4;
+
+/// `x·y + acc`, fused (one rounding) with `FUSED`.
+#[inline(always)]
+fn madd<T: Elem, const FUSED: bool>(x: T, y: T, acc: T) -> T {
+    if FUSED {
+        x.mul_add(y, acc)
+    } else {
+        acc + x * y
+    }
+}
+
+/// One block of `W` depth steps `p..p + W` of [`small_n_rows`]: `acc[r][j] += A[r] ⊙ Bᵀ[j]`
+/// lane by lane.
+#[inline(always)]
+fn dot_step<T: Elem, const W: usize, const N: usize, const FUSED: bool>(
+    acc: &mut [[[T; W]; N]; R],
+    av: &[[T; W]; R],
+    bt: &[T],
+    kp: usize,
+    p: usize,
+) {
+    for (j, accj) in (0..N).map(|j| (j, &bt[j * kp + p..j * kp + p + W])) {
+        for r in 0..R {
+            for q in 0..W {
+                acc[r][j][q] = madd::<T, FUSED>(av[r][q], accj[q], acc[r][j][q]);
+            }
+        }
+    }
+}
+
 /// [`small_n_body`] for `N = n` columns.
 ///
 /// # Safety
@@ -289,22 +321,12 @@ unsafe fn small_n_rows<T: Elem, const W: usize, const N: usize, const FUSED: boo
     c: *mut T,
     sc: (usize, usize),
 ) {
-    const R: usize = 4;
-    let madd = |x: T, y: T, acc: T| if FUSED { x.mul_add(y, acc) } else { acc + x * y };
     let kp = ldbt;
     let kw = k - k % W;
     // Every index into the accumulators is a constant (all R rows computed, partial passes
     // repeating the last row; the depth tail as one zero-padded block), so they stay in
-    // registers.
-    let step = |acc: &mut [[[T; W]; N]; R], av: &[[T; W]; R], p: usize| {
-        for (j, accj) in (0..N).map(|j| (j, &bt[j * kp + p..j * kp + p + W])) {
-            for r in 0..R {
-                for q in 0..W {
-                    acc[r][j][q] = madd(av[r][q], accj[q], acc[r][j][q]);
-                }
-            }
-        }
-    };
+    // registers. (Helpers are `inline(always)` functions, not closures: a closure left out
+    // of line loses the caller's target features and its `mul_add` becomes a libm call.)
     for i0 in (0..m).step_by(R) {
         let rows = R.min(m - i0);
         // SAFETY: rows i0 + min(r, rows − 1) < m of A (partial passes repeat the last row).
@@ -315,7 +337,7 @@ unsafe fn small_n_rows<T: Elem, const W: usize, const N: usize, const FUSED: boo
             // SAFETY: p + q < kw ≤ k: in row ar[r] of A.
             let av: [[T; W]; R] =
                 std::array::from_fn(|r| std::array::from_fn(|q| unsafe { *ar[r].add(p + q) }));
-            step(&mut acc, &av, p);
+            dot_step::<T, W, N, FUSED>(&mut acc, &av, bt, kp, p);
         }
         if kw < k {
             // SAFETY: only p = kw + q < k is read (the rest of the block is zero, as in bt).
@@ -328,7 +350,7 @@ unsafe fn small_n_rows<T: Elem, const W: usize, const N: usize, const FUSED: boo
                     }
                 })
             });
-            step(&mut acc, &av, kw);
+            dot_step::<T, W, N, FUSED>(&mut acc, &av, bt, kp, kw);
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             for (j, lanes) in acc.iter_mut().enumerate() {
