@@ -168,7 +168,8 @@ struct Layer {
 /// `u̇_ℓ = M_ℓ ḣ_{ℓ−1}`, `ḣ_ℓ = σ′(u_ℓ) ⊙ u̇_ℓ`, `ḣ₀ = v` ⇒ `J v = u̇_L`.
 /// Hutchinson: `v = ε`, `q = εᵀ u̇_L`, `‖Jε‖² = ‖u̇_L‖²`. Exact trace: `d` lanes `v = e_i`
 /// stacked into the batch dimension (row `b·d + i`), `q = Σ_i (u̇_L⁽ⁱ⁾)_i`; the first layer's
-/// lane `i` is column `i` of `W₁` (a copy, no GEMM), every later layer one GEMM over `B·d` rows.
+/// lane `i` is column `i` of `M₁`, the same for every sample (stored once per chunk, no GEMM),
+/// every later layer one GEMM over `B·d` rows.
 ///
 /// # Reverse over the tangent pass (VJP and the divergence cotangent)
 /// For `Φ = Σ_b [a_bᵀ f_b + c_b q_b]`: seed `ū_L = a`, `u̇̄_L = c·ε` (Hutchinson) or `c·e_i`
