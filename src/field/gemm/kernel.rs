@@ -1154,6 +1154,24 @@ entry!(sgemm, f32, Avx2F32, Avx512F32);
 mod tests {
     use super::{driver, driver_route, Elem, MicroKernel, Portable, Route, SMALL_N};
 
+    /// Runs the generic check `$f::<T, K>()` for both element types on every kernel this CPU
+    /// can run.
+    macro_rules! on_every_kernel {
+        ($f:ident) => {{
+            $f::<f64, Portable>();
+            $f::<f32, Portable>();
+            #[cfg(target_arch = "x86_64")]
+            if super::has_avx2_fma() {
+                $f::<f64, super::Avx2F64>();
+                $f::<f32, super::Avx2F32>();
+                if super::has_avx512f() {
+                    $f::<f64, super::Avx512F64>();
+                    $f::<f32, super::Avx512F32>();
+                }
+            }
+        }};
+    }
+
     /// Small deterministic pseudo-random numbers in [−1, 1).
     fn fill(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1475,32 +1493,12 @@ mod tests {
 
     #[test]
     fn narrow_rows_independent_of_m() {
-        narrow_rows_agree::<f64, Portable>();
-        narrow_rows_agree::<f32, Portable>();
-        #[cfg(target_arch = "x86_64")]
-        if super::has_avx2_fma() {
-            narrow_rows_agree::<f64, super::Avx2F64>();
-            narrow_rows_agree::<f32, super::Avx2F32>();
-            if super::has_avx512f() {
-                narrow_rows_agree::<f64, super::Avx512F64>();
-                narrow_rows_agree::<f32, super::Avx512F32>();
-            }
-        }
+        on_every_kernel!(narrow_rows_agree);
     }
 
     #[test]
     fn routes_bit_identical() {
-        routes_sweep::<f64, Portable>();
-        routes_sweep::<f32, Portable>();
-        #[cfg(target_arch = "x86_64")]
-        if super::has_avx2_fma() {
-            routes_sweep::<f64, super::Avx2F64>();
-            routes_sweep::<f32, super::Avx2F32>();
-            if super::has_avx512f() {
-                routes_sweep::<f64, super::Avx512F64>();
-                routes_sweep::<f32, super::Avx512F32>();
-            }
-        }
+        on_every_kernel!(routes_sweep);
     }
 
     /// The kernel's `pack_b` writes exactly the panels of the scalar `pack` (full and
@@ -1527,16 +1525,7 @@ mod tests {
 
     #[test]
     fn pack_b_routes_agree() {
-        pack_b_agrees::<f64, Portable>();
-        #[cfg(target_arch = "x86_64")]
-        if super::has_avx2_fma() {
-            pack_b_agrees::<f64, super::Avx2F64>();
-            pack_b_agrees::<f32, super::Avx2F32>();
-            if super::has_avx512f() {
-                pack_b_agrees::<f64, super::Avx512F64>();
-                pack_b_agrees::<f32, super::Avx512F32>();
-            }
-        }
+        on_every_kernel!(pack_b_agrees);
     }
 
     /// Large blocks in every dimension (several MC, NC and KC blocks).
