@@ -49,6 +49,7 @@ use odeflow_solvers::{
 
 use crate::error::{batch_size, check_finite, check_len, Error};
 use crate::field::{Divergence, FieldError, Real, VectorField};
+use crate::pool::on_pool;
 use crate::spare_integrators::SpareIntegrators;
 use crate::trace::TraceEstimator;
 
@@ -574,8 +575,24 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     /// points from `t_from` to `t_to` through the blocks, writing the whole state at each of
     /// `times` into `out` (`times.len()` states). `eps` holds one noise buffer per block (or
     /// is empty).
+    /// Runs on a worker of the rayon pool ([`on_pool`]).
     #[allow(clippy::too_many_arguments)]
     fn run(
+        &self,
+        t_from: T,
+        t_to: T,
+        state: &mut [T],
+        track_logp: bool,
+        eps: &[T],
+        times: &[T],
+        out: &mut [T],
+    ) -> Result<Stats, Error> {
+        on_pool(|| self.run_here(t_from, t_to, state, track_logp, eps, times, out))
+    }
+
+    /// [`Cnf::run`] on the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    fn run_here(
         &self,
         t_from: T,
         t_to: T,

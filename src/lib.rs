@@ -9,6 +9,7 @@ pub mod field;
 pub mod flows;
 pub mod io;
 pub mod plot;
+mod pool;
 mod spare_integrators;
 pub mod trace;
 pub mod train;

@@ -38,10 +38,16 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = ALLOCS.with(|c| c.get());
-    let r = f();
-    (r, ALLOCS.with(|c| c.get()) - before)
+/// `f`'s result and the allocations made while it runs, on the one worker of a one-thread
+/// rayon pool: a solve called from outside the pool runs on a pool worker, so `f` runs on
+/// one, and every allocation of the solve is made (and counted) on the thread that counts.
+fn allocations<R: Send>(f: impl FnOnce() -> R + Send) -> (R, usize) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let before = ALLOCS.with(|c| c.get());
+        let r = f();
+        (r, ALLOCS.with(|c| c.get()) - before)
+    })
 }
 
 const STRATEGIES: [Strategy; 3] = [Strategy::Backsolve, Strategy::Checkpointed, Strategy::Discrete];
@@ -954,4 +960,63 @@ fn contracting_flow_breaks_backsolve_not_checkpointed() {
         println!("{strategy:?}: max |∂L/∂y0 − reference| = {err:.1e}");
         assert!(err < 1e-4, "{strategy:?}: {err:e}");
     }
+}
+
+/// Calls of [`PoolProbe`] made on a rayon pool worker, and made elsewhere.
+static PROBE_ON_POOL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PROBE_OFF_POOL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// [`Rotate`], counting where its calls run (used by one test only: the counters are global).
+struct PoolProbe;
+impl ScalarField<f64> for PoolProbe {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn eval<D: DualScalar<f64>>(&self, t: D, z: &[D], out: &mut [D]) {
+        let on = rayon::current_thread_index().is_some();
+        let counter = if on { &PROBE_ON_POOL } else { &PROBE_OFF_POOL };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Rotate.eval(t, z, out);
+    }
+}
+
+/// The solves called from a thread outside the rayon pool (this test's) make their field
+/// calls on a pool worker (so that the field's parallel chunks are work-stealing splits, not
+/// cold entries into the pool on every call): log-densities, samples, trajectories, CNF
+/// gradients with every strategy and a neural-ODE gradient. Fails if a solve loop runs on
+/// the caller's thread.
+#[test]
+fn solves_run_on_the_rayon_pool() {
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(rayon::current_thread_index().is_none());
+    let x = points(6, 41, 1.0);
+    let blocks = vec![
+        CnfBlock { field: AutoDiffField::new(PoolProbe), t_end: 0.3 },
+        CnfBlock { field: AutoDiffField::new(PoolProbe), t_end: 0.2 },
+    ];
+    let cnf = Cnf::chain(blocks, CnfConfig::default()).unwrap();
+    cnf.log_prob(&x).unwrap();
+    cnf.sample(6, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    cnf.trajectory(0.0, &x, &[0.1, 0.5]).unwrap();
+    for strategy in STRATEGIES {
+        let adj = AdjointConfig::with_strategy(strategy);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        cnf_nll_grad(&cnf, &x, &mut rng, &adj).unwrap();
+        let spec = OdeSpec {
+            t0: 0.0,
+            t_obs: vec![0.2, 0.5],
+            method: Method::Dopri5,
+            options: SolveOptions::tol(1e-6, 1e-6),
+        };
+        let field = AutoDiffField::new(PoolProbe);
+        ode_grad(&field, &spec, &x, &adj, |s, c| {
+            c.copy_from_slice(s);
+            0.5 * s.iter().map(|v| v * v).sum::<f64>()
+        })
+        .unwrap();
+    }
+    let (on, off) = (PROBE_ON_POOL.load(Relaxed), PROBE_OFF_POOL.load(Relaxed));
+    println!("field calls on the pool {on}, off it {off}");
+    assert!(on > 1000, "{on} calls on the pool");
+    assert_eq!(off, 0, "{off} of {} calls off the pool", on + off);
 }

@@ -81,6 +81,7 @@ use odeflow_solvers::{Integrator, Method, SolveOptions, Stats};
 use crate::cnf::{std_normal_log_prob, Cnf};
 use crate::error::{batch_size, check_finite, check_len, Error};
 use crate::field::{Real, VectorField};
+use crate::pool::on_pool;
 use engine::{backward_segment, end_rate, forward_segment, Fail, Seg, SegTape};
 
 /// How the backward pass is computed (see the [module docs](self) for the trade-offs).
@@ -246,6 +247,16 @@ pub(crate) fn cnf_forward_noise<'a, T: Real, F: VectorField<T>>(
     eps: Vec<T>,
     adj: &AdjointConfig<T>,
 ) -> Result<CnfTape<'a, T, F>, Error> {
+    on_pool(|| cnf_forward_here(cnf, x, eps, adj))
+}
+
+/// [`cnf_forward_noise`] on the calling thread.
+fn cnf_forward_here<'a, T: Real, F: VectorField<T>>(
+    cnf: &'a Cnf<T, F>,
+    x: &[T],
+    eps: Vec<T>,
+    adj: &AdjointConfig<T>,
+) -> Result<CnfTape<'a, T, F>, Error> {
     let d = cnf.dim();
     let b = check_forward_input(cnf, x)?;
     let cfg = cnf.config();
@@ -343,6 +354,11 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
     /// that fails ([`Error::AdjointSolve`], with its t and h); a gradient that comes out
     /// non-finite ([`Error::NonFiniteGradient`]).
     pub fn backward(&self, dl_dz: &[T], dl_dl: &[T]) -> Result<CnfGradient<T>, Error> {
+        on_pool(|| self.backward_here(dl_dz, dl_dl))
+    }
+
+    /// [`CnfTape::backward`] on the calling thread.
+    fn backward_here(&self, dl_dz: &[T], dl_dl: &[T]) -> Result<CnfGradient<T>, Error> {
         let d = self.cnf.dim();
         let (b, n) = (self.b, self.b * d);
         check_len("dl_dz", dl_dz.len(), n)?;
@@ -464,6 +480,16 @@ pub fn ode_forward<'a, T: Real, F: VectorField<T>>(
     y0: &[T],
     adj: &AdjointConfig<T>,
 ) -> Result<OdeTape<'a, T, F>, Error> {
+    on_pool(|| ode_forward_here(field, spec, y0, adj))
+}
+
+/// [`ode_forward`] on the calling thread.
+fn ode_forward_here<'a, T: Real, F: VectorField<T>>(
+    field: &'a F,
+    spec: &OdeSpec<T>,
+    y0: &[T],
+    adj: &AdjointConfig<T>,
+) -> Result<OdeTape<'a, T, F>, Error> {
     let d = field.dim();
     let b = batch_size(y0.len(), d)?;
     check_finite(y0, d)?;
@@ -531,6 +557,11 @@ impl<T: Real, F: VectorField<T>> OdeTape<'_, T, F> {
     /// observation (`K × B × d`, the layout of [`OdeTape::states`]): the adjoint jumps by
     /// `∂L/∂z(t_k)` at each `t_k` and is solved backward between them.
     pub fn backward(&self, dl_dz: &[T]) -> Result<OdeGradient<T>, Error> {
+        on_pool(|| self.backward_here(dl_dz))
+    }
+
+    /// [`OdeTape::backward`] on the calling thread.
+    fn backward_here(&self, dl_dz: &[T]) -> Result<OdeGradient<T>, Error> {
         let d = self.field.dim();
         let (b, n) = (self.b, self.b * d);
         let k_obs = self.spec.t_obs.len();
