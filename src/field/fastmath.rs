@@ -14,7 +14,8 @@
 /// Vectorizable elementary functions for one scalar type (implemented for `f32`, `f64`).
 pub trait FastMath: Copy {
     /// `eˣ` for `x` clamped to the normal range (`[−708, 709]` in f64, `[−87, 88]` in f32):
-    /// `x = k ln 2 + r`, `|r| ≤ ln2/2`, `eˣ = 2ᵏ · Σ_{i≤n} rⁱ/i!` (n = 13 in f64, 7 in f32).
+    /// `x = k ln 2 + r`, `|r| ≤ ln2/2`, `eˣ = 2ᵏ · p(r)` with `p(r) = 1 + r + r² q(r)` of
+    /// degree 11 in f64 and 6 in f32, `q` a Chebyshev fit of `(eʳ − 1 − r)/r²`.
     fn exp_fast(self) -> Self;
     /// `ln(1 + y)` for `y ∈ [0, 1]`: `2 atanh(w) = 2 Σ w²ⁱ⁺¹/(2i+1)` with `w = y/(2 + y)`, or
     /// `ln 2 + 2 atanh((y − 1)/(y + 3))` for `y > √2 − 1`, so `|w| ≤ 0.172`.
@@ -32,19 +33,20 @@ impl FastMath for f64 {
         let bits = kf.to_bits();
         let k = kf - MAGIC;
         let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
-        // Taylor coefficients 1/i!, i = 13..0 (Horner).
-        let mut p: f64 = 1.0 / 6_227_020_800.0;
-        p = p.mul_add(r, 1.0 / 479_001_600.0);
-        p = p.mul_add(r, 1.0 / 39_916_800.0);
-        p = p.mul_add(r, 1.0 / 3_628_800.0);
-        p = p.mul_add(r, 1.0 / 362_880.0);
-        p = p.mul_add(r, 1.0 / 40_320.0);
-        p = p.mul_add(r, 1.0 / 5_040.0);
-        p = p.mul_add(r, 1.0 / 720.0);
-        p = p.mul_add(r, 1.0 / 120.0);
-        p = p.mul_add(r, 1.0 / 24.0);
-        p = p.mul_add(r, 1.0 / 6.0);
-        p = p.mul_add(r, 0.5);
+        // eʳ ≈ 1 + r + r²·q(r), q of degree 9: a Chebyshev fit of (eʳ − 1 − r)/r² on
+        // |r| ≤ ln2/2 (computed with mpmath at 50 digits, rounded to f64; relative error of
+        // the polynomial 1.6e-17, below the Horner scheme's rounding). Two fused multiply-adds
+        // fewer than the degree-13 Taylor sum it replaced, at the same accuracy.
+        let mut p: f64 = 2.510_037_583_256_123_4e-8;
+        p = p.mul_add(r, 2.762_007_587_998_336_7e-7);
+        p = p.mul_add(r, 2.755_726_848_031_002_4e-6);
+        p = p.mul_add(r, 2.480_152_132_236_869_2e-5);
+        p = p.mul_add(r, 1.984_126_986_304_054_5e-4);
+        p = p.mul_add(r, 1.388_888_891_719_671_9e-3);
+        p = p.mul_add(r, 8.333_333_333_330_065e-3);
+        p = p.mul_add(r, 4.166_666_666_662_416_4e-2);
+        p = p.mul_add(r, 0.166_666_666_666_666_69);
+        p = p.mul_add(r, 0.500_000_000_000_000_1);
         p = p.mul_add(r, 1.0);
         p = p.mul_add(r, 1.0);
         // The low mantissa bits of kf hold k (+ 2⁵¹, which the shift drops): 2ᵏ.
@@ -86,11 +88,12 @@ impl FastMath for f32 {
         let bits = kf.to_bits();
         let k = kf - MAGIC;
         let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
-        let mut p: f32 = 1.0 / 5_040.0;
-        p = p.mul_add(r, 1.0 / 720.0);
-        p = p.mul_add(r, 1.0 / 120.0);
-        p = p.mul_add(r, 1.0 / 24.0);
-        p = p.mul_add(r, 1.0 / 6.0);
+        // As in f64: q of degree 4 fitted to (eʳ − 1 − r)/r² (relative error 9.7e-9 with
+        // the coefficients rounded to f32); one multiply-add fewer than Taylor's degree 7.
+        let mut p: f32 = 1.392_617_6e-3;
+        p = p.mul_add(r, 8.363_173e-3);
+        p = p.mul_add(r, 4.166_655_6e-2);
+        p = p.mul_add(r, 0.166_665_78);
         p = p.mul_add(r, 0.5);
         p = p.mul_add(r, 1.0);
         p = p.mul_add(r, 1.0);
