@@ -484,6 +484,8 @@ pub struct Integrator<T: Real = f64, C: StepController<T> = PiController<T>> {
     opts: SolveOptions<T>,
     co: Coeffs<T>,
     ws: Workspace<T>,
+    /// `Some(dim)` when `ws.k[..dim]` holds f at the end of the latest solve.
+    end_f: Option<usize>,
 }
 
 impl<T: Real> Integrator<T, PiController<T>> {
@@ -511,7 +513,19 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             opts,
             co: Coeffs::new(method.tableau()),
             ws: Workspace::default(),
+            end_f: None,
         })
+    }
+
+    /// `f(t, y)` at the end of the latest solve (the time it reached, the state it
+    /// returned), when the solve computed it anyway: the first-same-as-last stage of the
+    /// final step (Dopri5, Tsit5, Bosh3), the first stage of the step after it (DOP853), or
+    /// the end derivative of a step with dense output. `None` when it did not (the
+    /// fixed-step methods without dense output), before any solve and after a failed one. A caller that needs `f` at the end point
+    /// (an adjoint's gradient with respect to the end time) saves an evaluation; the values
+    /// are those an evaluation would give (the same call on the same `t` and `y`).
+    pub fn end_derivative(&self) -> Option<&[T]> {
+        self.end_f.map(|dim| &self.ws.k[..dim])
     }
 
     /// The method.
@@ -579,6 +593,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         S: OdeSystem<T> + ?Sized,
         O: Observer<T> + ?Sized,
     {
+        self.end_f = None;
         if same(t0, t1) {
             return Err(SolveError::EmptyInterval { t: t0.to_f64c() });
         }
@@ -630,6 +645,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         S: OdeSystem<T> + ?Sized,
         O: Observer<T> + ?Sized,
     {
+        self.end_f = None;
         let dim = y.len();
         let Some(&t_end) = times.last() else {
             return Err(SolveError::EmptyInterval { t: t0.to_f64c() });
@@ -723,7 +739,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         }
         self.reserve(dim);
 
-        let Integrator { ctrl, opts, co, ws, .. } = self;
+        let Integrator { ctrl, opts, co, ws, end_f, .. } = self;
         let co: &Coeffs<T> = co;
         let opts: &SolveOptions<T> = opts;
         let s = co.stages;
@@ -988,6 +1004,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
             }
         }
         y_io.copy_from_slice(&ws.y);
+        *end_f = k0_valid.then_some(dim);
         Ok(stats)
     }
 }

@@ -430,3 +430,56 @@ fn passive_components_out_of_range_are_an_error() {
         "{err:?}"
     );
 }
+
+/// `Integrator::end_derivative` is `f(t1, y(t1))` bit for bit, forward and backward in time,
+/// with and without dense output, for every adaptive method (the last stage of Dopri5, Tsit5
+/// and Bosh3; the next step's first stage in DOP853); `None` for fixed steps without dense
+/// output, an empty interval and a failed solve, and never left over from an earlier solve.
+#[test]
+fn end_derivative_is_f_at_the_end() {
+    use odeflow_solvers::OdeSystem;
+    fn check<S: OdeSystem>(m: Method, sys: &mut S, t0: f64, t1: f64, y0: &[f64]) -> bool {
+        let mut integ = Integrator::new(m, tol(1e-8)).unwrap();
+        let mut y = y0.to_vec();
+        integ.integrate(sys, t0, t1, &mut y, &mut NoObserver).unwrap();
+        let mut f = vec![0.0; y.len()];
+        sys.rhs(t1, &y, &mut f);
+        let plain = integ.end_derivative().map(<[f64]>::to_vec);
+        if let Some(e) = &plain {
+            assert!(e.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()), "{m}");
+        }
+        // With dense output (an output time inside the last step, one at its end).
+        let mut y = y0.to_vec();
+        let times = [t0 + 0.9 * (t1 - t0), t1];
+        let mut out = vec![0.0; 2 * y.len()];
+        integ.integrate_at(sys, t0, &times, &mut y, &mut out).unwrap();
+        sys.rhs(t1, &y, &mut f);
+        let e = integ.end_derivative().expect("dense output computes f at the end");
+        assert!(e.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()), "{m} dense");
+        plain.is_some()
+    }
+    let y0 = [1.0, 2.0, 3.0];
+    for m in ADAPTIVE {
+        let mut had = true;
+        for (t0, t1) in [(0.0, 0.7), (0.7, -0.4)] {
+            had &= check(m, &mut NonAutonomous, t0, t1, &[1.3]);
+            had &= check(m, &mut Harmonic { omega: 2.0 }, t0, t1, &[0.5, -1.0]);
+        }
+        had &= check(m, &mut Lorenz, 0.0, 0.7, &y0);
+        assert!(had, "{m}: no end derivative");
+    }
+    // Fixed steps: none; an empty interval or a failed solve clears the previous one.
+    let mut integ = Integrator::new(Method::Rk4, SolveOptions::fixed(0.1)).unwrap();
+    let mut y = y0;
+    integ.integrate(&mut Lorenz, 0.0, 0.5, &mut y, &mut NoObserver).unwrap();
+    assert!(integ.end_derivative().is_none());
+    let mut integ = Integrator::new(Method::Dopri5, tol(1e-8)).unwrap();
+    integ.integrate(&mut Lorenz, 0.0, 0.5, &mut y, &mut NoObserver).unwrap();
+    assert!(integ.end_derivative().is_some());
+    assert!(integ.integrate(&mut Lorenz, 0.5, 0.5, &mut y, &mut NoObserver).is_err());
+    assert!(integ.end_derivative().is_none());
+    integ.integrate(&mut Lorenz, 0.0, 0.5, &mut y, &mut NoObserver).unwrap();
+    let mut blowup = FnSystem::new(1, |_t: f64, y: &[f64], dy: &mut [f64]| dy[0] = y[0] * y[0]);
+    assert!(integ.integrate(&mut blowup, 0.0, 2.0, &mut [1.0], &mut NoObserver).is_err());
+    assert!(integ.end_derivative().is_none());
+}
