@@ -5,8 +5,8 @@ use odeflow::adjoint::{
 };
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
 use odeflow::field::{
-    Activation, AutoDiffField, DualScalar, LinearField, Mlp, MlpConfig, Real, ScalarField,
-    TimeConditioning, VectorField,
+    Activation, AutoDiffField, Divergence, DualScalar, LinearField, Mlp, MlpConfig, Real,
+    ScalarField, TimeConditioning, VectorField,
 };
 use odeflow::solvers::{Method, SolveError, SolveOptions};
 use odeflow::trace::{Noise, TraceEstimator};
@@ -1019,4 +1019,59 @@ fn solves_run_on_the_rayon_pool() {
     println!("field calls on the pool {on}, off it {off}");
     assert!(on > 1000, "{on} calls on the pool");
     assert_eq!(off, 0, "{off} of {} calls off the pool", on + off);
+}
+
+/// `∂L/∂T = a_z(T)ᵀ f(T, z(T)) − Σ_b a_ℓ,b q_b(T, z(T))` comes from the derivative the
+/// forward solve computed at T (its last stage), not from another field evaluation: the
+/// same bits as evaluating the field there ourselves, and no extra evaluation counted
+/// (backsolve and checkpointed, one block, dopri5 and Tsit5). The neural-ODE gradient's
+/// `∂L/∂t_k` likewise (only `∂L/∂t0` evaluates). Fails if the end derivative is stale or
+/// read from the wrong place.
+#[test]
+fn end_time_gradient_reuses_the_forward_derivative() {
+    let x = points(24, 51, 1.2);
+    let field = small_mlp(9, Activation::Tanh);
+    for method in [Method::Dopri5, Method::Tsit5] {
+        let cfg = CnfConfig { method, ..tight(1e-7, TraceEstimator::Exact) };
+        let cnf = Cnf::new(field.clone(), 0.6, cfg).unwrap();
+        for strategy in [Strategy::Backsolve, Strategy::Checkpointed] {
+            let adj = AdjointConfig::with_strategy(strategy);
+            let tape = cnf_forward(&cnf, &x, &mut ChaCha8Rng::seed_from_u64(0), &adj).unwrap();
+            let b = x.len() / 2;
+            let dz: Vec<f64> = tape.z().iter().map(|z| 0.3 * z).collect();
+            let dl: Vec<f64> = (0..b).map(|i| 0.1 + 0.01 * i as f64).collect();
+            let g = tape.backward(&dz, &dl).unwrap();
+            assert_eq!(g.stats.extra_evals, 0, "{method:?} {strategy:?}");
+            let (mut f, mut q) = (vec![0.0; x.len()], vec![0.0; b]);
+            let mut ws = field.workspace(b);
+            field
+                .eval_div(0.6, tape.z(), Divergence::Exact, &mut f, &mut q, None, &mut ws)
+                .unwrap();
+            let mut want = 0.0;
+            for (al, qb) in dl.iter().zip(&q) {
+                want -= al * qb;
+            }
+            for (a, fv) in dz.iter().zip(&f) {
+                want += a * fv;
+            }
+            assert_eq!(g.t_end[0].to_bits(), want.to_bits(), "{method:?} {strategy:?}");
+        }
+    }
+    // A neural ODE observed at two times: one evaluation (at t0) instead of three.
+    let spec = OdeSpec {
+        t0: 0.0,
+        t_obs: vec![0.3, 0.7],
+        method: Method::Dopri5,
+        options: SolveOptions::tol(1e-8, 1e-8),
+    };
+    let tape = ode_forward(&field, &spec, &x, &AdjointConfig::default()).unwrap();
+    let dl: Vec<f64> = tape.states().iter().map(|s| 0.5 * s).collect();
+    let g = tape.backward(&dl).unwrap();
+    assert_eq!(g.stats.extra_evals, 1);
+    let n = x.len();
+    let mut f = vec![0.0; n];
+    let mut ws = field.workspace(n / 2);
+    field.eval(0.7, &tape.states()[n..], &mut f, &mut ws).unwrap();
+    let want = dl[n..].iter().zip(&f).fold(0.0, |s, (a, fv)| s + a * fv);
+    assert_eq!(g.t_obs[1].to_bits(), want.to_bits());
 }

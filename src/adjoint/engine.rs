@@ -175,6 +175,16 @@ pub(crate) struct SegTape<T> {
     pub rec: StepRecord<T>,
     /// The forward's method (the discrete replay's tableau, whatever the backward method).
     pub method: Method,
+    /// The forward's derivative at `t_b` (`[f | dℓ/dt]` or `f`), when its solver computed it
+    /// ([`Integrator::end_derivative`]): spares [`end_rate`] its evaluation.
+    pub f_end: Option<Vec<T>>,
+}
+
+impl<T: Real> SegTape<T> {
+    /// Numbers kept for the backward pass: the end state, the end derivative, the record.
+    pub fn values(&self) -> usize {
+        self.z_end.len() + self.f_end.as_ref().map_or(0, Vec::len) + self.rec.values()
+    }
 }
 
 /// Integrates `state` (`[z | ℓ]` or `z`) over `[t_a, t_b]`, keeping what `strategy` needs.
@@ -193,6 +203,7 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
     };
     let mut rec = StepRecord::new(nodes, n);
     let mut stats = Stats::default();
+    let mut f_end = None;
     if t_a.partial_cmp(&t_b) != Some(std::cmp::Ordering::Equal) {
         let mut ws = seg.field.workspace(seg.b);
         let mut sys = CnfDynamics {
@@ -220,21 +231,36 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
             Ok(s) => s,
             Err(e) => return Err(sys.error.take().map_or(Fail::Solve(e), Fail::Field)),
         };
+        f_end = integ.end_derivative().map(<[T]>::to_vec);
         seg.field.recycle(ws);
     }
     let method = integ.method();
-    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method }))
+    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method, f_end }))
 }
 
 /// `a_zᵀ f(t, z) − Σ_b a_ℓ,b q_b(t, z)` (the rate of change of the loss as the segment's end
-/// moves): one field evaluation.
+/// moves) and whether it took a field evaluation: none when `known` holds the forward's
+/// derivative at `(t, z)` (`[f | dℓ/dt]` with `dℓ/dt = −q`, or `f`), which gives the same
+/// bits as the evaluation (the solver made that very call).
 pub(crate) fn end_rate<T: Real, F: VectorField<T>>(
     seg: Seg<'_, T, F>,
     t: T,
     z: &[T],
+    known: Option<&[T]>,
     a_z: &[T],
     a_l: &[T],
-) -> Result<T, Fail> {
+) -> Result<(T, bool), Fail> {
+    if let Some(k) = known.filter(|k| k.len() == z.len() + seg.div.map_or(0, |_| seg.b)) {
+        let (f, dl) = k.split_at(z.len());
+        let mut dot = T::zero();
+        for (&al, &r) in a_l.iter().zip(dl) {
+            dot -= al * -r; // q = −dℓ/dt exactly: the same products as below
+        }
+        for (&a, &fv) in a_z.iter().zip(f) {
+            dot += a * fv;
+        }
+        return Ok((dot, false));
+    }
     let mut ws = seg.field.workspace(seg.b);
     let mut f = vec![T::zero(); z.len()];
     let mut dot = T::zero();
@@ -252,7 +278,7 @@ pub(crate) fn end_rate<T: Real, F: VectorField<T>>(
         dot += a * fv;
     }
     seg.field.recycle(ws);
-    Ok(dot)
+    Ok((dot, true))
 }
 
 /// Result of a segment's backward pass.
