@@ -692,6 +692,56 @@ fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
     }
 }
 
+/// Through an activation in the reverse pass with two tangent lanes, per element:
+/// `ū ← σ′ū + σ″(u̇₀ḣ̄₀) + σ″(u̇₁ḣ̄₁)` (rounded in that order), then `u̇̄ᵢ = σ′ ⊙ ḣ̄ᵢ` (in place of
+/// `ḣ̄ᵢ`). A function of its own so that its slices are known not to overlap (as parameters)
+/// and the loop vectorizes without run-time overlap checks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn reverse_act_two_lanes<T: Real>(
+    u: &mut [T],
+    s1: &[T],
+    s2: &[T],
+    x0: &[T],
+    o0: &mut [T],
+    x1: &[T],
+    o1: &mut [T],
+) {
+    let n = u.len();
+    let (s1, s2, x0, x1, o0, o1) =
+        (&s1[..n], &s2[..n], &x0[..n], &x1[..n], &mut o0[..n], &mut o1[..n]);
+    for j in 0..n {
+        let mut v = u[j] * s1[j];
+        v += s2[j] * (x0[j] * o0[j]);
+        v += s2[j] * (x1[j] * o1[j]);
+        u[j] = v;
+        o0[j] *= s1[j];
+        o1[j] *= s1[j];
+    }
+}
+
+/// [`reverse_act_two_lanes`] for one lane: `ū ← σ′ū + σ″(u̇₀ḣ̄₀)`, `u̇̄₀ = σ′ ⊙ ḣ̄₀`.
+#[inline(always)]
+fn reverse_act_one_lane<T: Real>(u: &mut [T], s1: &[T], s2: &[T], x0: &[T], o0: &mut [T]) {
+    let n = u.len();
+    let (s1, s2, x0, o0) = (&s1[..n], &s2[..n], &x0[..n], &mut o0[..n]);
+    for j in 0..n {
+        let v = u[j] * s1[j];
+        u[j] = v + s2[j] * (x0[j] * o0[j]);
+        o0[j] *= s1[j];
+    }
+}
+
+/// `out = a ⊙ b` (as parameters, the slices are known not to overlap: no run-time checks).
+#[inline(always)]
+fn mul_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
+    let n = out.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    for j in 0..n {
+        out[j] = a[j] * b[j];
+    }
+}
+
 /// Whether [`Mlp`] may run its elementwise kernels in AVX2/AVX-512 copies (on by default;
 /// the tests switch it off to check that both routes give bit-identical results).
 static SIMD_DISPATCH: AtomicBool = AtomicBool::new(true);
@@ -874,10 +924,7 @@ impl<T: Real> Mlp<T> {
                     let s = &s1l[b * n_out..(b + 1) * n_out];
                     let rs = if l == 0 && shared0 { r % lanes } else { r };
                     let src = &pdl[rs * n_out..(rs + 1) * n_out];
-                    let dst = &mut hdl[r * n_out..(r + 1) * n_out];
-                    for ((o, s), x) in dst.iter_mut().zip(s).zip(src) {
-                        *o = *s * *x;
-                    }
+                    mul_into(&mut hdl[r * n_out..(r + 1) * n_out], s, src);
                 }
             } else {
                 // SAFETY: chunk k owns rows r0..r0 + nb of every output.
@@ -1127,6 +1174,26 @@ impl<T: Real> Mlp<T> {
                 for b in 0..nb {
                     let nur = &mut nu[b * n_in..(b + 1) * n_in];
                     let s1r = &s1p[b * n_in..(b + 1) * n_in];
+                    let lane_row = |i: usize| {
+                        let rs = if l == 1 && shared0 { i } else { b * lanes_r + i };
+                        &pdp[rs * n_in..(rs + 1) * n_in]
+                    };
+                    if lanes_r == 2 {
+                        // The general loops below fused for two lanes (the exact trace in
+                        // 2-D): one pass, the same operations in the same order per element.
+                        let s2r = &s2p[b * n_in..(b + 1) * n_in];
+                        let (p0, p1) = (lane_row(0), lane_row(1));
+                        let (o0, o1) = nud[2 * b * n_in..(2 * b + 2) * n_in].split_at_mut(n_in);
+                        reverse_act_two_lanes(nur, s1r, s2r, p0, o0, p1, o1);
+                        continue;
+                    }
+                    if lanes_r == 1 {
+                        // The same for one lane (Hutchinson).
+                        let s2r = &s2p[b * n_in..(b + 1) * n_in];
+                        let o0 = &mut nud[b * n_in..(b + 1) * n_in];
+                        reverse_act_one_lane(nur, s1r, s2r, lane_row(0), o0);
+                        continue;
+                    }
                     for (u, s) in nur.iter_mut().zip(s1r) {
                         *u *= *s;
                     }
@@ -1135,8 +1202,7 @@ impl<T: Real> Mlp<T> {
                         let s2r = &s2p[b * n_in..(b + 1) * n_in];
                         for i in 0..lanes_r {
                             let r = b * lanes_r + i;
-                            let rs = if l == 1 && shared0 { i } else { r };
-                            let pr = &pdp[rs * n_in..(rs + 1) * n_in];
+                            let pr = lane_row(i);
                             let row = &mut nud[r * n_in..(r + 1) * n_in];
                             for ((((u, s2), x), o), s1) in
                                 nur.iter_mut().zip(s2r).zip(pr).zip(row.iter_mut()).zip(s1r)
