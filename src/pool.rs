@@ -7,7 +7,7 @@
 //! call. Called from a worker, a split is a work-stealing `join` (the caller runs one half,
 //! the other worker steals the rest). A solve makes tens to hundreds of field calls, so it
 //! hops onto the pool once and makes them all from there. Measured on FFJORD's toy net (W1,
-//! f64, 2 cores; one gradient = forward solve + backsolve adjoint, 28 field calls;
+//! f64, 2 cores; one gradient = forward solve + backsolve adjoint, 29 field calls;
 //! `perf stat` over 60 gradients, 5 alternated pairs): context switches per gradient about
 //! 100 → 25, CPU time 1–3% lower; wall time unchanged within the machine's noise (medians
 //! 19.44 ms both), as the pool's idle worker is woken quickly on an otherwise idle machine.

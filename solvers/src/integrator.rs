@@ -521,9 +521,10 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     /// returned), when the solve computed it anyway: the first-same-as-last stage of the
     /// final step (Dopri5, Tsit5, Bosh3), the first stage of the step after it (DOP853), or
     /// the end derivative of a step with dense output. `None` when it did not (the
-    /// fixed-step methods without dense output), before any solve and after a failed one. A caller that needs `f` at the end point
-    /// (an adjoint's gradient with respect to the end time) saves an evaluation; the values
-    /// are those an evaluation would give (the same call on the same `t` and `y`).
+    /// fixed-step methods without dense output), before any solve and after a failed one.
+    /// A caller that needs `f` at the end point (an adjoint's gradient with respect to the
+    /// end time) saves an evaluation; the values are those an evaluation would give (the
+    /// same call on the same `t` and `y`).
     pub fn end_derivative(&self) -> Option<&[T]> {
         self.end_f.map(|dim| &self.ws.k[..dim])
     }

@@ -231,7 +231,10 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
             Ok(s) => s,
             Err(e) => return Err(sys.error.take().map_or(Fail::Solve(e), Fail::Field)),
         };
-        f_end = integ.end_derivative().map(<[T]>::to_vec);
+        if strategy != Strategy::Discrete {
+            // (The discrete replay differentiates its own steps: no end-time evaluation.)
+            f_end = integ.end_derivative().map(<[T]>::to_vec);
+        }
         seg.field.recycle(ws);
     }
     let method = integ.method();
