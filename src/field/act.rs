@@ -57,6 +57,16 @@ fn tanh_fast<T: Real>(u: T) -> T {
     }
 }
 
+/// tanh's `(σ′, σ″) = (1 − h², −2h(1 − h²))` from `h = tanh u`: [`Activation::value_d2`]
+/// takes them from here, so a caller that kept only `h` recomputes the same bits.
+#[inline(always)]
+pub(crate) fn tanh_derivatives<T: Real>(h: T) -> (T, T) {
+    let one = T::one();
+    let two = one + one;
+    let d1 = one - h * h;
+    (d1, -two * h * d1)
+}
+
 impl Activation {
     /// σ(u).
     #[inline(always)]
@@ -80,8 +90,8 @@ impl Activation {
         match self {
             Activation::Tanh => {
                 let h = tanh_fast(u);
-                let d1 = one - h * h;
-                (h, d1, -two * h * d1)
+                let (d1, d2) = tanh_derivatives(h);
+                (h, d1, d2)
             }
             Activation::Softplus => {
                 let (sg, s) = sigmoid_s(u);

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::act::Activation;
+use super::act::{tanh_derivatives, Activation};
 use super::error::{batch_of, check_len, FieldError};
 use super::{check_aug_lens, AugmentedVjp, Divergence, JacobianTerm, Real, VectorField};
 
@@ -732,6 +732,62 @@ fn reverse_act_one_lane<T: Real>(u: &mut [T], s1: &[T], s2: &[T], x0: &[T], o0: 
     }
 }
 
+/// [`reverse_act_two_lanes`] for tanh, with σ′ and σ″ recomputed from `h = tanh u`
+/// ([`tanh_derivatives`], the same bits as stored ones).
+#[inline(always)]
+fn reverse_tanh_two_lanes<T: Real>(
+    u: &mut [T],
+    h: &[T],
+    x0: &[T],
+    o0: &mut [T],
+    x1: &[T],
+    o1: &mut [T],
+) {
+    let n = u.len();
+    let (h, x0, x1, o0, o1) = (&h[..n], &x0[..n], &x1[..n], &mut o0[..n], &mut o1[..n]);
+    for j in 0..n {
+        let (s1, s2) = tanh_derivatives(h[j]);
+        let mut v = u[j] * s1;
+        v += s2 * (x0[j] * o0[j]);
+        v += s2 * (x1[j] * o1[j]);
+        u[j] = v;
+        o0[j] *= s1;
+        o1[j] *= s1;
+    }
+}
+
+/// [`reverse_act_one_lane`] for tanh (σ′, σ″ from `h`).
+#[inline(always)]
+fn reverse_tanh_one_lane<T: Real>(u: &mut [T], h: &[T], x0: &[T], o0: &mut [T]) {
+    let n = u.len();
+    let (h, x0, o0) = (&h[..n], &x0[..n], &mut o0[..n]);
+    for j in 0..n {
+        let (s1, s2) = tanh_derivatives(h[j]);
+        let v = u[j] * s1;
+        u[j] = v + s2 * (x0[j] * o0[j]);
+        o0[j] *= s1;
+    }
+}
+
+/// `u ← σ′ ⊙ u` for tanh (σ′ from `h`).
+#[inline(always)]
+fn reverse_tanh_no_lane<T: Real>(u: &mut [T], h: &[T]) {
+    let h = &h[..u.len()];
+    for (v, &hj) in u.iter_mut().zip(h) {
+        *v *= tanh_derivatives(hj).0;
+    }
+}
+
+/// `out = σ′ ⊙ x` for tanh (σ′ from `h`).
+#[inline(always)]
+fn tanh_d1_mul_into<T: Real>(out: &mut [T], h: &[T], x: &[T]) {
+    let n = out.len();
+    let (h, x) = (&h[..n], &x[..n]);
+    for j in 0..n {
+        out[j] = tanh_derivatives(h[j]).0 * x[j];
+    }
+}
+
 /// `out = a ⊙ b` (as parameters, the slices are known not to overlap: no run-time checks).
 #[inline(always)]
 fn mul_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
@@ -830,6 +886,11 @@ impl<T: Real> Mlp<T> {
         };
         let one = T::one();
         let zero = T::zero();
+        // tanh's σ′ and σ″ follow from h = tanh u (`tanh_derivatives`): with at most two
+        // tangent lanes (the loops below that know this) they are recomputed where needed
+        // instead of stored, which leaves the activation pass one output stream instead of
+        // three (it was bound by the L2 traffic of the stores).
+        let from_h = self.cfg.activation == Activation::Tanh && lanes <= 2;
         let WorkerWs { h, p, s1, s2, ub, ub2, mg, .. } = cw;
         // The GEMMs' weights: M = diag(g) W (formed by `drive`) or θ itself (g = 1).
         let wts: &[T] =
@@ -909,7 +970,7 @@ impl<T: Real> Mlp<T> {
                 let (hl, hdl) = hcur[0][..(nb + rt) * n_out].split_at_mut(nb * n_out);
                 act_pass(
                     self.cfg.activation,
-                    level,
+                    if from_h { 0 } else { level },
                     n_out,
                     pl,
                     sh,
@@ -921,10 +982,14 @@ impl<T: Real> Mlp<T> {
                 let s1l = &s1[l];
                 for r in 0..rt {
                     let b = r / lanes;
-                    let s = &s1l[b * n_out..(b + 1) * n_out];
                     let rs = if l == 0 && shared0 { r % lanes } else { r };
                     let src = &pdl[rs * n_out..(rs + 1) * n_out];
-                    mul_into(&mut hdl[r * n_out..(r + 1) * n_out], s, src);
+                    let dst = &mut hdl[r * n_out..(r + 1) * n_out];
+                    if from_h {
+                        tanh_d1_mul_into(dst, &hl[b * n_out..(b + 1) * n_out], src);
+                    } else {
+                        mul_into(dst, &s1l[b * n_out..(b + 1) * n_out], src);
+                    }
                 }
             } else {
                 // SAFETY: chunk k owns rows r0..r0 + nb of every output.
@@ -1178,6 +1243,22 @@ impl<T: Real> Mlp<T> {
                         let rs = if l == 1 && shared0 { i } else { b * lanes_r + i };
                         &pdp[rs * n_in..(rs + 1) * n_in]
                     };
+                    if from_h {
+                        let hr = &h[l - 1][b * n_in..(b + 1) * n_in];
+                        match lanes_r {
+                            0 => reverse_tanh_no_lane(nur, hr),
+                            1 => {
+                                let o0 = &mut nud[b * n_in..(b + 1) * n_in];
+                                reverse_tanh_one_lane(nur, hr, lane_row(0), o0);
+                            }
+                            _ => {
+                                let (o0, o1) =
+                                    nud[2 * b * n_in..(2 * b + 2) * n_in].split_at_mut(n_in);
+                                reverse_tanh_two_lanes(nur, hr, lane_row(0), o0, lane_row(1), o1);
+                            }
+                        }
+                        continue;
+                    }
                     if lanes_r == 2 {
                         // The general loops below fused for two lanes (the exact trace in
                         // 2-D): one pass, the same operations in the same order per element.
