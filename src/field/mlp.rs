@@ -692,61 +692,25 @@ fn act_loop<T: Real, F: Fn(T) -> (T, T, T)>(
     }
 }
 
-/// Through an activation in the reverse pass with two tangent lanes, per element:
-/// `ū ← σ′ū + σ″(u̇₀ḣ̄₀) + σ″(u̇₁ḣ̄₁)` (rounded in that order), then `u̇̄ᵢ = σ′ ⊙ ḣ̄ᵢ` (in place of
-/// `ḣ̄ᵢ`). A function of its own so that its slices are known not to overlap (as parameters)
-/// and the loop vectorizes without run-time overlap checks.
-#[allow(clippy::too_many_arguments)]
+/// Through an activation in the reverse pass with two tangent lanes, per element, with
+/// `(σ′, σ″) = d(j)`: `ū ← σ′ū + σ″(u̇₀ḣ̄₀) + σ″(u̇₁ḣ̄₁)` (rounded in that order), then
+/// `u̇̄ᵢ = σ′ ⊙ ḣ̄ᵢ` (in place of `ḣ̄ᵢ`). `d` reads stored σ′, σ″ or recomputes tanh's from
+/// h ([`tanh_derivatives`], the same bits). A function of its own so that its slices are
+/// known not to overlap (as parameters) and the loop vectorizes without run-time overlap
+/// checks.
 #[inline(always)]
-fn reverse_act_two_lanes<T: Real>(
+fn reverse_two_lanes<T: Real>(
     u: &mut [T],
-    s1: &[T],
-    s2: &[T],
     x0: &[T],
     o0: &mut [T],
     x1: &[T],
     o1: &mut [T],
+    d: impl Fn(usize) -> (T, T),
 ) {
     let n = u.len();
-    let (s1, s2, x0, x1, o0, o1) =
-        (&s1[..n], &s2[..n], &x0[..n], &x1[..n], &mut o0[..n], &mut o1[..n]);
+    let (x0, x1, o0, o1) = (&x0[..n], &x1[..n], &mut o0[..n], &mut o1[..n]);
     for j in 0..n {
-        let mut v = u[j] * s1[j];
-        v += s2[j] * (x0[j] * o0[j]);
-        v += s2[j] * (x1[j] * o1[j]);
-        u[j] = v;
-        o0[j] *= s1[j];
-        o1[j] *= s1[j];
-    }
-}
-
-/// [`reverse_act_two_lanes`] for one lane: `ū ← σ′ū + σ″(u̇₀ḣ̄₀)`, `u̇̄₀ = σ′ ⊙ ḣ̄₀`.
-#[inline(always)]
-fn reverse_act_one_lane<T: Real>(u: &mut [T], s1: &[T], s2: &[T], x0: &[T], o0: &mut [T]) {
-    let n = u.len();
-    let (s1, s2, x0, o0) = (&s1[..n], &s2[..n], &x0[..n], &mut o0[..n]);
-    for j in 0..n {
-        let v = u[j] * s1[j];
-        u[j] = v + s2[j] * (x0[j] * o0[j]);
-        o0[j] *= s1[j];
-    }
-}
-
-/// [`reverse_act_two_lanes`] for tanh, with σ′ and σ″ recomputed from `h = tanh u`
-/// ([`tanh_derivatives`], the same bits as stored ones).
-#[inline(always)]
-fn reverse_tanh_two_lanes<T: Real>(
-    u: &mut [T],
-    h: &[T],
-    x0: &[T],
-    o0: &mut [T],
-    x1: &[T],
-    o1: &mut [T],
-) {
-    let n = u.len();
-    let (h, x0, x1, o0, o1) = (&h[..n], &x0[..n], &x1[..n], &mut o0[..n], &mut o1[..n]);
-    for j in 0..n {
-        let (s1, s2) = tanh_derivatives(h[j]);
+        let (s1, s2) = d(j);
         let mut v = u[j] * s1;
         v += s2 * (x0[j] * o0[j]);
         v += s2 * (x1[j] * o1[j]);
@@ -756,45 +720,26 @@ fn reverse_tanh_two_lanes<T: Real>(
     }
 }
 
-/// [`reverse_act_one_lane`] for tanh (σ′, σ″ from `h`).
+/// [`reverse_two_lanes`] for one lane: `ū ← σ′ū + σ″(u̇₀ḣ̄₀)`, `u̇̄₀ = σ′ ⊙ ḣ̄₀`.
 #[inline(always)]
-fn reverse_tanh_one_lane<T: Real>(u: &mut [T], h: &[T], x0: &[T], o0: &mut [T]) {
+fn reverse_one_lane<T: Real>(u: &mut [T], x0: &[T], o0: &mut [T], d: impl Fn(usize) -> (T, T)) {
     let n = u.len();
-    let (h, x0, o0) = (&h[..n], &x0[..n], &mut o0[..n]);
+    let (x0, o0) = (&x0[..n], &mut o0[..n]);
     for j in 0..n {
-        let (s1, s2) = tanh_derivatives(h[j]);
+        let (s1, s2) = d(j);
         let v = u[j] * s1;
         u[j] = v + s2 * (x0[j] * o0[j]);
         o0[j] *= s1;
     }
 }
 
-/// `u ← σ′ ⊙ u` for tanh (σ′ from `h`).
+/// `out = a ⊙ x` with `a_j = a(j)` (σ′ stored or recomputed; as parameters, the slices are
+/// known not to overlap: no run-time checks).
 #[inline(always)]
-fn reverse_tanh_no_lane<T: Real>(u: &mut [T], h: &[T]) {
-    let h = &h[..u.len()];
-    for (v, &hj) in u.iter_mut().zip(h) {
-        *v *= tanh_derivatives(hj).0;
-    }
-}
-
-/// `out = σ′ ⊙ x` for tanh (σ′ from `h`).
-#[inline(always)]
-fn tanh_d1_mul_into<T: Real>(out: &mut [T], h: &[T], x: &[T]) {
-    let n = out.len();
-    let (h, x) = (&h[..n], &x[..n]);
-    for j in 0..n {
-        out[j] = tanh_derivatives(h[j]).0 * x[j];
-    }
-}
-
-/// `out = a ⊙ b` (as parameters, the slices are known not to overlap: no run-time checks).
-#[inline(always)]
-fn mul_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
-    let n = out.len();
-    let (a, b) = (&a[..n], &b[..n]);
-    for j in 0..n {
-        out[j] = a[j] * b[j];
+fn scale_into<T: Real>(out: &mut [T], x: &[T], a: impl Fn(usize) -> T) {
+    let x = &x[..out.len()];
+    for (j, (o, &xj)) in out.iter_mut().zip(x).enumerate() {
+        *o = a(j) * xj;
     }
 }
 
@@ -986,9 +931,11 @@ impl<T: Real> Mlp<T> {
                     let src = &pdl[rs * n_out..(rs + 1) * n_out];
                     let dst = &mut hdl[r * n_out..(r + 1) * n_out];
                     if from_h {
-                        tanh_d1_mul_into(dst, &hl[b * n_out..(b + 1) * n_out], src);
+                        let hr = &hl[b * n_out..(b + 1) * n_out];
+                        scale_into(dst, src, |j| tanh_derivatives(hr[j]).0);
                     } else {
-                        mul_into(dst, &s1l[b * n_out..(b + 1) * n_out], src);
+                        let sr = &s1l[b * n_out..(b + 1) * n_out];
+                        scale_into(dst, src, |j| sr[j]);
                     }
                 }
             } else {
@@ -1243,36 +1190,38 @@ impl<T: Real> Mlp<T> {
                         let rs = if l == 1 && shared0 { i } else { b * lanes_r + i };
                         &pdp[rs * n_in..(rs + 1) * n_in]
                     };
-                    if from_h {
-                        let hr = &h[l - 1][b * n_in..(b + 1) * n_in];
-                        match lanes_r {
-                            0 => reverse_tanh_no_lane(nur, hr),
-                            1 => {
-                                let o0 = &mut nud[b * n_in..(b + 1) * n_in];
-                                reverse_tanh_one_lane(nur, hr, lane_row(0), o0);
-                            }
-                            _ => {
-                                let (o0, o1) =
-                                    nud[2 * b * n_in..(2 * b + 2) * n_in].split_at_mut(n_in);
-                                reverse_tanh_two_lanes(nur, hr, lane_row(0), o0, lane_row(1), o1);
-                            }
-                        }
-                        continue;
-                    }
+                    let s2r = &s2p[b * n_in..(b + 1) * n_in];
+                    let hr = &h[l - 1][b * n_in..(b + 1) * n_in];
+                    // σ′ and σ″ at element j: stored, or tanh's from h (see `from_h`); one
+                    // monomorphic loop each (a branch inside the closure cost 1%).
+                    let stored = |j: usize| (s1r[j], s2r[j]);
+                    let tanh = |j: usize| tanh_derivatives(hr[j]);
                     if lanes_r == 2 {
                         // The general loops below fused for two lanes (the exact trace in
                         // 2-D): one pass, the same operations in the same order per element.
-                        let s2r = &s2p[b * n_in..(b + 1) * n_in];
-                        let (p0, p1) = (lane_row(0), lane_row(1));
                         let (o0, o1) = nud[2 * b * n_in..(2 * b + 2) * n_in].split_at_mut(n_in);
-                        reverse_act_two_lanes(nur, s1r, s2r, p0, o0, p1, o1);
+                        let (x0, x1) = (lane_row(0), lane_row(1));
+                        if from_h {
+                            reverse_two_lanes(nur, x0, o0, x1, o1, tanh);
+                        } else {
+                            reverse_two_lanes(nur, x0, o0, x1, o1, stored);
+                        }
                         continue;
                     }
                     if lanes_r == 1 {
                         // The same for one lane (Hutchinson).
-                        let s2r = &s2p[b * n_in..(b + 1) * n_in];
                         let o0 = &mut nud[b * n_in..(b + 1) * n_in];
-                        reverse_act_one_lane(nur, s1r, s2r, lane_row(0), o0);
+                        if from_h {
+                            reverse_one_lane(nur, lane_row(0), o0, tanh);
+                        } else {
+                            reverse_one_lane(nur, lane_row(0), o0, stored);
+                        }
+                        continue;
+                    }
+                    if from_h {
+                        for (j, u) in nur.iter_mut().enumerate() {
+                            *u *= tanh(j).0;
+                        }
                         continue;
                     }
                     for (u, s) in nur.iter_mut().zip(s1r) {
