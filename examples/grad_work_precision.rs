@@ -161,6 +161,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let tols = [5e-6, 1e-5, 2e-5, 5e-5, 1e-4];
     for stem in ["init_toy", "torch_f32_iter0300"] {
+        if !dir.join(format!("{stem}_b0_recursive_1e-11.npz")).exists() {
+            println!("\n{stem}: not in {} (skipped)", dir.display());
+            continue;
+        }
         let mlp = load_peer_checkpoint::<f64>(peers.join(format!("{stem}.npz")), Activation::Tanh)?;
         let tight = cnf(&mlp, Method::Dop853, 1e-12);
         let mut refs = Vec::new();
