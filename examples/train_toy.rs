@@ -24,11 +24,14 @@
 //! and 126 s (backsolve, load 1–3). Tsit5 at 1e-4 gives the same NLL at about the same NFE.
 //!
 //! Run: `cargo run --release --example train_toy -- [f64|f32] [ITERATIONS] [SEED] [STRATEGY]
-//! [METHOD] [TOL] [STEPS]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5, hairer; STRATEGY
+//! [METHOD] [TOL] [STEPS] [BACKWARD_TOL]` (defaults f64, 1000, 0, backsolve, dopri5, 1e-5,
+//! hairer, TOL; STRATEGY
 //! is backsolve, checkpointed or discrete; METHOD any solver name, used forward and backward
 //! with rtol = atol = TOL; STEPS `hairer` (the default PI controller and first step) or
-//! `peers` (the elementary controller and the first step with q = p + 1, `cnf::Steps`)). The batches are drawn in Rust (ChaCha8 from SEED), not the peers'
-//! NumPy stream, so the curve matches theirs in distribution, not draw for draw.
+//! `peers` (the elementary controller and the first step with q = p + 1, `cnf::Steps`);
+//! BACKWARD_TOL the adjoint's backward rtol = atol on its own). The batches are drawn in
+//! Rust (ChaCha8 from SEED), not the peers' NumPy stream, so the curve matches theirs in
+//! distribution, not draw for draw.
 
 use std::path::Path;
 use std::time::Instant;
@@ -47,6 +50,7 @@ fn run<T: Real>(
     method: Method,
     tol: f64,
     steps: Steps,
+    backward_tol: Option<f64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(peers.join("init_toy.npz"), Activation::Tanh)?;
@@ -57,6 +61,12 @@ fn run<T: Real>(
         ..Default::default()
     };
     steps.apply(&mut solver);
+    let mut adjoint = AdjointConfig::with_strategy(strategy);
+    adjoint.options = backward_tol.map(|tol| {
+        let mut o = solver.solve_options();
+        (o.rtol, o.atol) = (T::from_f64c(tol), T::from_f64c(tol).into());
+        o
+    });
     let cnf = Cnf::new(mlp, T::from_f64c(0.5), solver)?;
     let test = Dataset::<T>::from_npy(peers.join("eval2k_8gaussians.npy"), 2)?;
     let cfg = CnfTrainConfig {
@@ -64,7 +74,7 @@ fn run<T: Real>(
         batch_size: 512,
         test_every: 0,
         seed,
-        adjoint: AdjointConfig::with_strategy(strategy),
+        adjoint,
         ..Default::default()
     };
     let mut trainer = CnfTrainer::new(cnf, DataSource::Toy(Toy::EightGaussians), Some(test), cfg)?;
@@ -130,13 +140,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let method: Method = args.get(4).map_or("dopri5", String::as_str).parse()?;
     let tol: f64 = args.get(5).map_or(Ok(1e-5), |s| s.parse())?;
     let steps: Steps = args.get(6).map_or("hairer", String::as_str).parse()?;
+    let backward_tol: Option<f64> = args.get(7).map(|s| s.parse()).transpose()?;
     println!(
-        "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}, {} steps",
-        steps.name()
+        "{dtype}, {iterations} iterations, seed {seed}, {strategy:?} adjoint, {method:?} rtol = atol = {tol:e}, {} steps, backward tolerance {}",
+        steps.name(),
+        backward_tol.map_or("the same".to_string(), |t| format!("{t:e}"))
     );
     match dtype {
-        "f64" => run::<f64>(iterations, seed, strategy, method, tol, steps),
-        "f32" => run::<f32>(iterations, seed, strategy, method, tol, steps),
+        "f64" => run::<f64>(iterations, seed, strategy, method, tol, steps, backward_tol),
+        "f32" => run::<f32>(iterations, seed, strategy, method, tol, steps, backward_tol),
         other => Err(format!("dtype must be f64 or f32, not {other}").into()),
     }
 }

@@ -79,6 +79,15 @@ pub enum Error {
         #[source]
         source: SolveError,
     },
+    /// The adjoint's backward solver options
+    /// ([`AdjointConfig::options`](crate::adjoint::AdjointConfig::options)) are out of range:
+    /// a tolerance ≤ 0 or not finite, a bad step bound; refused before any solve.
+    #[error("invalid adjoint backward solver options: {source}")]
+    AdjointOptions {
+        /// What the solver's check found.
+        #[source]
+        source: SolveError,
+    },
     /// A gradient came out NaN or infinite (reported instead of returned).
     #[error("non-finite gradient {what}[{index}] = {value} (segment {segment})")]
     NonFiniteGradient {

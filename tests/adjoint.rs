@@ -685,6 +685,54 @@ fn nan_gradient_is_an_error() {
     }
 }
 
+/// Backward tolerances of their own (`with_backward_tolerances`) drive the backward solve
+/// only: the forward solve and the loss are bit-identical, a tighter backward tolerance
+/// takes more backward evaluations and brings the gradient nearer the reference; an
+/// out-of-range one is refused before any solve, for a CNF and for a neural ODE.
+#[test]
+fn backward_tolerances_drive_the_backward_solve_only() {
+    let field = small_mlp(4, Activation::Tanh);
+    let x = points(16, 21, 1.5);
+    let cnf = Cnf::new(field.clone(), 0.8, tight(1e-4, TraceEstimator::Exact)).unwrap();
+    let reference = Cnf::new(field.clone(), 0.8, tight(1e-12, TraceEstimator::Exact)).unwrap();
+    let grad = |cnf: &Cnf<f64, Mlp<f64>>, adj: &AdjointConfig<f64>| {
+        cnf_nll_grad(cnf, &x, &mut ChaCha8Rng::seed_from_u64(0), adj)
+    };
+    let exact = grad(&reference, &AdjointConfig::with_strategy(Strategy::Discrete)).unwrap().1;
+    for strategy in [Strategy::Backsolve, Strategy::Checkpointed] {
+        let same = AdjointConfig::with_strategy(strategy);
+        let split = same.clone().with_backward_tolerances(cnf.config(), Some(1e-9), Some(1e-9));
+        let opts = split.options.as_ref().expect("options set");
+        assert_eq!((opts.rtol, opts.max_steps), (1e-9, cnf.config().solve_options().max_steps));
+        let (l_same, g_same) = grad(&cnf, &same).unwrap();
+        let (l_split, g_split) = grad(&cnf, &split).unwrap();
+        assert_eq!(l_same.to_bits(), l_split.to_bits(), "{strategy:?}: the loss is the forward's");
+        assert_eq!(g_same.stats.forward, g_split.stats.forward);
+        assert!(g_split.stats.backward.n_rhs > g_same.stats.backward.n_rhs, "{strategy:?}");
+        let (e_same, e_split) =
+            (rel_diff(&flat(&g_same), &flat(&exact)), rel_diff(&flat(&g_split), &flat(&exact)));
+        println!("{strategy:?}: error against the reference {e_same:.1e} → {e_split:.1e}");
+        assert!(e_split < e_same, "{strategy:?}: {e_split:e} vs {e_same:e}");
+        // Neither given: unchanged.
+        assert_eq!(same.clone().with_backward_tolerances(cnf.config(), None, None), same);
+    }
+    for bad in [0.0, -1e-6, f64::NAN] {
+        let adj =
+            AdjointConfig::<f64>::default().with_backward_tolerances(cnf.config(), Some(bad), None);
+        let err = grad(&cnf, &adj).unwrap_err();
+        assert!(matches!(err, Error::AdjointOptions { .. }), "{err}");
+        assert!(err.to_string().contains("adjoint backward solver options"), "{err}");
+        let spec = OdeSpec {
+            t0: 0.0,
+            t_obs: vec![0.5],
+            method: Method::Dopri5,
+            options: SolveOptions::tol(1e-6, 1e-6),
+        };
+        let err = ode_forward(&field, &spec, &x[..4], &adj).unwrap_err();
+        assert!(matches!(err, Error::AdjointOptions { .. }), "{err}");
+    }
+}
+
 /// f32: the same gradient as f64 to the f32 solve's accuracy (tol 1e-5), for every strategy,
 /// with the forward/backward work reported.
 #[test]

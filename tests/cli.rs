@@ -385,6 +385,37 @@ fn train_with_the_peers_steps() {
     assert!(err.contains("pid"), "{err}");
 }
 
+/// `--adjoint-rtol` / `--adjoint-atol` set the backward solve's tolerances on their own: a
+/// tighter backward solve takes more backward evaluations (the log's `nfe_backward`) with
+/// the forward's unchanged, and the settings are kept in run.json.
+#[test]
+fn train_with_backward_tolerances_of_its_own() {
+    let (dir, _) = setup("trainbwdtol");
+    let nfe = |name: &str, extra: &[&str]| -> Vec<(u64, u64)> {
+        let out = s(&dir.join(name));
+        let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
+        args.extend(SMALL);
+        args.extend(["--out", out.as_str()]);
+        args.extend(extra);
+        ok(&args);
+        let log = std::fs::read_to_string(dir.join(name).join("train_log.csv")).unwrap();
+        log.lines()
+            .skip(1)
+            .map(|l| {
+                let c: Vec<&str> = l.split(',').collect();
+                (c[4].parse().unwrap(), c[5].parse().unwrap())
+            })
+            .collect()
+    };
+    let same = nfe("same", &[]);
+    let tight = nfe("tight", &["--adjoint-rtol", "1e-9", "--adjoint-atol", "1e-9"]);
+    assert_eq!(same.len(), 2);
+    assert_eq!(same[0].0, tight[0].0, "the first forward solve is the same");
+    assert!(tight[0].1 > same[0].1, "backward NFE {} vs {}", tight[0].1, same[0].1);
+    let run = std::fs::read_to_string(dir.join("tight").join("run.json")).unwrap();
+    assert!(run.contains("\"adjoint_rtol\": 1e-9"), "{run}");
+}
+
 #[test]
 fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     let (dir, _) = setup("trainbad");
@@ -419,6 +450,8 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     check(&["--data", &s(&nan)], "non-finite");
     check(&["--activation", "relu6"], "relu6");
     check(&["--adjoint", "magic"], "magic");
+    check(&["--adjoint-rtol=0"], "adjoint backward solver options");
+    check(&["--adjoint-atol=NaN"], "adjoint backward solver options");
     check(&["--jacobian=-1"], "jacobian");
     let empty = dir.join("empty");
     let err = fails(&["train", "--resume", "--out", &s(&empty)]);

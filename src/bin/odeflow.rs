@@ -513,6 +513,18 @@ struct TrainArgs {
     /// Gradient strategy: backsolve, checkpointed, discrete.
     #[arg(long, default_value = "checkpointed")]
     adjoint: String,
+    /// Relative tolerance of the adjoint's backward solve (default: --rtol), as torchdiffeq's
+    /// adjoint_rtol. With --adjoint checkpointed the gradient's error follows the backward
+    /// tolerances and the forward's set the loss's: on FFJORD's toy net, --rtol 5e-5
+    /// --atol 5e-5 --adjoint-rtol 5e-6 --adjoint-atol 5e-6 gives a more accurate gradient
+    /// than 1e-5 for both, with a quarter fewer forward evaluations. Not used by discrete.
+    #[arg(long)]
+    #[serde(default)]
+    adjoint_rtol: Option<f64>,
+    /// Absolute tolerance of the adjoint's backward solve (default: --atol).
+    #[arg(long)]
+    #[serde(default)]
+    adjoint_atol: Option<f64>,
     /// Kinetic-energy regularizer weight λ_K (RNODE): adds λ_K·mean ∫‖f‖² dt to the loss.
     #[arg(long, default_value_t = 0.0)]
     kinetic: f64,
@@ -655,6 +667,8 @@ fn train(mut a: TrainArgs) -> CliResult {
                     rtol: a.rtol,
                     atol: a.atol,
                     adjoint: strategy,
+                    adjoint_rtol: a.adjoint_rtol,
+                    adjoint_atol: a.adjoint_atol,
                     steps: a.steps,
                 });
             }
@@ -696,6 +710,12 @@ fn train(mut a: TrainArgs) -> CliResult {
             let mut solver =
                 CnfConfig { method, rtol: a.rtol, atol: a.atol, trace, ..Default::default() };
             a.steps.apply(&mut solver);
+            let adjoint = AdjointConfig::with_strategy(strategy).with_backward_tolerances(
+                &solver,
+                a.adjoint_rtol,
+                a.adjoint_atol,
+            );
+            adjoint.validate()?;
             let cnf = Cnf::chain(blocks, solver)?;
             let cfg = CnfTrainConfig {
                 iterations: a.iterations,
@@ -708,7 +728,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 seed: a.seed,
                 checkpoint: Some(state_path.clone()),
                 checkpoint_every: a.checkpoint_every.max(1),
-                adjoint: AdjointConfig { strategy, ..Default::default() },
+                adjoint,
                 ..Default::default()
             };
             let tr = if resume {

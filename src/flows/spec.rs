@@ -174,9 +174,14 @@ pub struct CnfBlockSpec {
     pub rtol: f64,
     /// Absolute tolerance of the solves (default 1e-5, > 0).
     pub atol: f64,
-    /// The gradient's strategy (default checkpointed); the backward solve uses the
-    /// tolerances above.
+    /// The gradient's strategy (default checkpointed).
     pub adjoint: Strategy,
+    /// Relative tolerance of the adjoint's backward solve (default `None`: `rtol`; > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjoint_rtol: Option<f64>,
+    /// Absolute tolerance of the adjoint's backward solve (default `None`: `atol`; > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjoint_atol: Option<f64>,
     /// The step-size rules of the solves (default `hairer`; see [`Steps`]).
     pub steps: Steps,
 }
@@ -194,6 +199,8 @@ impl Default for CnfBlockSpec {
             rtol: 1e-5,
             atol: 1e-5,
             adjoint: Strategy::Checkpointed,
+            adjoint_rtol: None,
+            adjoint_atol: None,
             steps: Steps::Hairer,
         }
     }
@@ -225,9 +232,15 @@ impl CnfBlockSpec {
             ..Default::default()
         };
         self.steps.apply(&mut config);
+        let adjoint = AdjointConfig::with_strategy(self.adjoint).with_backward_tolerances(
+            &config,
+            self.adjoint_rtol.map(T::from_f64c),
+            self.adjoint_atol.map(T::from_f64c),
+        );
+        adjoint.validate()?;
         Ok(CnfFlow::new(Cnf::chain(blocks, config)?)?
             .with_learned_time(self.train_t)
-            .with_adjoint(AdjointConfig::with_strategy(self.adjoint)))
+            .with_adjoint(adjoint))
     }
 }
 
@@ -410,7 +423,18 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains(r#""kind":"realnvp+cnf""#) && json.contains(r#""method":"dopri5""#));
         assert!(json.contains(r#""adjoint":"checkpointed""#), "{json}");
+        assert!(!json.contains("adjoint_rtol"), "unset backward tolerances are not written");
         assert_eq!(serde_json::from_str::<FlowSpec>(&json).unwrap(), spec);
+        // Backward tolerances of its own: kept in the JSON, refused at build when not > 0.
+        let mut split = spec.clone();
+        split.cnf.as_mut().unwrap().adjoint_rtol = Some(1e-7);
+        let json = serde_json::to_string(&split).unwrap();
+        assert!(json.contains(r#""adjoint_rtol":1e-7"#), "{json}");
+        assert_eq!(serde_json::from_str::<FlowSpec>(&json).unwrap(), split);
+        assert!(split.build::<f64>(3).is_ok());
+        split.cnf.as_mut().unwrap().adjoint_atol = Some(0.0);
+        let err = split.build::<f64>(3).unwrap_err();
+        assert!(matches!(err, Error::AdjointOptions { .. }), "{err}");
         let m = spec.build::<f64>(3).unwrap();
         let layers = m.layers();
         assert_eq!(layers.len(), 3);

@@ -743,6 +743,8 @@ mod tests {
             rtol: 1e-7,
             atol: 1e-8,
             adjoint: crate::adjoint::Strategy::Discrete,
+            adjoint_rtol: Some(1e-9),
+            adjoint_atol: Some(1e-10),
             steps: Steps::Peers,
         });
         let mut model = spec.build::<f64>(9).unwrap();

@@ -104,7 +104,7 @@ impl<T> Default for CnfTrainConfig<T> {
     }
 }
 
-impl<T> CnfTrainConfig<T> {
+impl<T: Real> CnfTrainConfig<T> {
     /// Checks every field's range (see the field docs).
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |name, value: f64, expected| Err(Error::InvalidConfig { name, value, expected });
@@ -127,6 +127,7 @@ impl<T> CnfTrainConfig<T> {
         if self.checkpoint.is_some() && self.checkpoint_every == 0 {
             return bad("checkpoint_every", 0.0, "≥ 1");
         }
+        self.adjoint.validate()?;
         self.adam.validate()
     }
 }
