@@ -12,6 +12,8 @@
 //! - the weights after 300 PyTorch iterations (`torch_f32_iter0300.npz`), the peers' "after
 //!   300 iterations" row (diffrax f64 170 ms, f32 159 ms; torchdiffeq f64 666 ms), with the
 //!   backsolve adjoint and, in f64, the checkpointed one;
+//! - after 300 iterations, checkpointed, with the forward solve at 5e-5 and the backward at
+//!   5e-6 (a smaller gradient error than diffrax's at 1e-5: `examples/grad_work_precision.rs`);
 //! - both again in f64 with the peers' steps (the elementary controller and the first step
 //!   with q = p + 1: torchdiffeq's controller, diffrax's first step).
 //!
@@ -32,24 +34,51 @@ use odeflow::field::{Activation, Mlp, Real, VectorField};
 use odeflow::io::load_peer_checkpoint;
 use odeflow::train::{CnfTrainConfig, CnfTrainer, DataSource, Toy};
 
-/// The toy CNF from the peers' `weights`; `peers_steps`: the elementary controller and the
-/// first step with q = p + 1 ([`Steps::Peers`]) instead of the defaults.
-fn cnf<T: Real>(weights: &str, peers_steps: bool) -> Cnf<T, Mlp<T>> {
+/// The solver settings of a configuration.
+#[derive(Clone, Copy, PartialEq)]
+enum Setting {
+    /// dopri5 at rtol = atol = 1e-5 forward and backward, Hairer's step rules (the defaults).
+    Default,
+    /// The same with the peers' step rules ([`Steps::Peers`]).
+    PeersSteps,
+    /// Forward at 5e-5, backward at 5e-6: for the checkpointed gradient, a smaller error than
+    /// diffrax's at 1e-5 (`examples/grad_work_precision.rs`).
+    Split,
+}
+
+/// The toy CNF from the peers' `weights` with the forward settings of `setting`.
+fn cnf<T: Real>(weights: &str, setting: Setting) -> Cnf<T, Mlp<T>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let mlp = load_peer_checkpoint::<T>(dir.join(weights), Activation::Tanh).unwrap();
     let mut cfg = CnfConfig::default();
-    if peers_steps {
-        Steps::Peers.apply(&mut cfg);
+    match setting {
+        Setting::Default => {}
+        Setting::PeersSteps => Steps::Peers.apply(&mut cfg),
+        Setting::Split => (cfg.rtol, cfg.atol) = (T::from_f64c(5e-5), T::from_f64c(5e-5)),
     }
     Cnf::new(mlp, T::from_f64c(0.5), cfg).unwrap()
 }
 
-fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, Mlp<T>> {
+/// The gradient settings of `setting` for `cnf`.
+fn adjoint<T: Real>(
+    cnf: &Cnf<T, Mlp<T>>,
+    strategy: Strategy,
+    setting: Setting,
+) -> AdjointConfig<T> {
+    let adj = AdjointConfig::with_strategy(strategy);
+    if setting == Setting::Split {
+        let tol = Some(T::from_f64c(5e-6));
+        return adj.with_backward_tolerances(cnf.config(), tol, tol);
+    }
+    adj
+}
+
+fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, adj: &AdjointConfig<T>) -> CnfTrainer<T, Mlp<T>> {
     let cfg = CnfTrainConfig {
         batch_size: 512,
         test_every: 0,
         seed: 1,
-        adjoint: AdjointConfig::with_strategy(strategy),
+        adjoint: adj.clone(),
         ..Default::default()
     };
     let tr = CnfTrainer::new(cnf.clone(), DataSource::Toy(Toy::EightGaussians), None, cfg).unwrap();
@@ -60,7 +89,7 @@ fn trainer<T: Real>(cnf: &Cnf<T, Mlp<T>>, strategy: Strategy) -> CnfTrainer<T, M
     let x: Vec<T> =
         (0..512 * 2).map(|i| T::from_f64c(((i * 37 % 101) as f64 - 50.0) / 25.0)).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    cnf_nll_grad(tr.cnf(), &x, &mut rng, &AdjointConfig::with_strategy(strategy)).unwrap();
+    cnf_nll_grad(tr.cnf(), &x, &mut rng, adj).unwrap();
     let field = &tr.cnf().blocks()[0].field;
     field.recycle(field.workspace(512));
     tr
@@ -71,10 +100,11 @@ fn bench_one<T: Real>(
     weights: &str,
     label: &str,
     strategy: Strategy,
-    peers_steps: bool,
+    setting: Setting,
 ) {
-    let cnf = cnf::<T>(weights, peers_steps);
-    let p = trainer(&cnf, strategy).step().unwrap();
+    let cnf = cnf::<T>(weights, setting);
+    let adj = adjoint(&cnf, strategy, setting);
+    let p = trainer(&cnf, &adj).step().unwrap();
     println!(
         "W1 {label}: loss {:.4}, NFE forward {}, backward {}",
         p.loss, p.nfe_forward, p.nfe_backward
@@ -83,7 +113,7 @@ fn bench_one<T: Real>(
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     g.bench_function(label, |b| {
         b.iter_batched(
-            || trainer(&cnf, strategy),
+            || trainer(&cnf, &adj),
             |mut tr| black_box(tr.step().unwrap()),
             BatchSize::LargeInput,
         )
@@ -92,18 +122,21 @@ fn bench_one<T: Real>(
 }
 
 fn train_iteration(c: &mut Criterion) {
-    let bs = Strategy::Backsolve;
-    let init = "init_toy.npz";
-    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f64", bs, false);
-    bench_one::<f32>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f32", bs, false);
-    let w300 = "torch_f32_iter0300.npz";
-    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f64", bs, false);
-    bench_one::<f32>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f32", bs, false);
-    let ck = Strategy::Checkpointed;
-    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_checkpointed_f64", ck, false);
+    let (bs, ck) = (Strategy::Backsolve, Strategy::Checkpointed);
+    let (init, w300) = ("init_toy.npz", "torch_f32_iter0300.npz");
+    let d = Setting::Default;
+    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f64", bs, d);
+    bench_one::<f32>(c, init, "init_b512_dopri5_1e-5_exact_backsolve_f32", bs, d);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f64", bs, d);
+    bench_one::<f32>(c, w300, "iter300_b512_dopri5_1e-5_exact_backsolve_f32", bs, d);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_exact_checkpointed_f64", ck, d);
+    // The backward tolerance on its own (forward 5e-5, backward 5e-6), checkpointed, f64.
+    let label = "iter300_b512_dopri5_fwd5e-5_bwd5e-6_exact_checkpointed_f64";
+    bench_one::<f64>(c, w300, label, ck, Setting::Split);
     // The same with the peers' steps (their controller and first step), in f64.
-    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, true);
-    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, true);
+    let ps = Setting::PeersSteps;
+    bench_one::<f64>(c, init, "init_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, ps);
+    bench_one::<f64>(c, w300, "iter300_b512_dopri5_1e-5_peers_steps_backsolve_f64", bs, ps);
 }
 
 criterion_group!(benches, train_iteration);

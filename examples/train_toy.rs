@@ -17,6 +17,11 @@
 //! | f32 | dopri5 1e-5 | Hairer's | backsolve | 3.6880 / 3.1228 / 3.0348 / 2.8931 | 30.3 s | 62 / 39 |
 //! | f32 | dopri5 1e-5 | peers' | backsolve | 3.6880 / 3.1228 / 3.0347 / 2.8931 | 25.7 s | 68 / 33 |
 //!
+//! Again 2026-11-29, 02:40–02:43 (load 0.9–1.4), f64 checkpointed, Hairer's steps:
+//! dopri5 1e-5 both ways 49.6 s (NFE 51,818 forward / 32,378 backward in all); forward 5e-5
+//! with the backward at 5e-6 (BACKWARD_TOL) 46.4 s (39,032 / 33,914); test NLL
+//! 3.6880 / 3.1228 / 3.0348 / 2.8931 in both.
+//!
 //! An hour earlier (before the GEMM read A in place): f64 dopri5 1e-5 61.5 s checkpointed,
 //! 67.8 s backsolve; 1e-4 49.0 s; f32 37.5 s.
 //! Earlier the same day, before the field work of that afternoon (vectorized activation
