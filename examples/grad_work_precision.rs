@@ -128,7 +128,10 @@ type PeerRuns = Vec<(String, BTreeMap<usize, (f64, f64, f64, Option<f64>)>)>;
 
 fn peer_runs(dir: &Path, stem: &str) -> Result<PeerRuns, Box<dyn std::error::Error>> {
     let mut runs = PeerRuns::new();
-    for line in std::fs::read_to_string(dir.join("diffrax.jsonl"))?.lines() {
+    let path = dir.join("diffrax.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (the script's JSON lines, saved there)", path.display()))?;
+    for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if v["ckpt"] != stem {
             continue;

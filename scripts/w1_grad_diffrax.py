@@ -2,11 +2,12 @@
 exact trace, f64) so that `examples/grad_work_precision.rs` can set their accuracy beside
 odeflow's on the same batches.
 
-Run with the peer harness's JAX environment, from its directory (`shared/peers/python`,
-which holds `common.py` and `ckpt/`):
+Run with the peer harness's JAX environment, from a writable copy of its directory
+(`shared/peers/python`, which holds `common.py` and `ckpt/`):
 
-    cd shared/peers/python
+    cp -r shared/peers/python /tmp/peerrun && cd /tmp/peerrun
     python /path/to/odeflow/scripts/w1_grad_diffrax.py --ckpt-dir ckpt --out ckpt/w1grad
+    cargo run --release --example grad_work_precision -- /tmp/peerrun/ckpt/w1grad
 
 For each checkpoint (`init_toy.npz`, `torch_f32_iter0300.npz`) and each of the first
 `--batches` timing batches of the harness's W1 (`common.batches_8gaussians(4004, 64, 512)`)
@@ -17,8 +18,8 @@ it writes, under `--out`:
   `backsolve_{tol}` for each of `--backsolve-tols` (1e-05 is what the harness times),
   `recursive_1e-05` (backprop through the solver's steps) and `recursive_1e-11` (the
   tight reference);
-- one JSON line per gradient on stdout: loss, forward and backward NFE, and the median
-  wall time of `--reps` gradients (`jax.value_and_grad`, compiled, without the NFE
+- one JSON line per gradient, on stdout and in `diffrax.jsonl` (which the example reads):
+  loss, forward and backward NFE, and the median wall time of `--reps` gradients (`jax.value_and_grad`, compiled, without the NFE
   counting callbacks; the first call, which compiles, is not timed).
 
 The solver settings are the harness's (`bench_diffrax.py`): `diffrax.Dopri5`,
@@ -119,6 +120,7 @@ def main():
         np.save(os.path.join(args.out, "batch%d.npy" % k), np.asarray(xb, np.float64))
     settings = [("backsolve", float(t)) for t in args.backsolve_tols.split(",")]
     settings += [("recursive", 1e-5), ("recursive", 1e-11)]
+    log = open(os.path.join(args.out, "diffrax.jsonl"), "w")
     for name in args.ckpts.split(","):
         params = [{k: jnp.asarray(v, jnp.float64) for k, v in l.items()}
                   for l in C.load_params(os.path.join(args.ckpt_dir, name))]
@@ -146,10 +148,12 @@ def main():
                 label = "%s_%g" % (adjoint, tol)
                 C.save_params(os.path.join(args.out, "%s_b%d_%s.npz" % (stem, k, label)),
                               [{kk: np.asarray(v) for kk, v in l.items()} for l in g])
-                print(json.dumps({"ckpt": stem, "batch": k, "setting": label, "loss": float(loss),
-                                  "nfe_fwd": nf, "nfe_bwd": NFE["n"] - nf,
-                                  "grad_s_median": sorted(times)[len(times) // 2] if times else None}),
-                      flush=True)
+                line = json.dumps({"ckpt": stem, "batch": k, "setting": label, "loss": float(loss),
+                                   "nfe_fwd": nf, "nfe_bwd": NFE["n"] - nf,
+                                   "grad_s_median": sorted(times)[len(times) // 2] if times else None})
+                print(line, flush=True)
+                log.write(line + "\n")
+                log.flush()
 
 
 if __name__ == "__main__":
