@@ -378,11 +378,12 @@ fn discrete_gradient_is_exact_for_the_discrete_solution() {
 /// PyTorch iterations, the harness's first timed batch of 512, T = 0.5, exact trace), made
 /// by backprop through its own dopri5 steps at rtol = atol = 1e-11 (`data/peers/README.md`).
 /// Each strategy at dopri5 1e-10 must match it. Observed relative 2-norm differences of
-/// the θ-gradient: discrete 6.5e-10, backsolve 6.7e-9, checkpointed 1.1e-8 (at 1e-8 and
-/// 1e-9 they are about 8× and 3× larger each decade: the strategies converge to diffrax's
-/// gradient, not merely near it); the loss 4.7e-12 from diffrax's. Bounds: 5e-8 for the
-/// gradient (4× the worst observed, 500 tolerance units: the two codes' discretization
-/// errors at 1e-10 and 1e-11), 1e-10 for the loss.
+/// the θ-gradient at tolerances 1e-8 / 1e-9 / 1e-10: discrete 1.5e-7 / 9.7e-9 / 6.5e-10,
+/// backsolve 3.6e-7 / 5.4e-8 / 6.7e-9, checkpointed 5.8e-7 / 8.6e-8 / 1.1e-8, i.e. 7–15×
+/// smaller per decade (the strategies converge to diffrax's gradient, not merely near it);
+/// the loss 4.7e-12 from diffrax's at 1e-10. Bounds: 5e-8 for the gradient (4× the worst
+/// observed, 500 tolerance units: the two codes' discretization errors at 1e-10 and 1e-11),
+/// 1e-10 for the loss.
 #[test]
 fn nll_gradient_matches_diffrax_reference() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");

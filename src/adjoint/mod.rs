@@ -62,8 +62,8 @@
 //! dopri5, f64) beside diffrax's on the same four batches, as the relative 2-norm error of
 //! the θ-gradient against a tight reference; at tight tolerances the two libraries' gradients
 //! agree to 2e-10 (`tests/adjoint.rs`, `nll_gradient_matches_diffrax_reference`). After 300
-//! training iterations (means over the batches; time: one gradient, medians of three
-//! alternated runs, 2026-11-29):
+//! training iterations (errors and NFE: means over the batches; time of one gradient: the
+//! range over three alternated pairs of runs, each the median over the batches; 2026-11-29):
 //!
 //! | setting | error | NFE fwd / bwd | time |
 //! |---|---|---|---|
