@@ -54,7 +54,11 @@
 //! (peer checkpoints at init, 300 and 1000 iterations; B = 64 and 512; tol 1e-3 … 1e-7) the
 //! seminorm took fewer backward evaluations in 6 of 36 runs, the same in 17 and more in 13
 //! (e.g. 50 vs 38 at 1000 iterations, B = 64, tol 1e-5), and was the more accurate in 19;
-//! `tests/adjoint.rs` (`seminorm_…`) keeps a smaller version of this measurement.
+//! `tests/adjoint.rs` (`seminorm_…`) keeps a smaller version of this measurement. Where the
+//! parameter cotangent is what limits the backward steps it does cut them: a small neural ODE
+//! observed along a trajectory, checkpointed, 66 → 60, 84 → 66 and 102 → 78 backward
+//! evaluations at 1e-6, 1e-7, 1e-8, with the gradient within the tolerance but 3–20× less
+//! accurate than the full norm's (`seminorm_cuts_backward_evaluations_of_a_neural_ode`).
 //!
 //! # Accuracy against work, beside diffrax
 //!
