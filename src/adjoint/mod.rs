@@ -57,7 +57,7 @@
 //! `tests/adjoint.rs` (`seminorm_…`) keeps a smaller version of this measurement. Where the
 //! parameter cotangent is what limits the backward steps it does cut them: a small neural ODE
 //! observed along a trajectory, checkpointed, 66 → 60, 84 → 66 and 102 → 78 backward
-//! evaluations at 1e-6, 1e-7, 1e-8, with the gradient within the tolerance but 3–20× less
+//! evaluations at 1e-6, 1e-7, 1e-8, with the gradient within the tolerance but 3–23× less
 //! accurate than the full norm's (`seminorm_cuts_backward_evaluations_of_a_neural_ode`).
 //!
 //! # Accuracy against work, beside diffrax
