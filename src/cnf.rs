@@ -792,9 +792,26 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
     }
 
     fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, self.track_logp);
+    }
+
+    /// ℓ is a quadrature: the right-hand side reads only z.
+    fn passive_components(&self) -> std::ops::Range<usize> {
+        self.n_z..self.dim()
+    }
+
+    /// `dz/dt = f` alone, without the divergence (`dℓ` is left as it was).
+    fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, false);
+    }
+}
+
+impl<T: Real, F: VectorField<T>> CnfDynamics<'_, T, F> {
+    /// The right-hand side, with `dℓ/dt = −q` only if `logp` (which needs `track_logp`).
+    fn eval(&mut self, t: T, y: &[T], dy: &mut [T], logp: bool) {
         let (z, _) = y.split_at(self.n_z);
         let (dz, dl) = dy.split_at_mut(self.n_z);
-        let result = if self.track_logp {
+        let result = if logp {
             self.field.eval_div(t, z, self.div, dz, dl, None, self.ws).map(|()| {
                 dl.iter_mut().for_each(|v| *v = -*v);
             })
@@ -808,10 +825,5 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
                 dy.fill(T::nan());
             }
         }
-    }
-
-    /// ℓ is a quadrature: the right-hand side reads only z.
-    fn passive_components(&self) -> std::ops::Range<usize> {
-        self.n_z..self.dim()
     }
 }

@@ -433,3 +433,62 @@ fn bad_input_gives_errors() {
         other => panic!("expected TooManySteps, got {other:?}"),
     }
 }
+
+/// `[z | ℓ]` with `dℓ/dt = −q` evaluated whole at every stage: the log-density ODE without
+/// the solver's shortcut for stages whose ℓ-derivative no weight reads.
+struct PlainLogDensity<'a> {
+    mlp: &'a Mlp<f64>,
+    ws: <Mlp<f64> as odeflow::field::VectorField<f64>>::Workspace,
+    n_z: usize,
+}
+
+impl odeflow::solvers::OdeSystem<f64> for PlainLogDensity<'_> {
+    fn dim(&self) -> usize {
+        self.n_z + self.n_z / 2
+    }
+    fn rhs(&mut self, t: f64, y: &[f64], dy: &mut [f64]) {
+        use odeflow::field::{Divergence, VectorField};
+        let (dz, dl) = dy.split_at_mut(self.n_z);
+        let z = &y[..self.n_z];
+        self.mlp.eval_div(t, z, Divergence::Exact, dz, dl, None, &mut self.ws).unwrap();
+        dl.iter_mut().for_each(|v| *v = -*v);
+    }
+}
+
+/// Where a stage's derivative reaches only later stage states (Dormand–Prince 5(4)'s stage 2,
+/// DOP853's stages 2–5: zero weight in the solution, the error estimate and the dense
+/// output), the CNF evaluates f without the divergence, one call per step attempt for
+/// Dopri5 and four for DOP853 (none for Tsit5), and the result keeps every bit of the plain
+/// solve of `[z | ℓ]` that evaluates the divergence at every stage.
+#[test]
+fn divergence_is_skipped_where_no_weight_reads_it() {
+    use odeflow::field::{CountingField, VectorField};
+    let mlp = toy_mlp(4);
+    let x = points(64, 9, 2.0);
+    for (method, per_attempt) in [(Method::Dopri5, 1), (Method::Dop853, 4), (Method::Tsit5, 0)] {
+        let config = CnfConfig {
+            method,
+            rtol: 1e-7,
+            atol: 1e-7,
+            mode: SolveMode::Batch,
+            ..Default::default()
+        };
+        let cnf = Cnf::new(CountingField::new(mlp.clone()), 0.9, config.clone()).unwrap();
+        let (z, dl, stats) = cnf.forward(&x).unwrap();
+        let counts = cnf.blocks()[0].field.stats();
+        let attempts = (stats.n_accepted + stats.n_rejected) as u64;
+        assert_eq!(counts.n_eval, per_attempt * attempts, "{method}: f alone");
+        assert_eq!(counts.n_eval + counts.n_eval_div, stats.n_rhs as u64, "{method}: calls");
+
+        let mut plain = PlainLogDensity { mlp: &mlp, ws: mlp.workspace(64), n_z: x.len() };
+        let mut state = x.clone();
+        state.extend(std::iter::repeat_n(0.0, 64));
+        let mut integ = config.integrator().unwrap();
+        let plain_stats =
+            integ.integrate(&mut plain, 0.0, 0.9, &mut state, &mut odeflow::solvers::NoObserver);
+        assert_eq!(plain_stats.unwrap(), stats, "{method}: the same steps");
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&z), bits(&state[..x.len()]), "{method}: z");
+        assert_eq!(bits(&dl), bits(&state[x.len()..]), "{method}: Δℓ");
+    }
+}

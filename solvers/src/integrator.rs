@@ -28,6 +28,10 @@ struct Coeffs<T> {
     fsal: bool,
     /// FSAL stage evaluated only after acceptance (its error coefficient is zero).
     lazy_last: bool,
+    /// Per stage: its derivative reaches only later stage states (zero weight in the
+    /// solution, the error estimates and the dense output; not stage 0, not the FSAL
+    /// stage), so [`OdeSystem::rhs_active_part`] suffices.
+    active_only: Vec<bool>,
     order: u8,
     error_order: Option<u8>,
 }
@@ -74,12 +78,18 @@ impl<T: Real> Coeffs<T> {
         let last = stages - 1;
         let lazy_last =
             tab.fsal && !e.iter().any(|&(j, _)| j == last) && !e3.iter().any(|&(j, _)| j == last);
+        let b = comb(tab.b);
+        let weighs = |i: usize| {
+            [&b, &e, &e3].into_iter().chain(&dense_rows).any(|r| r.iter().any(|&(j, _)| j == i))
+        };
+        let active_only =
+            (0..stages).map(|i| i > 0 && !(tab.fsal && i == last) && !weighs(i)).collect();
         Coeffs {
             stages,
             total_stages,
             c: tab.c.iter().map(|&x| T::from_f64c(x)).collect(),
             a: tab.a.iter().map(|r| comb(r)).collect(),
-            b: comb(tab.b),
+            b,
             e,
             e3,
             blended,
@@ -87,6 +97,7 @@ impl<T: Real> Coeffs<T> {
             poly,
             fsal: tab.fsal,
             lazy_last,
+            active_only,
             order: tab.order,
             error_order: tab.error_order,
         }
@@ -870,7 +881,11 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                 }
                 let target: &[T] = if co.fsal && i == s - 1 { &ws.y_new } else { &ws.y_stage };
                 let ti = if co.fsal && i == s - 1 { t_next } else { t + co.c[i] * h };
-                sys.rhs(ti, target, &mut rest[..dim]);
+                if co.active_only[i] {
+                    sys.rhs_active_part(ti, target, &mut rest[..dim]);
+                } else {
+                    sys.rhs(ti, target, &mut rest[..dim]);
+                }
             }
             stats.n_rhs += n_eval - 1;
             if !co.fsal || co.lazy_last {

@@ -10,7 +10,9 @@
 //!    side never reads (an adjoint's parameter cotangent, a CNF's log-density), which are
 //!    then formed only in each step's solution, not in every stage state;
 //!    [`OdeSystem::rhs_error_part`] may skip the other components where the integrator
-//!    reads only the error components (the initial-step probe).
+//!    reads only the error components (the initial-step probe), and
+//!    [`OdeSystem::rhs_active_part`] the passive ones where a stage's derivative reaches
+//!    only later stage states (Dormand–Prince 5(4)'s stage 2, DOP853's stages 2–5).
 //! 2. **The method.** [`Method`] selects Euler, midpoint, Heun, RK4 (fixed step) or
 //!    Bogacki–Shampine 3(2), Dormand–Prince 5(4), Tsitouras 5(4), DOP853 (adaptive); its
 //!    [`Tableau`] is public `const` data with a citation.

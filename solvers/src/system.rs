@@ -37,6 +37,19 @@ pub trait OdeSystem<T: Real = f64> {
     fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         self.rhs(t, y, dy)
     }
+    /// Writes at least the components outside
+    /// [`passive_components`](Self::passive_components) of f(t, y) into `dy` (the passive
+    /// ones may be left with any value). The integrators call it for the stages whose
+    /// derivative reaches nothing but later stage states: a zero weight in the solution
+    /// (`b_i = 0`), in the error estimate and in the dense output, and not the FSAL stage
+    /// (Dormand–Prince 5(4)'s stage 2, DOP853's stages 2–5). Such a stage's quadrature
+    /// derivative is never read, so a system whose passive part costs extra skips it: a
+    /// CNF's divergence (two thirds of an evaluation with the exact 2-D trace), the
+    /// adjoint's weight gradient. The results are bit-identical to [`rhs`](Self::rhs); it
+    /// counts as one evaluation in the statistics. Default: [`rhs`](Self::rhs).
+    fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.rhs(t, y, dy)
+    }
 }
 
 impl<T: Real, S: OdeSystem<T> + ?Sized> OdeSystem<T> for &mut S {
@@ -54,6 +67,9 @@ impl<T: Real, S: OdeSystem<T> + ?Sized> OdeSystem<T> for &mut S {
     }
     fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         (**self).rhs_error_part(t, y, dy)
+    }
+    fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        (**self).rhs_active_part(t, y, dy)
     }
 }
 

@@ -445,6 +445,10 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for BacksolveSys<'_, '_, T, F> {
     fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         self.eval(t, y, dy, !self.seminorm);
     }
+    /// A VJP without `∂Φ/∂θ` (the weight-gradient GEMMs) where `dg` is never read.
+    fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, false);
+    }
 }
 
 impl<T: Real, F: VectorField<T>> BacksolveSys<'_, '_, T, F> {
@@ -508,6 +512,10 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for InterpSys<'_, '_, T, F> {
     fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         self.eval(t, y, dy, !self.seminorm);
     }
+    /// A VJP without `∂Φ/∂θ` (the weight-gradient GEMMs) where `dg` is never read.
+    fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, false);
+    }
 }
 
 impl<T: Real, F: VectorField<T>> InterpSys<'_, '_, T, F> {
@@ -540,7 +548,7 @@ impl<T: Real, F: VectorField<T>> InterpSys<'_, '_, T, F> {
 /// `h̄ = ȳ₁ᵀ Σ b_i K_i + Σ_i [Z̄_iᵀ Σ_j a_ij K_j + c_i t̄_i − b_i ā_ℓᵀ q_i]`, `t̄ = Σ_i t̄_i`.
 /// Stages after the last nonzero `b_i` (the FSAL stage) are skipped; the stages are
 /// re-evaluated from the recorded `y₀` (one evaluation each but the last, whose `K` the
-/// VJP returns), then one VJP per stage.
+/// VJP returns), then one VJP per stage (of `f` alone where `b_i = 0`).
 #[allow(clippy::too_many_arguments)]
 fn discrete_backward<T: Real, F: VectorField<T>>(
     seg: Seg<'_, T, F>,
@@ -610,8 +618,12 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                 *cs = h * bw[i] * cv;
             }
             let ti = t + cn[i] * h;
+            // A stage with b_i = 0 (Dormand–Prince's second) leaves q out of Φ_i: a plain
+            // VJP of f, without the divergence's reverse pass.
+            let weighted = bw[i] != T::zero();
+            let seg_i = if weighted { seg } else { Seg { div: None, ..seg } };
             let tbar = phi_vjp(
-                seg,
+                seg_i,
                 ti,
                 &zs[i * n..(i + 1) * n],
                 &kbar[i * n..(i + 1) * n],
@@ -642,7 +654,7 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                 }
             }
             hbar += cn[i] * tbar;
-            if seg.div.is_some() {
+            if seg_i.div.is_some() {
                 // ℓ₁ = ℓ₀ − h Σ b_i q_i: explicit h-dependence.
                 let lq = a_l.iter().zip(&qscr).fold(T::zero(), |s, (&al, &qb)| s + al * qb);
                 hbar -= bw[i] * lq;
