@@ -14,8 +14,10 @@
 //! backward pass (5 runs) and the backward pass's flop rate. Flops are counted in GEMM
 //! "units" as in peers.md (a unit = 2 Σ in·out flops per point: 16,896 for the toy net,
 //! 327,680 for d = 64): a field evaluation with the exact trace costs 1 + d units, with a
-//! Hutchinson form 2; a VJP of the augmented field 3× that; the discrete replay adds one
-//! plain evaluation (1 unit) per stage. Peaks: the guide's nominal 78 GFLOP/s f64, 156 f32
+//! Hutchinson form 2; a VJP of the augmented field 3× that, one without the parameter
+//! cotangent (the `n_rhs_active` calls: Dopri5's second stage) 2×; the discrete replay adds
+//! one plain evaluation (1 unit) per stage and takes a VJP of f alone (3 units) where
+//! `b_i = 0`. Peaks: the guide's nominal 78 GFLOP/s f64, 156 f32
 //! (both cores), and the machine's own, measured before the groups run (independent FMAs on
 //! both cores; about 117 f64 here, where the cores run above the nominal clock).
 //! The peers' W1/W4 rows also contain an Adam step (negligible next to the solves).
@@ -136,11 +138,14 @@ fn report<T: Real>(
     });
     let eu = eval_units(d, trace);
     let s = g.stats;
-    let units = s.backward.n_rhs as f64 * 3.0 * eu
-        + match strategy {
-            Strategy::Discrete => s.extra_evals as f64,
-            _ => s.extra_evals as f64 * eu,
-        };
+    let (calls, active) = (s.backward.n_rhs as f64, s.backward.n_rhs_active as f64);
+    let units = match strategy {
+        // The stages with b_i = 0 take a VJP of f alone (3 units); each replayed stage one
+        // plain evaluation.
+        Strategy::Discrete => (calls - active) * 3.0 * eu + active * 3.0 + s.extra_evals as f64,
+        // The calls without the parameter cotangent skip the weight gradient (eu units).
+        _ => calls * 3.0 * eu - active * eu + s.extra_evals as f64 * eu,
+    };
     let gflop = units * b as f64 * unit_flops / 1e9;
     let rate = gflop / (t_bwd / 1e3);
     println!(

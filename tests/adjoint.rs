@@ -1198,3 +1198,42 @@ fn end_time_gradient_reuses_the_forward_derivative() {
     let want = dl[n..].iter().zip(&f).fold(0.0, |s, (a, fv)| s + a * fv);
     assert_eq!(g.t_obs[1].to_bits(), want.to_bits());
 }
+
+/// The cheaper calls are the ones the statistics say: with Dopri5 every step attempt's
+/// second stage evaluates f without the divergence (forward) and takes a VJP without the
+/// parameter cotangent (backsolve, checkpointed), and the discrete replay takes a VJP of f
+/// alone at that stage of every replayed step (`b₂ = 0`); the field's own call counts
+/// agree. Tsit5 has no such stage.
+#[test]
+fn cheaper_stage_calls_are_counted() {
+    use odeflow::field::CountingField;
+    let x = points(16, 61, 1.3);
+    for method in [Method::Dopri5, Method::Tsit5] {
+        let per_step = usize::from(method == Method::Dopri5);
+        let cfg = CnfConfig { method, ..tight(1e-6, TraceEstimator::Exact) };
+        let cnf = Cnf::new(CountingField::new(small_mlp(3, Activation::Tanh)), 0.5, cfg).unwrap();
+        for strategy in [Strategy::Backsolve, Strategy::Checkpointed, Strategy::Discrete] {
+            let field = &cnf.blocks()[0].field;
+            field.reset();
+            let adj = AdjointConfig::with_strategy(strategy);
+            let (_, g) = cnf_nll_grad(&cnf, &x, &mut ChaCha8Rng::seed_from_u64(0), &adj).unwrap();
+            let (f, b) = (g.stats.forward, g.stats.backward);
+            let what = format!("{method} {strategy:?}");
+            assert_eq!(f.n_rhs_active, per_step * f.n_steps(), "{what}: forward");
+            let counts = field.stats();
+            assert_eq!(counts.n_eval_div as usize, f.n_rhs - f.n_rhs_active, "{what}");
+            if strategy == Strategy::Discrete {
+                assert_eq!(b.n_rhs_active, per_step * b.n_accepted, "{what}: backward");
+                assert_eq!(counts.n_vjp as usize, b.n_rhs_active, "{what}: plain VJPs");
+                assert_eq!(counts.n_vjp_aug as usize, b.n_rhs - b.n_rhs_active, "{what}");
+                // f alone: the forward's cheaper stages and the replay's evaluations.
+                let evals = f.n_rhs_active + g.stats.extra_evals;
+                assert_eq!(counts.n_eval as usize, evals, "{what}: evaluations");
+            } else {
+                assert_eq!(b.n_rhs_active, per_step * b.n_steps(), "{what}: backward");
+                assert_eq!(counts.n_vjp_aug as usize, b.n_rhs, "{what}: augmented VJPs");
+                assert_eq!(counts.n_eval as usize, f.n_rhs_active, "{what}: evaluations");
+            }
+        }
+    }
+}

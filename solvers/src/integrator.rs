@@ -883,6 +883,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                 let ti = if co.fsal && i == s - 1 { t_next } else { t + co.c[i] * h };
                 if co.active_only[i] {
                     sys.rhs_active_part(ti, target, &mut rest[..dim]);
+                    stats.n_rhs_active += 1;
                 } else {
                     sys.rhs(ti, target, &mut rest[..dim]);
                 }

@@ -153,6 +153,11 @@ pub struct Stats {
     /// Number of right-hand-side evaluations (including those of the initial-step
     /// heuristic and of dense output).
     pub n_rhs: usize,
+    /// Of those, the calls of [`OdeSystem::rhs_active_part`](crate::OdeSystem::rhs_active_part)
+    /// (stages whose derivative reaches only later stage states: one per step attempt for
+    /// Dormand–Prince 5(4), four for DOP853), which a system with passive components may
+    /// make cheaper.
+    pub n_rhs_active: usize,
     /// Number of accepted steps.
     pub n_accepted: usize,
     /// Number of rejected steps (all of them; Hairer's codes do not count rejections before
@@ -170,6 +175,7 @@ impl Stats {
 impl AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         self.n_rhs += o.n_rhs;
+        self.n_rhs_active += o.n_rhs_active;
         self.n_accepted += o.n_accepted;
         self.n_rejected += o.n_rejected;
     }

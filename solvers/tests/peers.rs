@@ -75,6 +75,7 @@ fn peer_solve<P: OdeSystem<f64> + Clone, const N: usize>(
         n_rhs: st.num_eval as usize,
         n_accepted: st.accepted_steps as usize,
         n_rejected: st.rejected_steps as usize,
+        ..Stats::default()
     };
     (y.into(), stats)
 }

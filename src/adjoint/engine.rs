@@ -635,6 +635,7 @@ fn discrete_backward<T: Real, F: VectorField<T>>(
                 ws,
             )?;
             out.stats.n_rhs += 1;
+            out.stats.n_rhs_active += usize::from(!weighted);
             // y₁ = y₀ + h Σ b_i K_i: explicit h-dependence (K_i = f from the VJP).
             hbar += bw[i] * a_z.iter().zip(&fscr).fold(T::zero(), |s, (&a, &k)| s + a * k);
             add_into(g, &thscr);

@@ -226,12 +226,13 @@ impl<T: Real> AdjointConfig<T> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct GradStats {
     /// The forward solve(s): right-hand-side calls (each a field evaluation with the
-    /// divergence) and steps.
+    /// divergence, but the `n_rhs_active` of them that evaluate `f` alone) and steps.
     pub forward: Stats,
     /// The backward pass: right-hand-side calls of the adjoint system (each one fused
-    /// [`VectorField::vjp_aug`] or [`VectorField::vjp`]) and its steps; for
-    /// [`Strategy::Discrete`], one VJP per replayed stage and one accepted step per
-    /// replayed step.
+    /// [`VectorField::vjp_aug`] or [`VectorField::vjp`]; the `n_rhs_active` of them without
+    /// the parameter cotangent) and its steps; for [`Strategy::Discrete`], one VJP per
+    /// replayed stage (`n_rhs_active`: those of `f` alone, at stages with `b_i = 0`) and
+    /// one accepted step per replayed step.
     pub backward: Stats,
     /// Field evaluations outside the solvers: the discrete replay's forward stages and the
     /// end-point evaluations for the time gradients that the forward solve has not already
