@@ -45,8 +45,10 @@ pub trait OdeSystem<T: Real = f64> {
     /// (Dormand–Prince 5(4)'s stage 2, DOP853's stages 2–5). Such a stage's quadrature
     /// derivative is never read, so a system whose passive part costs extra skips it: a
     /// CNF's divergence (two thirds of an evaluation with the exact 2-D trace), the
-    /// adjoint's weight gradient. The results are bit-identical to [`rhs`](Self::rhs); it
-    /// counts as one evaluation in the statistics. Default: [`rhs`](Self::rhs).
+    /// adjoint's weight gradient. A solve's results are bit-identical to calling
+    /// [`rhs`](Self::rhs) there (as long as `rhs` honours the passive range); the call
+    /// counts as one evaluation in [`Stats::n_rhs`](crate::Stats::n_rhs) and in
+    /// [`Stats::n_rhs_active`](crate::Stats::n_rhs_active). Default: [`rhs`](Self::rhs).
     fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         self.rhs(t, y, dy)
     }
