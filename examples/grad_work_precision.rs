@@ -14,8 +14,10 @@
 //! the two in one sitting on a quiet machine: the ratio is what means something.
 //!
 //! odeflow's settings: backsolve and checkpointed with one tolerance for both solves (the
-//! peers' convention), and checkpointed with the backward tolerance set on its own (its
-//! gradient error follows the backward solve's tolerance; the forward's sets the loss's).
+//! peers' convention), checkpointed with the backward tolerance set on its own (its
+//! gradient error follows the backward solve's tolerance; the forward's sets the loss's),
+//! and checkpointed with ℓ left out of the forward's error norm
+//! (`AdjointConfig::forward_seminorm`).
 //!
 //! Run (after the script, with the harness's JAX environment):
 //! `cargo run --release --example grad_work_precision -- <dir written by the script>`
@@ -37,9 +39,15 @@ fn cnf(mlp: &Mlp<f64>, method: Method, tol: f64) -> Cnf<f64, Mlp<f64>> {
     Cnf::new(mlp.clone(), 0.5, cfg).expect("valid settings")
 }
 
-/// `strategy` with the backward solve at rtol = atol = `tol` (`None`: the forward's).
-fn adjoint(cnf: &Cnf<f64, Mlp<f64>>, strategy: Strategy, tol: Option<f64>) -> AdjointConfig<f64> {
-    let mut adj = AdjointConfig::with_strategy(strategy);
+/// `strategy` with the backward solve at rtol = atol = `tol` (`None`: the forward's), ℓ out
+/// of the forward's error norm if `forward_seminorm`.
+fn adjoint(
+    cnf: &Cnf<f64, Mlp<f64>>,
+    strategy: Strategy,
+    tol: Option<f64>,
+    forward_seminorm: bool,
+) -> AdjointConfig<f64> {
+    let mut adj = AdjointConfig { strategy, forward_seminorm, ..Default::default() };
     adj.options = tol.map(|tol| {
         let mut o = cnf.config().solve_options();
         (o.rtol, o.atol) = (tol, tol.into());
@@ -113,7 +121,7 @@ impl Row {
             format!("{:.1}", 1e3 * median(self.times.clone()))
         };
         println!(
-            "{label:<44} {:>9.2e} {max:>9.2e} {:>9.1e} {:>6.1} {:>6.1} {time:>8}",
+            "{label:<52} {:>9.2e} {max:>9.2e} {:>9.1e} {:>6.1} {:>6.1} {time:>8}",
             self.errs.iter().sum::<f64>() / n,
             self.loss_errs.iter().sum::<f64>() / n,
             self.nfe.0 / n,
@@ -191,7 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cross.iter().copied().fold(0.0, f64::max)
         );
         println!(
-            "{:<44} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+            "{:<52} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
             "setting", "mean err", "max err", "loss err", "NFE f", "NFE b", "time ms"
         );
         for (setting, per_batch) in runs.iter().filter(|(s, _)| !s.ends_with("1e-11")) {
@@ -205,19 +213,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             row.print(&format!("diffrax {setting}"));
         }
-        let mut configs: Vec<(String, Strategy, f64, Option<f64>)> = Vec::new();
+        let mut configs: Vec<(String, Strategy, f64, Option<f64>, bool)> = Vec::new();
         for strategy in [Strategy::Backsolve, Strategy::Checkpointed] {
             for &tol in &tols {
-                configs.push((format!("odeflow {strategy:?} {tol:e}"), strategy, tol, None));
+                configs.push((format!("odeflow {strategy:?} {tol:e}"), strategy, tol, None, false));
             }
         }
         for &tol in &[2e-6, 5e-6, 1e-5] {
             let label = format!("odeflow Checkpointed fwd 5e-5, bwd {tol:e}");
-            configs.push((label, Strategy::Checkpointed, 5e-5, Some(tol)));
+            configs.push((label, Strategy::Checkpointed, 5e-5, Some(tol), false));
         }
-        for (label, strategy, tol, bwd) in configs {
+        for (fwd, bwd) in [(1e-5, None), (1e-5, Some(5e-6)), (2e-5, Some(5e-6))] {
+            let split = bwd.map_or(String::new(), |b: f64| format!(", bwd {b:e}"));
+            let label = format!("odeflow Checkpointed {fwd:e}{split}, fwd seminorm");
+            configs.push((label, Strategy::Checkpointed, fwd, bwd, true));
+        }
+        for (label, strategy, tol, bwd, forward_seminorm) in configs {
             let model = cnf(&mlp, Method::Dopri5, tol);
-            let adj = adjoint(&model, strategy, bwd);
+            let adj = adjoint(&model, strategy, bwd, forward_seminorm);
             let mut row = Row::default();
             for (x, (g_ref, loss_ref)) in batches.iter().zip(&refs) {
                 let (g, loss, nf, nb) = grad(&model, x, &adj)?;

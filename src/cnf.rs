@@ -662,6 +662,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 ws: &mut ws,
                 n_z: b * d,
                 track_logp,
+                logp_in_norm: true,
                 error: None,
             };
             let solve_err = |e: SolveError, sys: &mut CnfDynamics<'_, T, F>| match sys.error.take()
@@ -779,6 +780,8 @@ pub(crate) struct CnfDynamics<'a, T: Real, F: VectorField<T>> {
     pub(crate) ws: &'a mut F::Workspace,
     pub(crate) n_z: usize,
     pub(crate) track_logp: bool,
+    /// ℓ counts in the error norm (false: a seminorm over `z` alone).
+    pub(crate) logp_in_norm: bool,
     pub(crate) error: Option<FieldError>,
 }
 
@@ -798,6 +801,14 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
     /// ℓ is a quadrature: the right-hand side reads only z.
     fn passive_components(&self) -> std::ops::Range<usize> {
         self.n_z..self.dim()
+    }
+
+    fn error_components(&self) -> std::ops::Range<usize> {
+        if self.logp_in_norm {
+            0..self.dim()
+        } else {
+            0..self.n_z
+        }
     }
 
     /// `dz/dt = f` alone, without the divergence (`dℓ` is left as it was).

@@ -187,15 +187,17 @@ impl<T: Real> SegTape<T> {
     }
 }
 
-/// Integrates `state` (`[z | ℓ]` or `z`) over `[t_a, t_b]`, keeping what `strategy` needs.
+/// Integrates `state` (`[z | ℓ]` or `z`) over `[t_a, t_b]`, keeping what `adj.strategy`
+/// needs (ℓ out of the error norm with `adj.forward_seminorm`).
 pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
     seg: Seg<'_, T, F>,
     t_a: T,
     t_b: T,
     state: &mut [T],
     integ: &mut Integrator<T>,
-    strategy: Strategy,
+    adj: &AdjointConfig<T>,
 ) -> Result<(Stats, SegTape<T>), Fail> {
+    let strategy = adj.strategy;
     let n = seg.n();
     let nodes = match strategy {
         Strategy::Backsolve | Strategy::Discrete => 1,
@@ -212,6 +214,7 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
             ws: &mut ws,
             n_z: n,
             track_logp: seg.div.is_some(),
+            logp_in_norm: !adj.forward_seminorm,
             error: None,
         };
         let result = match strategy {
