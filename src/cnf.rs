@@ -811,6 +811,11 @@ impl<T: Real, F: VectorField<T>> OdeSystem<T> for CnfDynamics<'_, T, F> {
         }
     }
 
+    /// Without ℓ in the norm, the step-size probe needs `dz/dt = f` alone.
+    fn rhs_error_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
+        self.eval(t, y, dy, self.track_logp && self.logp_in_norm);
+    }
+
     /// `dz/dt = f` alone, without the divergence (`dℓ` is left as it was).
     fn rhs_active_part(&mut self, t: T, y: &[T], dy: &mut [T]) {
         self.eval(t, y, dy, false);

@@ -1257,7 +1257,8 @@ fn end_time_gradient_reuses_the_forward_derivative() {
 /// second stage evaluates f without the divergence (forward) and takes a VJP without the
 /// parameter cotangent (backsolve, checkpointed), and the discrete replay takes a VJP of f
 /// alone at that stage of every replayed step (`b₂ = 0`); the field's own call counts
-/// agree. Tsit5 has no such stage.
+/// agree. Tsit5 has no such stage. With ℓ out of the forward's error norm the forward's
+/// step-size probe evaluates f alone too.
 #[test]
 fn cheaper_stage_calls_are_counted() {
     use odeflow::field::CountingField;
@@ -1288,6 +1289,14 @@ fn cheaper_stage_calls_are_counted() {
                 assert_eq!(counts.n_vjp_aug as usize, b.n_rhs, "{what}: augmented VJPs");
                 assert_eq!(counts.n_eval as usize, f.n_rhs_active, "{what}: evaluations");
             }
+            // The forward with ℓ out of its error norm: the step-size probe takes f alone.
+            field.reset();
+            let semi = AdjointConfig { strategy, forward_seminorm: true, ..Default::default() };
+            let tape = cnf_forward(&cnf, &x, &mut ChaCha8Rng::seed_from_u64(0), &semi).unwrap();
+            let (fs, counts) = (tape.forward_stats(), field.stats());
+            let cheap = 1 + fs.n_rhs_active;
+            assert_eq!(counts.n_eval as usize, cheap, "{what}: forward seminorm");
+            assert_eq!(counts.n_eval_div as usize, fs.n_rhs - cheap, "{what}: forward seminorm");
         }
     }
 }
