@@ -384,17 +384,23 @@ fn discrete_gradient_is_exact_for_the_discrete_solution() {
 /// the loss 4.7e-12 from diffrax's at 1e-10. Bounds: 5e-8 for the gradient (4× the worst
 /// observed, 500 tolerance units: the two codes' discretization errors at 1e-10 and 1e-11),
 /// 1e-10 for the loss.
-#[test]
-fn nll_gradient_matches_diffrax_reference() {
+/// FFJORD's toy net after 300 PyTorch iterations, diffrax's tight gradient of the W1 loss
+/// with respect to its parameters and that loss, and the harness's batch they are for
+/// (`data/peers/README.md`).
+fn diffrax_w1_reference() -> (Mlp<f64>, Vec<f64>, f64, Vec<f64>) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
     let load = |name: &str| {
         odeflow::io::load_peer_checkpoint::<f64>(dir.join(name), Activation::Tanh).unwrap()
     };
-    let mlp = load("torch_f32_iter0300.npz");
-    let reference = load("w1_grad_iter0300_diffrax.npz").params().to_vec();
-    let reference_loss = 3.1232926314136167;
     let (_, x) = odeflow::io::read_npy_matrix(dir.join("w1_batch0.npy"), 2).unwrap();
     assert_eq!(x.len(), 512 * 2);
+    let reference = load("w1_grad_iter0300_diffrax.npz").params().to_vec();
+    (load("torch_f32_iter0300.npz"), reference, 3.1232926314136167, x)
+}
+
+#[test]
+fn nll_gradient_matches_diffrax_reference() {
+    let (mlp, reference, reference_loss, x) = diffrax_w1_reference();
     let cnf = Cnf::new(mlp, 0.5, tight(1e-10, TraceEstimator::Exact)).unwrap();
     for strategy in STRATEGIES {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -418,14 +424,7 @@ fn nll_gradient_matches_diffrax_reference() {
 /// 9.8e-6). A neural ODE has no ℓ: bit-identical gradients.
 #[test]
 fn forward_seminorm_chooses_the_forward_steps_for_z_alone() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers");
-    let load = |name: &str| {
-        odeflow::io::load_peer_checkpoint::<f64>(dir.join(name), Activation::Tanh).unwrap()
-    };
-    let mlp = load("torch_f32_iter0300.npz");
-    let reference = load("w1_grad_iter0300_diffrax.npz").params().to_vec();
-    let reference_loss = 3.1232926314136167;
-    let (_, x) = odeflow::io::read_npy_matrix(dir.join("w1_batch0.npy"), 2).unwrap();
+    let (mlp, reference, reference_loss, x) = diffrax_w1_reference();
     let cnf = Cnf::new(mlp, 0.5, CnfConfig { rtol: 1e-5, atol: 1e-5, ..Default::default() });
     let cnf = cnf.unwrap();
     for strategy in STRATEGIES {

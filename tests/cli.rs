@@ -385,6 +385,19 @@ fn train_with_the_peers_steps() {
     assert!(err.contains("pid"), "{err}");
 }
 
+/// Two iterations of `train` with the small settings and `extra` into `dir/name`; returns the
+/// rows of its `train_log.csv` (header dropped) as fields.
+fn train_small_log(dir: &Path, name: &str, extra: &[&str]) -> Vec<Vec<String>> {
+    let out = s(&dir.join(name));
+    let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
+    args.extend(SMALL);
+    args.extend(["--out", out.as_str()]);
+    args.extend(extra);
+    ok(&args);
+    let log = std::fs::read_to_string(dir.join(name).join("train_log.csv")).unwrap();
+    log.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect()
+}
+
 /// `--adjoint-rtol` / `--adjoint-atol` set the backward solve's tolerances on their own: a
 /// tighter backward solve takes more backward evaluations (the log's `nfe_backward`) with
 /// the forward's unchanged, and the settings are kept in run.json.
@@ -392,20 +405,8 @@ fn train_with_the_peers_steps() {
 fn train_with_backward_tolerances_of_its_own() {
     let (dir, _) = setup("trainbwdtol");
     let nfe = |name: &str, extra: &[&str]| -> Vec<(u64, u64)> {
-        let out = s(&dir.join(name));
-        let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
-        args.extend(SMALL);
-        args.extend(["--out", out.as_str()]);
-        args.extend(extra);
-        ok(&args);
-        let log = std::fs::read_to_string(dir.join(name).join("train_log.csv")).unwrap();
-        log.lines()
-            .skip(1)
-            .map(|l| {
-                let c: Vec<&str> = l.split(',').collect();
-                (c[4].parse().unwrap(), c[5].parse().unwrap())
-            })
-            .collect()
+        let rows = train_small_log(&dir, name, extra);
+        rows.iter().map(|c| (c[4].parse().unwrap(), c[5].parse().unwrap())).collect()
     };
     let same = nfe("same", &[]);
     let tight = nfe("tight", &["--adjoint-rtol", "1e-9", "--adjoint-atol", "1e-9"]);
@@ -424,14 +425,7 @@ fn train_with_backward_tolerances_of_its_own() {
 fn train_with_the_forward_seminorm() {
     let (dir, _) = setup("trainfwdsemi");
     let first_loss = |name: &str, extra: &[&str]| -> f64 {
-        let out = s(&dir.join(name));
-        let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
-        args.extend(SMALL);
-        args.extend(["--out", out.as_str()]);
-        args.extend(extra);
-        ok(&args);
-        let log = std::fs::read_to_string(dir.join(name).join("train_log.csv")).unwrap();
-        log.lines().nth(1).unwrap().split(',').nth(1).unwrap().parse().unwrap()
+        train_small_log(&dir, name, extra)[0][1].parse().unwrap()
     };
     let full = first_loss("full", &[]);
     let semi = first_loss("semi", &["--forward-seminorm"]);

@@ -125,39 +125,29 @@ fn global_error_shrinks_with_tolerance() {
 #[test]
 fn pinned_work_counts() {
     let (mut ar, y0, period) = arenstorf();
+    let st = |n_rhs, n_rhs_active, n_accepted, n_rejected| Stats {
+        n_rhs,
+        n_rhs_active,
+        n_accepted,
+        n_rejected,
+    };
     let cases: [(Method, f64, Stats); 4] = [
-        (
-            Method::Dopri5,
-            1e-6,
-            Stats { n_rhs: 986, n_rhs_active: 164, n_accepted: 139, n_rejected: 25 },
-        ),
-        (
-            Method::Tsit5,
-            1e-6,
-            Stats { n_rhs: 1076, n_rhs_active: 0, n_accepted: 144, n_rejected: 35 },
-        ),
-        (
-            Method::Dop853,
-            1e-6,
-            Stats { n_rhs: 1035, n_rhs_active: 352, n_accepted: 65, n_rejected: 23 },
-        ),
-        (
-            Method::Bosh3,
-            1e-6,
-            Stats { n_rhs: 2543, n_rhs_active: 0, n_accepted: 844, n_rejected: 3 },
-        ),
+        (Method::Dopri5, 1e-6, st(986, 164, 139, 25)),
+        (Method::Tsit5, 1e-6, st(1076, 0, 144, 35)),
+        (Method::Dop853, 1e-6, st(1035, 352, 65, 23)),
+        (Method::Bosh3, 1e-6, st(2543, 0, 844, 3)),
     ];
     for (m, t, want) in cases {
         let (_, got) = solve(m, &mut ar, 0.0, period, &y0, &tol(t)).unwrap();
         assert_eq!(got, want, "{m} Arenstorf at {t:e}");
     }
     let (_, got) = solve(Method::Dopri5, &mut Lorenz, 0.0, 1.0, &Lorenz::Y0, &tol(1e-8)).unwrap();
-    assert_eq!(got, Stats { n_rhs: 764, n_rhs_active: 127, n_accepted: 127, n_rejected: 0 });
+    assert_eq!(got, st(764, 127, 127, 0));
     // Fixed steps: RK4 with h = 0.1 on [0, 1]: 10 steps × 4 stages.
     let mut integ = Integrator::new(Method::Rk4, SolveOptions::fixed(0.1)).unwrap();
     let mut y = [1.0, 0.0];
     let got = integ.integrate(&mut Harmonic { omega: 1.0 }, 0.0, 1.0, &mut y, &mut NoObserver);
-    assert_eq!(got.unwrap(), Stats { n_rhs: 40, n_rhs_active: 0, n_accepted: 10, n_rejected: 0 });
+    assert_eq!(got.unwrap(), st(40, 0, 10, 0));
 }
 
 /// Work accounting that follows from the method structure: FSAL methods cost s−1 per attempt
