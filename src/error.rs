@@ -81,7 +81,8 @@ pub enum Error {
     },
     /// The adjoint's backward solver options
     /// ([`AdjointConfig::options`](crate::adjoint::AdjointConfig::options)) are out of range:
-    /// a tolerance ≤ 0 or not finite, a bad step bound; refused before any solve.
+    /// a tolerance ≤ 0 or not finite, a bad step bound, a fixed-step backward method without
+    /// a step size; refused before any solve.
     #[error("invalid adjoint backward solver options: {source}")]
     AdjointOptions {
         /// What the solver's check found.

@@ -784,7 +784,8 @@ fn nan_gradient_is_an_error() {
 /// Backward tolerances of their own (`with_backward_tolerances`) drive the backward solve
 /// only: the forward solve and the loss are bit-identical, a tighter backward tolerance
 /// takes more backward evaluations and brings the gradient nearer the reference; an
-/// out-of-range one is refused before any solve, for a CNF and for a neural ODE.
+/// out-of-range one, or a fixed-step backward method without a step size, is refused before
+/// any solve, for a CNF and for a neural ODE.
 #[test]
 fn backward_tolerances_drive_the_backward_solve_only() {
     let field = small_mlp(4, Activation::Tanh);
@@ -826,6 +827,43 @@ fn backward_tolerances_drive_the_backward_solve_only() {
         };
         let err = ode_forward(&field, &spec, &x[..4], &adj).unwrap_err();
         assert!(matches!(err, Error::AdjointOptions { .. }), "{err}");
+    }
+    // A fixed-step backward method finds no step size in the adaptive forward's options:
+    // refused before any solve (the forward's stats would be reported otherwise), for a CNF
+    // and a neural ODE; given one in its own options it runs. The discrete replay takes
+    // neither.
+    let spec = OdeSpec {
+        t0: 0.0,
+        t_obs: vec![0.5],
+        method: Method::Dopri5,
+        options: SolveOptions::tol(1e-6, 1e-6),
+    };
+    for strategy in [Strategy::Backsolve, Strategy::Checkpointed, Strategy::Discrete] {
+        let rk4 = AdjointConfig { strategy, method: Some(Method::Rk4), ..Default::default() };
+        let (cnf_res, ode_res) = (grad(&cnf, &rk4), ode_forward(&field, &spec, &x[..4], &rk4));
+        if strategy == Strategy::Discrete {
+            assert!(cnf_res.is_ok(), "{:?}", cnf_res.err());
+            assert!(ode_res.is_ok(), "{:?}", ode_res.err());
+            continue;
+        }
+        let err = cnf_res.unwrap_err();
+        assert!(err.to_string().contains("rk4"), "{err}");
+        assert!(matches!(err, Error::AdjointOptions { .. }), "{err}");
+        assert!(matches!(ode_res, Err(Error::AdjointOptions { .. })), "{strategy:?}");
+        let stepped = AdjointConfig { options: Some(SolveOptions::fixed(0.01)), ..rk4 };
+        let g = grad(&cnf, &stepped).unwrap().1;
+        assert_eq!(g.stats.backward.n_accepted, 80, "{strategy:?}: 0.8 / 0.01 steps");
+        // The forward's tolerance (1e-4) bounds the error: RK4 with 80 steps backward is as
+        // near the reference as the adaptive backward at 1e-9.
+        let tight = AdjointConfig::with_strategy(strategy).with_backward_tolerances(
+            cnf.config(),
+            Some(1e-9),
+            Some(1e-9),
+        );
+        let e_tight = rel_diff(&flat(&grad(&cnf, &tight).unwrap().1), &flat(&exact));
+        let e = rel_diff(&flat(&g), &flat(&exact));
+        println!("{strategy:?}: rk4 h = 0.01 backward {e:.2e}, adaptive 1e-9 {e_tight:.2e}");
+        assert!(e < 1.01 * e_tight, "{strategy:?}: rk4 with h = 0.01 backward: {e:e}");
     }
 }
 

@@ -417,27 +417,65 @@ fn train_with_backward_tolerances_of_its_own() {
     assert!(run.contains("\"adjoint_rtol\": 1e-9"), "{run}");
 }
 
-/// `--forward-seminorm` reaches the gradient's forward solve: with the log-density out of
-/// its error norm the steps change, so the first loss differs in its last digits (at the
-/// initial weights `z` limits the steps: same NFE here, observed 5.9530944468 vs
-/// 5.9530944469), the run records the setting, and a flow run refuses it clearly.
+/// The adjoint's norms and backward method from the command line.
+/// - `--forward-seminorm` reaches the gradient's forward solve: with the log-density out of
+///   its error norm the steps change, so the first loss differs in its last digits (at the
+///   initial weights `z` limits the steps: same NFE here, observed 5.9530944468 vs
+///   5.9530944469).
+/// - `--seminorm` and `--adjoint-method` reach the backward solve only: the first loss and
+///   forward NFE are bit-identical, the gradient is not, so the second loss differs.
+/// - run.json records each; a fixed-step backward method and these flags with a purely
+///   discrete flow are refused clearly; a realnvp+cnf flow keeps them in its model file.
 #[test]
-fn train_with_the_forward_seminorm() {
-    let (dir, _) = setup("trainfwdsemi");
-    let first_loss = |name: &str, extra: &[&str]| -> f64 {
-        train_small_log(&dir, name, extra)[0][1].parse().unwrap()
+fn train_with_the_adjoint_norms_and_backward_method() {
+    let (dir, _) = setup("trainadjopts");
+    let rows = |name: &str, extra: &[&str]| -> Vec<(f64, u64)> {
+        let log = train_small_log(&dir, name, extra);
+        log.iter().map(|c| (c[1].parse().unwrap(), c[4].parse().unwrap())).collect()
     };
-    let full = first_loss("full", &[]);
-    let semi = first_loss("semi", &["--forward-seminorm"]);
-    assert_ne!(semi.to_bits(), full.to_bits(), "the seminorm changed nothing: {semi}");
-    assert!((semi - full).abs() < 1e-4 * full.abs(), "{semi} vs {full}");
-    let run = std::fs::read_to_string(dir.join("semi").join("run.json")).unwrap();
-    assert!(run.contains("\"forward_seminorm\": true"), "{run}");
-    let flow_out = s(&dir.join("flow"));
-    let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
-    args.extend(["--flow", "realnvp", "--out", flow_out.as_str(), "--forward-seminorm"]);
+    let full = rows("full", &[]);
+    let semi = rows("semi", &["--forward-seminorm"]);
+    let (f0, s0) = (full[0].0, semi[0].0);
+    assert_ne!(s0.to_bits(), f0.to_bits(), "the forward seminorm changed nothing: {s0}");
+    assert!((s0 - f0).abs() < 1e-4 * f0.abs(), "{s0} vs {f0}");
+    for (name, extra) in
+        [("bsemi", &["--seminorm"][..]), ("tsit5", &["--adjoint-method", "tsit5"][..])]
+    {
+        let r = rows(name, extra);
+        assert_eq!((r[0].0.to_bits(), r[0].1), (f0.to_bits(), full[0].1), "{name}: forward");
+        assert_ne!(r[1].0.to_bits(), full[1].0.to_bits(), "{name}: the gradient did not change");
+        assert!((r[1].0 - full[1].0).abs() < 1e-3 * full[1].0.abs(), "{name}");
+    }
+    let run = |name: &str| std::fs::read_to_string(dir.join(name).join("run.json")).unwrap();
+    assert!(run("semi").contains("\"forward_seminorm\": true"), "{}", run("semi"));
+    assert!(run("bsemi").contains("\"seminorm\": true"), "{}", run("bsemi"));
+    assert!(run("tsit5").contains("\"adjoint_method\": \"tsit5\""), "{}", run("tsit5"));
+
+    let base = ["train", "--iterations", "2", "--quiet", "--no-plot"];
+    let rk4_out = s(&dir.join("rk4"));
+    let mut args = base.to_vec();
+    args.extend(["--out", rk4_out.as_str(), "--adjoint-method", "rk4"]);
     let err = fails(&args);
-    assert!(err.contains("--forward-seminorm applies to a CNF run"), "{err}");
+    assert!(err.contains("--adjoint-method rk4") && err.contains("adaptive"), "{err}");
+    for flag in [&["--forward-seminorm"][..], &["--seminorm"], &["--adjoint-method", "tsit5"]] {
+        let flow_out = s(&dir.join("flow"));
+        let mut args = base.to_vec();
+        args.extend(["--flow", "realnvp", "--out", flow_out.as_str()]);
+        args.extend(flag);
+        let err = fails(&args);
+        assert!(err.contains(&format!("{} applies to a CNF", flag[0])), "{err}");
+    }
+    let hybrid = dir.join("hybrid");
+    let h = s(&hybrid);
+    let mut args = base.to_vec();
+    args.extend(["--flow", "realnvp+cnf", "--out", h.as_str(), "--rtol", "1e-4"]);
+    args.extend(FLOW_SMALL);
+    args.extend(["--forward-seminorm", "--seminorm", "--adjoint-method", "tsit5"]);
+    ok(&args);
+    let (spec, _) = odeflow::io::load_flow::<f64>(hybrid.join("model.safetensors")).unwrap();
+    let cnf = spec.cnf.unwrap();
+    assert_eq!(cnf.adjoint_method, Some(odeflow::solvers::Method::Tsit5));
+    assert!(cnf.seminorm && cnf.forward_seminorm);
 }
 
 #[test]

@@ -139,7 +139,7 @@ mod engine;
 
 use rand::Rng;
 
-use odeflow_solvers::{Integrator, Method, SolveOptions, Stats};
+use odeflow_solvers::{Integrator, Method, SolveError, SolveOptions, Stats};
 
 use crate::cnf::{std_normal_log_prob, Cnf, CnfConfig};
 use crate::error::{batch_size, check_finite, check_len, Error};
@@ -185,7 +185,9 @@ pub struct AdjointConfig<T> {
     /// accuracy the tolerance asks for, as in the peers (see the [module docs](self) for
     /// the measurement). No effect on a neural ODE (no ℓ).
     pub forward_seminorm: bool,
-    /// The backward method; `None` (default): the forward's.
+    /// The backward method; `None` (default): the forward's. A fixed-step method needs a
+    /// step size (`h_fixed`) in the backward options, or it is refused before any solve.
+    /// Not used by [`Strategy::Discrete`] (it replays the forward's steps).
     pub method: Option<Method>,
     /// The backward solver options (rtol, atol, max steps, …); `None` (default): the
     /// forward's (for a CNF, [`CnfConfig::solve_options`](crate::cnf::CnfConfig::solve_options)).
@@ -252,6 +254,23 @@ impl<T: Real> AdjointConfig<T> {
             None => Ok(()),
         }
     }
+}
+
+/// Refuses, before any solve, a fixed-step backward method ([`AdjointConfig::method`]) that
+/// would find no step size in the backward options (its own, or the forward's
+/// `forward_opts`); the discrete strategy replays the forward's steps and takes neither.
+fn check_backward_step_size<T: Real>(
+    adj: &AdjointConfig<T>,
+    forward_method: Method,
+    forward_opts: &SolveOptions<T>,
+) -> Result<(), Error> {
+    let method = adj.method.unwrap_or(forward_method);
+    let h_fixed = adj.options.as_ref().unwrap_or(forward_opts).h_fixed;
+    if adj.strategy != Strategy::Discrete && !method.is_adaptive() && h_fixed.is_none() {
+        let source = SolveError::MissingStepSize { method: method.name() };
+        return Err(Error::AdjointOptions { source });
+    }
+    Ok(())
 }
 
 /// Work statistics of one gradient: forward and backward solves, and field calls outside
@@ -380,6 +399,7 @@ fn cnf_forward_here<'a, T: Real, F: VectorField<T>>(
     let d = cnf.dim();
     let b = check_forward_input(cnf, x)?;
     let cfg = cnf.config();
+    check_backward_step_size(adj, cfg.method, &cfg.solve_options())?;
     let want = match cfg.trace {
         crate::trace::TraceEstimator::Exact => 0,
         _ => cnf.blocks().len() * b * d,
@@ -485,8 +505,11 @@ impl<T: Real, F: VectorField<T>> CnfTape<'_, T, F> {
         check_finite(dl_dz, d)?;
         check_finite(dl_dl, 1)?;
         let cfg = self.cnf.config();
-        let method = self.adj.method.unwrap_or(cfg.method);
-        let opts = self.adj.options.clone().unwrap_or_else(|| cfg.solve_options());
+        // The discrete replay takes the forward's tableau from the tape and no backward
+        // settings: its (unused) integrator is the forward's kind.
+        let own = self.adj.strategy != Strategy::Discrete;
+        let method = self.adj.method.filter(|_| own).unwrap_or(cfg.method);
+        let opts = self.adj.options.clone().filter(|_| own).unwrap_or_else(|| cfg.solve_options());
         // The adjoint state's length, to size the integrator (the discrete replay uses none).
         let state_len = match self.adj.strategy {
             Strategy::Backsolve => 2 * n + self.cnf.blocks()[0].field.n_params(),
@@ -612,6 +635,7 @@ fn ode_forward_here<'a, T: Real, F: VectorField<T>>(
     adj: &AdjointConfig<T>,
 ) -> Result<OdeTape<'a, T, F>, Error> {
     adj.validate()?;
+    check_backward_step_size(adj, spec.method, &spec.options)?;
     let d = field.dim();
     let b = batch_size(y0.len(), d)?;
     check_finite(y0, d)?;
@@ -689,12 +713,14 @@ impl<T: Real, F: VectorField<T>> OdeTape<'_, T, F> {
         let k_obs = self.spec.t_obs.len();
         check_len("dl_dz", dl_dz.len(), k_obs * n)?;
         check_finite(dl_dz, d)?;
-        let method = self.adj.method.unwrap_or(self.spec.method);
-        let opts = self.adj.options.clone().unwrap_or_else(|| self.spec.options.clone());
+        let discrete = self.adj.strategy == Strategy::Discrete;
+        // As for a CNF: the discrete replay takes no backward settings.
+        let method = self.adj.method.filter(|_| !discrete).unwrap_or(self.spec.method);
+        let opts = self.adj.options.clone().filter(|_| !discrete);
+        let opts = opts.unwrap_or_else(|| self.spec.options.clone());
         let mut integ = Integrator::new(method, opts)
             .map_err(|source| Error::AdjointSolve { segment: 0, source })?;
         let seg = Seg { field: self.field, div: None, b };
-        let discrete = self.adj.strategy == Strategy::Discrete;
         let mut a_z = vec![T::zero(); n];
         let mut g = vec![T::zero(); self.field.n_params()];
         let mut t_obs = vec![T::zero(); k_obs];

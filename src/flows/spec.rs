@@ -142,6 +142,30 @@ mod method_name {
     }
 }
 
+/// An optional solver method as its name in JSON (`None`: the field is left out).
+mod method_name_opt {
+    use crate::solvers::Method;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => super::method_name::serialize(m, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Method>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(name) => name.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The CNF part of a [`FlowKind::RealNvpCnf`] spec: one [`CnfFlow`] of `blocks` FFJORD MLP
 /// blocks with the exact trace. Every field has a default (serde fills missing ones), so
 /// `{}` is FFJORD's toy CNF. JSON:
@@ -151,6 +175,9 @@ mod method_name {
 ///  "t_end": 0.5, "train_t": false, "method": "dopri5", "rtol": 1e-5, "atol": 1e-5,
 ///  "adjoint": "checkpointed", "steps": "hairer"}
 /// ```
+///
+/// The adjoint's optional settings appear only when set: `"adjoint_rtol"`, `"adjoint_atol"`,
+/// `"adjoint_method"` (a method name), `"seminorm": true`, `"forward_seminorm": true`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CnfBlockSpec {
@@ -184,6 +211,18 @@ pub struct CnfBlockSpec {
     pub adjoint_atol: Option<f64>,
     /// The step-size rules of the solves (default `hairer`; see [`Steps`]).
     pub steps: Steps,
+    /// The adjoint's backward method ([`AdjointConfig::method`]; default `None`: `method`;
+    /// a fixed-step method is refused, as for `method`). Not used by the discrete strategy.
+    #[serde(skip_serializing_if = "Option::is_none", with = "method_name_opt")]
+    pub adjoint_method: Option<Method>,
+    /// Leave the parameter cotangent out of the backward error norm
+    /// ([`AdjointConfig::seminorm`]; default `false`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub seminorm: bool,
+    /// Leave ℓ out of the forward solve's error norm ([`AdjointConfig::forward_seminorm`];
+    /// default `false`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub forward_seminorm: bool,
 }
 
 impl Default for CnfBlockSpec {
@@ -202,6 +241,9 @@ impl Default for CnfBlockSpec {
             adjoint_rtol: None,
             adjoint_atol: None,
             steps: Steps::Hairer,
+            adjoint_method: None,
+            seminorm: false,
+            forward_seminorm: false,
         }
     }
 }
@@ -211,6 +253,10 @@ impl CnfBlockSpec {
     pub fn build<T: Real>(&self, dim: usize, seed: u64) -> Result<CnfFlow<T, Mlp<T>>, Error> {
         if self.blocks == 0 {
             return Err(Error::InvalidConfig { name: "cnf blocks", value: 0.0, expected: "≥ 1" });
+        }
+        if let Some(m) = self.adjoint_method.filter(|m| !m.is_adaptive()) {
+            let source = crate::solvers::SolveError::MissingStepSize { method: m.name() };
+            return Err(Error::AdjointOptions { source });
         }
         let blocks = (0..self.blocks)
             .map(|k| {
@@ -232,11 +278,14 @@ impl CnfBlockSpec {
             ..Default::default()
         };
         self.steps.apply(&mut config);
-        let adjoint = AdjointConfig::with_strategy(self.adjoint).with_backward_tolerances(
+        let mut adjoint = AdjointConfig::with_strategy(self.adjoint).with_backward_tolerances(
             &config,
             self.adjoint_rtol.map(T::from_f64c),
             self.adjoint_atol.map(T::from_f64c),
         );
+        adjoint.method = self.adjoint_method;
+        adjoint.seminorm = self.seminorm;
+        adjoint.forward_seminorm = self.forward_seminorm;
         adjoint.validate()?;
         Ok(CnfFlow::new(Cnf::chain(blocks, config)?)?
             .with_learned_time(self.train_t)
@@ -456,5 +505,18 @@ mod tests {
         let mut fixed = spec.clone();
         fixed.cnf.as_mut().unwrap().method = Method::Rk4;
         assert!(fixed.build::<f64>(0).is_err());
+        // So is a fixed-step backward method.
+        let mut fixed = spec.clone();
+        fixed.cnf.as_mut().unwrap().adjoint_method = Some(Method::Rk4);
+        assert!(matches!(fixed.build::<f64>(0), Err(Error::AdjointOptions { .. })));
+        // The adjoint settings a default spec leaves out of its JSON, and read back when set.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("seminorm") && !json.contains("adjoint_method"), "{json}");
+        let mut custom = spec.clone();
+        let c = custom.cnf.as_mut().unwrap();
+        (c.adjoint_method, c.seminorm, c.forward_seminorm) = (Some(Method::Tsit5), true, true);
+        let json = serde_json::to_string(&custom).unwrap();
+        assert!(json.contains(r#""adjoint_method":"tsit5""#), "{json}");
+        assert_eq!(serde_json::from_str::<FlowSpec>(&json).unwrap(), custom);
     }
 }

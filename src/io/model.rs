@@ -746,6 +746,9 @@ mod tests {
             adjoint_rtol: Some(1e-9),
             adjoint_atol: Some(1e-10),
             steps: Steps::Peers,
+            adjoint_method: Some(crate::solvers::Method::Dopri5),
+            seminorm: true,
+            forward_seminorm: true,
         });
         let mut model = spec.build::<f64>(9).unwrap();
         for (i, p) in model.params_mut().iter_mut().enumerate() {
