@@ -513,6 +513,10 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     check(&["--activation", "relu6"], "relu6");
     check(&["--adjoint", "magic"], "magic");
     check(&["--adjoint-rtol=0"], "adjoint backward solver options");
+    // The cause is named once (not repeated as a "caused by" line), with the atol beside it.
+    let v = with(&["--adjoint-rtol=0"]);
+    let err = fails(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("rtol = 0, atol = 0.00001") && !err.contains("caused by"), "{err}");
     check(&["--adjoint-atol=NaN"], "adjoint backward solver options");
     check(&["--jacobian=-1"], "jacobian");
     let empty = dir.join("empty");

@@ -101,7 +101,12 @@ impl<T: Real> SolveOptions<T> {
     pub fn validate(&self) -> Result<(), SolveError> {
         let pos = |x: T| x.is_finite() && x > T::zero();
         if !pos(self.rtol) {
-            return Err(SolveError::InvalidTolerance { rtol: self.rtol.to_f64c(), atol: f64::NAN });
+            // The atol beside it, as given (a per-component atol's first entry).
+            let atol = match &self.atol {
+                Atol::Scalar(a) => a.to_f64c(),
+                Atol::PerComponent(v) => v.first().map_or(f64::NAN, |a| a.to_f64c()),
+            };
+            return Err(SolveError::InvalidTolerance { rtol: self.rtol.to_f64c(), atol });
         }
         match &self.atol {
             Atol::Scalar(a) => {
@@ -185,7 +190,8 @@ impl AddAssign for Stats {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SolveError {
-    /// `rtol` or an `atol` is not finite or not positive (`atol` is NaN when `rtol` is at fault).
+    /// `rtol` or an `atol` is not finite or not positive (when `rtol` is at fault, `atol` is the
+    /// one given beside it: the scalar, or a per-component atol's first entry).
     #[error("invalid tolerance: rtol = {rtol}, atol = {atol} (both must be finite and > 0)")]
     InvalidTolerance {
         /// The relative tolerance.

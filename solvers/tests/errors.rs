@@ -27,6 +27,11 @@ fn invalid_tolerances() {
     let o = SolveOptions::<f64> { atol: Atol::PerComponent(vec![1e-6, 0.0]), ..Default::default() };
     assert_eq!(o.validate(), Err(SolveError::InvalidTolerance { rtol: 1e-6, atol: 0.0 }));
     assert_eq!(SolveOptions::<f64>::default().validate(), Ok(()));
+    // rtol at fault: the message names the atol given beside it, not a placeholder.
+    let o = SolveOptions::<f64>::tol(0.0, 1e-5);
+    assert_eq!(o.validate(), Err(SolveError::InvalidTolerance { rtol: 0.0, atol: 1e-5 }));
+    let msg = o.validate().unwrap_err().to_string();
+    assert!(msg.contains("rtol = 0, atol = 0.00001"), "{msg}");
 }
 
 #[test]

@@ -187,10 +187,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("odeflow: error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("odeflow: error: {shown}");
             let mut source = std::error::Error::source(&*e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                // Most messages already end with their cause's: print only what is new.
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 source = s.source();
             }
             ExitCode::FAILURE
