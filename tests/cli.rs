@@ -398,42 +398,33 @@ fn train_small_log(dir: &Path, name: &str, extra: &[&str]) -> Vec<Vec<String>> {
     log.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect()
 }
 
-/// `--adjoint-rtol` / `--adjoint-atol` set the backward solve's tolerances on their own: a
-/// tighter backward solve takes more backward evaluations (the log's `nfe_backward`) with
-/// the forward's unchanged, and the settings are kept in run.json.
-#[test]
-fn train_with_backward_tolerances_of_its_own() {
-    let (dir, _) = setup("trainbwdtol");
-    let nfe = |name: &str, extra: &[&str]| -> Vec<(u64, u64)> {
-        let rows = train_small_log(&dir, name, extra);
-        rows.iter().map(|c| (c[4].parse().unwrap(), c[5].parse().unwrap())).collect()
-    };
-    let same = nfe("same", &[]);
-    let tight = nfe("tight", &["--adjoint-rtol", "1e-9", "--adjoint-atol", "1e-9"]);
-    assert_eq!(same.len(), 2);
-    assert_eq!(same[0].0, tight[0].0, "the first forward solve is the same");
-    assert!(tight[0].1 > same[0].1, "backward NFE {} vs {}", tight[0].1, same[0].1);
-    let run = std::fs::read_to_string(dir.join("tight").join("run.json")).unwrap();
-    assert!(run.contains("\"adjoint_rtol\": 1e-9"), "{run}");
-}
-
-/// The adjoint's norms and backward method from the command line.
+/// The adjoint's options from the command line.
+/// - `--adjoint-rtol` / `--adjoint-atol` set the backward solve's tolerances on their own: a
+///   tighter backward solve takes more backward evaluations (the log's `nfe_backward`) with
+///   the forward's unchanged.
 /// - `--forward-seminorm` reaches the gradient's forward solve: with the log-density out of
 ///   its error norm the steps change, so the first loss differs in its last digits (at the
 ///   initial weights `z` limits the steps: same NFE here, observed 5.9530944468 vs
 ///   5.9530944469).
 /// - `--seminorm` and `--adjoint-method` reach the backward solve only: the first loss and
 ///   forward NFE are bit-identical, the gradient is not, so the second loss differs.
-/// - run.json records each; a fixed-step backward method and these flags with a purely
-///   discrete flow are refused clearly; a realnvp+cnf flow keeps them in its model file.
+/// - run.json records each; a fixed-step backward method and the CNF-only flags with a
+///   purely discrete flow are refused clearly; a realnvp+cnf flow keeps them in its model
+///   file.
 #[test]
-fn train_with_the_adjoint_norms_and_backward_method() {
+fn train_with_the_adjoint_options() {
     let (dir, _) = setup("trainadjopts");
-    let rows = |name: &str, extra: &[&str]| -> Vec<(f64, u64)> {
+    // Per iteration: the loss, forward and backward NFE.
+    let rows = |name: &str, extra: &[&str]| -> Vec<(f64, u64, u64)> {
         let log = train_small_log(&dir, name, extra);
-        log.iter().map(|c| (c[1].parse().unwrap(), c[4].parse().unwrap())).collect()
+        let at = |c: &[String], i: usize| c[i].parse::<u64>().unwrap();
+        log.iter().map(|c| (c[1].parse().unwrap(), at(c, 4), at(c, 5))).collect()
     };
     let full = rows("full", &[]);
+    assert_eq!(full.len(), 2);
+    let tight = rows("tight", &["--adjoint-rtol", "1e-9", "--adjoint-atol", "1e-9"]);
+    assert_eq!(tight[0].1, full[0].1, "the first forward solve is the same");
+    assert!(tight[0].2 > full[0].2, "backward NFE {} vs {}", tight[0].2, full[0].2);
     let semi = rows("semi", &["--forward-seminorm"]);
     let (f0, s0) = (full[0].0, semi[0].0);
     assert_ne!(s0.to_bits(), f0.to_bits(), "the forward seminorm changed nothing: {s0}");
@@ -447,6 +438,7 @@ fn train_with_the_adjoint_norms_and_backward_method() {
         assert!((r[1].0 - full[1].0).abs() < 1e-3 * full[1].0.abs(), "{name}");
     }
     let run = |name: &str| std::fs::read_to_string(dir.join(name).join("run.json")).unwrap();
+    assert!(run("tight").contains("\"adjoint_rtol\": 1e-9"), "{}", run("tight"));
     assert!(run("semi").contains("\"forward_seminorm\": true"), "{}", run("semi"));
     assert!(run("bsemi").contains("\"seminorm\": true"), "{}", run("bsemi"));
     assert!(run("tsit5").contains("\"adjoint_method\": \"tsit5\""), "{}", run("tsit5"));
