@@ -245,6 +245,23 @@ impl<T: Real> AdjointConfig<T> {
         self
     }
 
+    /// Refuses, before any solve, a fixed-step backward method ([`AdjointConfig::method`])
+    /// that would find no step size in the backward options (its own, or the forward's
+    /// `forward_opts`); the discrete strategy replays the forward's steps and takes neither.
+    pub(crate) fn check_backward_step_size(
+        &self,
+        forward_method: Method,
+        forward_opts: &SolveOptions<T>,
+    ) -> Result<(), Error> {
+        let method = self.method.unwrap_or(forward_method);
+        let h_fixed = self.options.as_ref().unwrap_or(forward_opts).h_fixed;
+        if self.strategy != Strategy::Discrete && !method.is_adaptive() && h_fixed.is_none() {
+            let source = SolveError::MissingStepSize { method: method.name() };
+            return Err(Error::AdjointOptions { source });
+        }
+        Ok(())
+    }
+
     /// Checks the backward solver options' ranges (a tolerance ≤ 0 or not finite, a bad
     /// step bound), so that they are refused before any solve; the gradient functions call
     /// it first.
@@ -254,23 +271,6 @@ impl<T: Real> AdjointConfig<T> {
             None => Ok(()),
         }
     }
-}
-
-/// Refuses, before any solve, a fixed-step backward method ([`AdjointConfig::method`]) that
-/// would find no step size in the backward options (its own, or the forward's
-/// `forward_opts`); the discrete strategy replays the forward's steps and takes neither.
-fn check_backward_step_size<T: Real>(
-    adj: &AdjointConfig<T>,
-    forward_method: Method,
-    forward_opts: &SolveOptions<T>,
-) -> Result<(), Error> {
-    let method = adj.method.unwrap_or(forward_method);
-    let h_fixed = adj.options.as_ref().unwrap_or(forward_opts).h_fixed;
-    if adj.strategy != Strategy::Discrete && !method.is_adaptive() && h_fixed.is_none() {
-        let source = SolveError::MissingStepSize { method: method.name() };
-        return Err(Error::AdjointOptions { source });
-    }
-    Ok(())
 }
 
 /// Work statistics of one gradient: forward and backward solves, and field calls outside
@@ -399,7 +399,7 @@ fn cnf_forward_here<'a, T: Real, F: VectorField<T>>(
     let d = cnf.dim();
     let b = check_forward_input(cnf, x)?;
     let cfg = cnf.config();
-    check_backward_step_size(adj, cfg.method, &cfg.solve_options())?;
+    adj.check_backward_step_size(cfg.method, &cfg.solve_options())?;
     let want = match cfg.trace {
         crate::trace::TraceEstimator::Exact => 0,
         _ => cnf.blocks().len() * b * d,
@@ -635,7 +635,7 @@ fn ode_forward_here<'a, T: Real, F: VectorField<T>>(
     adj: &AdjointConfig<T>,
 ) -> Result<OdeTape<'a, T, F>, Error> {
     adj.validate()?;
-    check_backward_step_size(adj, spec.method, &spec.options)?;
+    adj.check_backward_step_size(spec.method, &spec.options)?;
     let d = field.dim();
     let b = batch_size(y0.len(), d)?;
     check_finite(y0, d)?;

@@ -254,10 +254,6 @@ impl CnfBlockSpec {
         if self.blocks == 0 {
             return Err(Error::InvalidConfig { name: "cnf blocks", value: 0.0, expected: "≥ 1" });
         }
-        if let Some(m) = self.adjoint_method.filter(|m| !m.is_adaptive()) {
-            let source = crate::solvers::SolveError::MissingStepSize { method: m.name() };
-            return Err(Error::AdjointOptions { source });
-        }
         let blocks = (0..self.blocks)
             .map(|k| {
                 let cfg = MlpConfig {
@@ -287,6 +283,7 @@ impl CnfBlockSpec {
         adjoint.seminorm = self.seminorm;
         adjoint.forward_seminorm = self.forward_seminorm;
         adjoint.validate()?;
+        adjoint.check_backward_step_size(config.method, &config.solve_options())?;
         Ok(CnfFlow::new(Cnf::chain(blocks, config)?)?
             .with_learned_time(self.train_t)
             .with_adjoint(adjoint))
