@@ -487,6 +487,7 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     let v = with(&[]);
     ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
     let model = std::fs::read(out.join("model.safetensors")).unwrap();
+    let run = std::fs::read(out.join("run.json")).unwrap();
     let check = |extra: &[&str], needle: &str| {
         let v = with(extra);
         let err = fails(&v.iter().map(String::as_str).collect::<Vec<_>>());
@@ -496,7 +497,16 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
             model,
             "{extra:?} touched the model"
         );
+        // A refused command leaves the run resumable: its settings are not overwritten.
+        assert_eq!(std::fs::read(out.join("run.json")).unwrap(), run, "{extra:?} touched run.json");
     };
+    check(&["--batch", "0"], "batch");
+    check(&["--lr", "NaN"], "lr");
+    check(&["--iterations", "0"], "iterations");
+    check(&["--blocks", "0"], "--blocks");
+    check(&["--hidden", "16,0"], "--hidden");
+    check(&["--method", "rk4"], "fixed-step");
+    check(&["--batch", "100000000000000"], "--batch");
     check(&["--atol=0"], "atol");
     check(&["--data", "nosuchset"], "nosuchset");
     let nan = dir.join("nan.csv");
@@ -508,12 +518,18 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
     // The cause is named once (not repeated as a "caused by" line), with the atol beside it.
     let v = with(&["--adjoint-rtol=0"]);
     let err = fails(&v.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(err.contains("rtol = 0, atol = 0.00001") && !err.contains("caused by"), "{err}");
+    assert!(err.contains("rtol = 0, atol = 1e-5") && !err.contains("caused by"), "{err}");
     check(&["--adjoint-atol=NaN"], "adjoint backward solver options");
     check(&["--jacobian=-1"], "jacobian");
     let empty = dir.join("empty");
     let err = fails(&["train", "--resume", "--out", &s(&empty)]);
     assert!(err.contains("nothing to resume"), "{err}");
+    // A run whose settings no longer fit its saved state: the state file is named.
+    let mut settings: serde_json::Value = serde_json::from_slice(&run).unwrap();
+    settings["hidden"] = serde_json::json!([16, 8]);
+    std::fs::write(out.join("run.json"), settings.to_string()).unwrap();
+    let err = fails(&["train", "--resume", "--iterations", "3", "--quiet", "--out", &o]);
+    assert!(err.contains("train_state.bin") && err.contains("run.json"), "{err}");
 }
 
 #[cfg(unix)]
@@ -899,4 +915,105 @@ fn plot_writes_svg_and_the_training_curves_of_a_run() {
     }
     let err = fails(&["plot", "--model", &model, "--out", &s(&figs), "--format", "jpg"]);
     assert!(err.contains("jpg"), "{err}");
+}
+
+/// Sizes, counts and paths the audit of the command line found mishandled: each gives a
+/// clear error (no panic, no abort, no hang) or now works.
+#[test]
+fn counts_sizes_and_formats_are_checked() {
+    let (dir, m) = setup("sizes");
+    let d = |name: &str| s(&dir.join(name));
+    // Counts below their minimum are refused as the command line is parsed, naming the flag.
+    for (args, flag) in [
+        (vec!["sample", "--model", &m, "-n", "0"], "-n"),
+        (vec!["plot", "--model", &m, "--samples", "0", "--out", &d("p0")], "--samples"),
+        (vec!["plot", "--model", &m, "--grid", "1", "--out", &d("p1")], "--grid"),
+        (vec!["plot", "--model", &m, "--range", "0", "--out", &d("p2")], "--range"),
+        (vec!["plot", "--model", &m, "--range", "NaN", "--out", &d("p3")], "--range"),
+        (vec!["bench", "--methods", "rk4", "--steps", "0", "--out", &d("b0")], "--steps"),
+        (vec!["bench", "--tols", "0", "--out", &d("b1")], "--tols"),
+        (vec!["bench", "--repeats", "0", "--out", &d("b2")], "--repeats"),
+        (vec!["logprob", "--model", &m, "--input", "x.csv", "--method", "rk4"], "fixed-step"),
+    ] {
+        let err = fails(&args);
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    // Sizes that cannot be held: an error, not an allocation failure that aborts.
+    for n in ["18446744073709551615", "100000000000"] {
+        let err = fails(&["sample", "--model", &m, "-n", n, "--output", &d("big.csv")]);
+        assert!(err.contains("-n") && err.contains(n), "{err}");
+    }
+    let err = fails(&["plot", "--model", &m, "--grid", "100000000", "--out", &d("p4")]);
+    assert!(err.contains("--grid"), "{err}");
+    // An unknown output extension is refused, not written as CSV under its name.
+    let err = fails(&["sample", "--model", &m, "-n", "3", "--output", &d("x.npz")]);
+    assert!(err.contains("unknown output format .npz"), "{err}");
+    assert!(!dir.join("x.npz").exists());
+    // logprob writes .npy too.
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "0.1,0.2\n-0.3,0.4\n0.5,-0.6\n").unwrap();
+    ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &d("lp.npy")]);
+    let lp = read_npy(dir.join("lp.npy")).unwrap();
+    assert_eq!(lp.shape, vec![3]);
+    let csv = ok(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &d("lp.csv")]);
+    assert!(csv.contains("3 points"), "{csv}");
+    let lp_csv = read_csv(dir.join("lp.csv"), Some(1)).unwrap();
+    assert_eq!(bits_of(&lp_csv.data), bits_of(&lp.data));
+    // A data file's non-finite value names the file.
+    let nan = dir.join("nan.csv");
+    std::fs::write(&nan, "0.1,0.2\n0.3,NaN\n").unwrap();
+    let err = fails(&["logprob", "--model", &m, "--input", &s(&nan)]);
+    assert!(err.contains("nan.csv") && err.contains("non-finite"), "{err}");
+    // bench on no points is refused (it reported errors of 0).
+    let none = dir.join("none.npy");
+    odeflow::io::write_npy(&none, &[0, 2], &[]).unwrap();
+    let err = fails(&["bench", "--problem", "model", "--model", &m, "--points", &s(&none)]);
+    assert!(err.contains("no points"), "{err}");
+    // A built-in problem's failure names the problem, not a CNF block.
+    let err = fails(&["bench", "--methods", "euler", "--steps", "200000", "--out", &d("b3")]);
+    assert!(!err.contains("block"), "{err}");
+    // A training file too small to hold out a test set trains without one (it panicked).
+    let one = dir.join("one.csv");
+    std::fs::write(&one, "0.5,-0.5\n").unwrap();
+    let one = s(&one);
+    for flow in [None, Some("realnvp")] {
+        let out = dir.join(format!("one-{}", flow.unwrap_or("cnf")));
+        let mut v = vec!["train", "--data", one.as_str(), "--iterations", "2", "--batch", "8"];
+        v.extend(["--hidden", "8,8", "--quiet", "--no-plot"]);
+        let o = s(&out);
+        v.extend(["--out", o.as_str()]);
+        if let Some(f) = flow {
+            v.extend(["--flow", f, "--layers", "2"]);
+        }
+        let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        let text = ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(text.contains("trained at iteration 2") && !text.contains("test NLL"), "{text}");
+        let log = std::fs::read_to_string(out.join("train_log.csv")).unwrap();
+        assert!(!log.to_lowercase().contains("nan"), "{log}");
+    }
+}
+
+/// `odeflow … | head -1`: a closed stdout ends the process quietly (SIGPIPE), not with a
+/// panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let (dir, _) = setup("pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .args(["bench", "--methods", "dopri5", "--tols", "1e-3", "--repeats", "1", "--out"])
+        .arg(dir.join("b"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(out.status.success() || out.status.signal() == Some(13), "{:?}", out.status);
+}
+
+fn bits_of(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

@@ -104,6 +104,9 @@ impl<'a, T: Real> StepView<'a, T> {
 
 /// Evaluates Hairer's nested form `r1 + θ(r2 + (1−θ)(r3 + θ(r4 + …)))`.
 pub(crate) fn hairer_eval<T: Real>(rows: &[T], n: usize, theta: T, out: &mut [T]) {
+    if n == 0 {
+        return; // an empty state: nothing to interpolate
+    }
     let m = rows.len() / n;
     let th1 = T::one() - theta;
     let last = &rows[(m - 1) * n..m * n];
@@ -119,6 +122,9 @@ pub(crate) fn hairer_eval<T: Real>(rows: &[T], n: usize, theta: T, out: &mut [T]
 
 /// Evaluates `Σ_p θ^p q_p` by Horner's rule.
 pub(crate) fn poly_eval<T: Real>(rows: &[T], n: usize, theta: T, out: &mut [T]) {
+    if n == 0 {
+        return; // an empty state: nothing to interpolate
+    }
     let m = rows.len() / n;
     out.copy_from_slice(&rows[(m - 1) * n..m * n]);
     for r in (0..m - 1).rev() {

@@ -186,13 +186,28 @@ impl AddAssign for Stats {
     }
 }
 
+/// A number in an error message: as `Display` prints it where that is short (0, and
+/// magnitudes in `[1e-4, 1e15)`), else in scientific notation (`1e-300`, not 300 digits).
+struct Num(f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = self.0.abs();
+        if a == 0.0 || !a.is_finite() || (1e-4..1e15).contains(&a) {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{:e}", self.0)
+        }
+    }
+}
+
 /// Why a solve failed. Times and step sizes are reported as `f64` whatever the scalar type.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SolveError {
     /// `rtol` or an `atol` is not finite or not positive (when `rtol` is at fault, `atol` is the
     /// one given beside it: the scalar, or a per-component atol's first entry).
-    #[error("invalid tolerance: rtol = {rtol}, atol = {atol} (both must be finite and > 0)")]
+    #[error("invalid tolerance: rtol = {}, atol = {} (both must be finite and > 0)", Num(*rtol), Num(*atol))]
     InvalidTolerance {
         /// The relative tolerance.
         rtol: f64,
@@ -200,7 +215,7 @@ pub enum SolveError {
         atol: f64,
     },
     /// Another option is out of range.
-    #[error("invalid option {name} = {value}")]
+    #[error("invalid option {name} = {}", Num(*value))]
     InvalidOption {
         /// Field name in [`SolveOptions`].
         name: &'static str,
@@ -242,25 +257,25 @@ pub enum SolveError {
         dim: usize,
     },
     /// A time is not finite, or output times are not monotone in the direction of integration.
-    #[error("invalid time {t}")]
+    #[error("invalid time {}", Num(*t))]
     InvalidTime {
         /// The offending time.
         t: f64,
     },
     /// `t0 == t1` (no direction of integration), or no output times were requested.
-    #[error("empty interval at t = {t}")]
+    #[error("empty interval at t = {}", Num(*t))]
     EmptyInterval {
         /// The start time.
         t: f64,
     },
     /// The state or its derivative became NaN or infinite.
-    #[error("non-finite state or derivative at t = {t}")]
+    #[error("non-finite state or derivative at t = {}", Num(*t))]
     NonFinite {
         /// The time of the last good state.
         t: f64,
     },
     /// The step size fell below `h_min` or the round-off limit.
-    #[error("step size underflow at t = {t}, h = {h}")]
+    #[error("step size underflow at t = {}, h = {}", Num(*t), Num(*h))]
     StepSizeUnderflow {
         /// The time reached.
         t: f64,
@@ -268,7 +283,7 @@ pub enum SolveError {
         h: f64,
     },
     /// More than `max_steps` steps were attempted.
-    #[error("too many steps: reached t = {t} after {max_steps} steps")]
+    #[error("too many steps: reached t = {} after {max_steps} steps", Num(*t))]
     TooManySteps {
         /// The time reached.
         t: f64,

@@ -18,6 +18,7 @@ use odeflow::field::{Mlp, MlpConfig};
 use odeflow::flows::{CnfBlockSpec, FlowKind, FlowSpec};
 use odeflow::io::{
     load_model, read_points, save_cnf, save_flow, write_atomically, write_csv, write_npy, Model,
+    Points,
 };
 use odeflow::plot::{render, ModelFigures, TrainingCurves};
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
@@ -61,9 +62,9 @@ enum Command {
 /// a realnvp+cnf flow; a discrete flow solves no ODE, and ignores them).
 #[derive(Args, Clone)]
 struct SolverArgs {
-    /// Solver method (euler, midpoint, heun, rk4, bosh3, dopri5, tsit5, dop853); CNF models
-    /// and CNF blocks only, like --rtol and --atol.
-    #[arg(long)]
+    /// Solver method, an adaptive one (bosh3, dopri5, tsit5, dop853); CNF models and CNF
+    /// blocks only, like --rtol and --atol.
+    #[arg(long, value_parser = adaptive_method)]
     method: Option<Method>,
     /// Relative tolerance.
     #[arg(long)]
@@ -84,7 +85,7 @@ struct LogprobArgs {
     /// Points: CSV (one point per line, optional header) or .npy [n, d].
     #[arg(long)]
     input: PathBuf,
-    /// Output CSV (column `log_prob`).
+    /// Output: CSV (column `log_prob`; .csv, .txt or no extension) or .npy (shape [n]).
     #[arg(long, default_value = "logprob.csv")]
     output: PathBuf,
     #[command(flatten)]
@@ -97,9 +98,9 @@ struct SampleArgs {
     #[arg(long)]
     model: PathBuf,
     /// Number of points.
-    #[arg(short, long, default_value_t = 1000)]
+    #[arg(short, long, default_value_t = 1000, value_parser = count)]
     n: usize,
-    /// Output file: .csv or .npy.
+    /// Output file: .csv (or .txt, or no extension) or .npy.
     #[arg(long, default_value = "samples.csv")]
     output: PathBuf,
     /// Seed of the base draws.
@@ -123,14 +124,14 @@ struct PlotArgs {
     /// Output folder.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Half-width of the plotted square (default: from the data, else 4).
-    #[arg(long)]
+    /// Half-width of the plotted square, > 0 (default: from the data, else 4).
+    #[arg(long, value_parser = positive)]
     range: Option<f64>,
-    /// Grid points per axis of the density.
-    #[arg(long, default_value_t = 120)]
+    /// Grid points per axis of the density (at least 2).
+    #[arg(long, default_value_t = 120, value_parser = count2)]
     grid: usize,
-    /// Number of samples shown.
-    #[arg(long, default_value_t = 2000)]
+    /// Number of samples shown (at least 1).
+    #[arg(long, default_value_t = 2000, value_parser = count)]
     samples: usize,
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
@@ -162,13 +163,23 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "bosh3,dopri5,tsit5,dop853")]
     methods: Vec<Method>,
     /// Tolerances (rtol = atol) for adaptive methods, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1e-3,1e-4,1e-5,1e-6,1e-7,1e-8,1e-9,1e-10")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1e-3,1e-4,1e-5,1e-6,1e-7,1e-8,1e-9,1e-10",
+        value_parser = positive
+    )]
     tols: Vec<f64>,
     /// Step counts for fixed-step methods, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "100,300,1000,3000,10000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,300,1000,3000,10000",
+        value_parser = count
+    )]
     steps: Vec<usize>,
     /// Runs per point (the best time is kept).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count)]
     repeats: usize,
     /// Output folder (work_precision.csv, .json, .png, .svg).
     #[arg(long, default_value = "out")]
@@ -176,6 +187,14 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    // Writing to a closed pipe (`odeflow bench | head -1`) ends the process quietly, as for
+    // any Unix filter, instead of panicking in `println!`.
+    #[cfg(unix)]
+    // SAFETY: the first call in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(*a),
@@ -205,6 +224,120 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A count of at least 1 (`-n`, `--samples`, `--blocks`, `--hidden`, …), checked as the
+/// command line is parsed.
+fn count(s: &str) -> Result<usize, String> {
+    count_at_least(s, 1)
+}
+
+/// A count of at least 2 (`--grid`).
+fn count2(s: &str) -> Result<usize, String> {
+    count_at_least(s, 2)
+}
+
+fn count_at_least(s: &str, min: usize) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if n >= min {
+        Ok(n)
+    } else {
+        Err(format!("must be at least {min}"))
+    }
+}
+
+/// A finite number > 0 (`--range`, `--tols`).
+fn positive(s: &str) -> Result<f64, String> {
+    let x: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if x.is_finite() && x > 0.0 {
+        Ok(x)
+    } else {
+        Err(format!("{x} is not a finite number > 0"))
+    }
+}
+
+/// A method with an error estimate: the command line's solves choose their own steps, and
+/// it has no option for a fixed step size.
+fn adaptive_method(s: &str) -> Result<Method, String> {
+    let m: Method = s.parse().map_err(|e| format!("{e}"))?;
+    if m.is_adaptive() {
+        Ok(m)
+    } else {
+        Err(format!(
+            "{} is a fixed-step method; the command line's solves take an adaptive one \
+             (bosh3, dopri5, tsit5, dop853)",
+            m.name()
+        ))
+    }
+}
+
+/// Points read from `path` (CSV or .npy), with the path in any error that lacks it (a
+/// non-finite value, a wrong number of columns).
+fn points_from(path: &Path, cols: Option<usize>) -> Result<Points, Box<dyn std::error::Error>> {
+    read_points(path, cols).map_err(|e| {
+        let text = e.to_string();
+        let name = path.display().to_string();
+        if text.contains(&name) {
+            e.into()
+        } else {
+            format!("{name}: {text}").into()
+        }
+    })
+}
+
+/// The memory the system reports available (Linux's `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Bytes per point of a solve in dimension `d` carrying ℓ: the state and about 16 buffers of
+/// its size (the stages, the error estimate, the dense output, the results), a lower bound.
+fn solve_bytes(d: usize) -> usize {
+    16 * 8 * (d + 1)
+}
+
+/// Refuses `flag n` when `n` points of `bytes_per_point` each cannot be held: the size
+/// overflows, or exceeds the memory available. A clear error instead of an allocation
+/// failure that aborts the process (with no check where the available memory is unknown).
+fn check_memory(flag: &str, n: usize, bytes_per_point: usize) -> Result<(), String> {
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let Some(need) = n.checked_mul(bytes_per_point) else {
+        return Err(format!("{flag} {n}: too large (its buffers' size overflows)"));
+    };
+    match available_memory() {
+        Some(avail) if need as u64 > avail => Err(format!(
+            "{flag} {n}: needs at least {:.1} GiB of memory, {:.1} GiB available",
+            gib(need as f64),
+            gib(avail as f64)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How a table of results is written, by the output path's extension.
+#[derive(Clone, Copy, PartialEq)]
+enum TableFormat {
+    /// `.npy`.
+    Npy,
+    /// CSV: `.csv`, `.txt` or no extension (`/dev/stdout`).
+    Csv,
+}
+
+/// The format of an output path; another extension is refused rather than written as CSV
+/// under a misleading name.
+fn table_format(path: &Path) -> Result<TableFormat, String> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("npy") => Ok(TableFormat::Npy),
+        None | Some("csv") | Some("txt") => Ok(TableFormat::Csv),
+        Some(other) => Err(format!(
+            "{}: unknown output format .{other} (write .csv, .txt or .npy)",
+            path.display()
+        )),
+    }
+}
 
 /// Loads a model of either kind and applies the solver overrides (to a CNF, or to the CNF
 /// block of a flow, rebuilt from its spec with the same θ; a discrete flow has no solver).
@@ -259,10 +392,14 @@ fn stats_line(what: &str, n: usize, s: Option<&Stats>, label: &str) -> String {
 }
 
 fn logprob(a: LogprobArgs) -> CliResult {
+    let format = table_format(&a.output)?;
     let m = model(&a.model, &a.solver)?;
-    let points = read_points(&a.input, Some(m.dim()))?;
+    let points = points_from(&a.input, Some(m.dim()))?;
     let (logp, stats) = m.log_prob(&points.data)?;
-    write_csv(&a.output, &["log_prob"], &logp)?;
+    match format {
+        TableFormat::Npy => write_npy(&a.output, &[logp.len()], &logp)?,
+        TableFormat::Csv => write_csv(&a.output, &["log_prob"], &logp)?,
+    }
     println!(
         "{}; wrote {}",
         stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)),
@@ -272,10 +409,11 @@ fn logprob(a: LogprobArgs) -> CliResult {
 }
 
 fn sample(a: SampleArgs) -> CliResult {
+    let format = table_format(&a.output)?;
     let cnf = model(&a.model, &a.solver)?;
     let d = cnf.dim();
+    check_memory("-n", a.n, solve_bytes(d))?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let npy = a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     let (data, cols, stats) = if a.with_log_prob {
         let (x, logp, stats) = cnf.sample_with_log_prob(a.n, &mut rng)?;
         let rows: Vec<f64> =
@@ -285,7 +423,7 @@ fn sample(a: SampleArgs) -> CliResult {
         let (x, stats) = cnf.sample(a.n, &mut rng)?;
         (x, d, stats)
     };
-    if npy {
+    if format == TableFormat::Npy {
         write_npy(&a.output, &[a.n, cols], &data)?;
     } else {
         let mut names: Vec<String> = (0..d).map(|i| format!("x{i}")).collect();
@@ -305,7 +443,13 @@ fn sample(a: SampleArgs) -> CliResult {
 
 fn plot(a: PlotArgs) -> CliResult {
     let cnf = model(&a.model, &a.solver)?;
-    let data = a.data.as_ref().map(|p| read_points(p, Some(cnf.dim()))).transpose()?;
+    let d = cnf.dim();
+    check_memory("--samples", a.samples, solve_bytes(d))?;
+    let cells =
+        a.grid.checked_mul(a.grid).ok_or_else(|| format!("--grid {}: too large", a.grid))?;
+    check_memory("--grid", cells, solve_bytes(d))
+        .map_err(|e| format!("{e} ({cells} density points)"))?;
+    let data = a.data.as_ref().map(|p| points_from(p, Some(d))).transpose()?;
     let half = a.range.unwrap_or_else(|| {
         data.as_ref()
             .map(|d| 1.1 * d.data.iter().fold(0.0f64, |m, v| m.max(v.abs())))
@@ -364,7 +508,13 @@ fn bench(a: BenchArgs) -> CliResult {
                 }
             };
             let x = match &a.points {
-                Some(p) => read_points(p, Some(cnf.dim()))?.data,
+                Some(p) => {
+                    let x = points_from(p, Some(cnf.dim()))?;
+                    if x.rows == 0 {
+                        return Err(format!("{}: no points", p.display()).into());
+                    }
+                    x.data
+                }
                 None => cnf.sample(1000, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?.0,
             };
             let reference = with_settings(&cnf, Method::Dop853, 1e-12)?.log_prob(&x)?.0;
@@ -439,17 +589,25 @@ fn builtin<S: OdeSystem<f64>>(
     t1: f64,
     y0: &[f64],
     a: &BenchArgs,
-) -> Result<(String, Vec<odeflow::workprecision::Row>), Error> {
+) -> Result<(String, Vec<odeflow::workprecision::Row>), Box<dyn std::error::Error>> {
     let mut run = |m: Method, opts: &SolveOptions<f64>| {
         odeflow::solvers::solve(m, &mut sys, 0.0, t1, y0, opts)
             .map_err(|source| Error::Solve { block: 0, source })
     };
-    let (reference, _) = run(Method::Dop853, &SolveOptions::tol(1e-14, 1e-14))?;
+    // A built-in problem has no blocks: its failures name the problem instead.
+    let named = |e: Error| -> Box<dyn std::error::Error> {
+        match e {
+            Error::Solve { source, .. } => format!("{name}: {source}").into(),
+            e => e.into(),
+        }
+    };
+    let (reference, _) = run(Method::Dop853, &SolveOptions::tol(1e-14, 1e-14)).map_err(named)?;
     let rows =
         work_precision(&a.methods, &a.tols, &a.steps, a.repeats, &reference, |m, s| match s {
             Setting::Tolerance(t) => run(m, &SolveOptions::tol(t, t)),
             Setting::Steps(n) => run(m, &SolveOptions::fixed(t1 / n as f64)),
-        })?;
+        })
+        .map_err(named)?;
     Ok((format!("{name} (t = 0 to {t1:.3})"), rows))
 }
 
@@ -476,12 +634,12 @@ struct TrainArgs {
     flow: Option<String>,
     /// Layers of a flow (couplings, MAF/IAF layers, Glow steps, planar or radial maps; with
     /// --flow).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = count)]
     #[serde(default = "default_layers")]
     layers: usize,
     /// Hidden widths of each CNF block's MLP, or of each flow layer's conditioner,
-    /// comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,64,64")]
+    /// comma-separated (each at least 1).
+    #[arg(long, value_delimiter = ',', default_value = "64,64,64", value_parser = count)]
     hidden: Vec<usize>,
     /// Activation: tanh, softplus, silu, elu.
     #[arg(long, default_value = "tanh")]
@@ -489,8 +647,8 @@ struct TrainArgs {
     /// Time conditioning: concatsquash, concat, ignore.
     #[arg(long, default_value = "concatsquash")]
     time: String,
-    /// Number of CNF blocks.
-    #[arg(long, default_value_t = 1)]
+    /// Number of CNF blocks (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = count)]
     blocks: usize,
     /// Integration time T of each block.
     #[arg(long, default_value_t = 0.5)]
@@ -498,7 +656,7 @@ struct TrainArgs {
     /// Learn T (as FFJORD's train_T, T = τ²).
     #[arg(long)]
     train_t: bool,
-    /// Solver method.
+    /// Solver method, an adaptive one: bosh3, dopri5, tsit5, dop853.
     #[arg(long, default_value = "dopri5")]
     method: String,
     /// Relative tolerance of the training solves.
@@ -580,10 +738,10 @@ struct TrainArgs {
     /// Test NLL every this many iterations (0: never).
     #[arg(long, default_value_t = 100)]
     test_every: u64,
-    /// Points of a toy set's test set.
+    /// Points of a toy set's test set (0: no test set).
     #[arg(long, default_value_t = 2048)]
     test_points: usize,
-    /// Checkpoint (state + model) every this many iterations.
+    /// Checkpoint (state + model) every this many iterations (0: only at the end).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
     /// Output folder: model.safetensors, train_state.bin, train_log.csv, run.json, figures.
@@ -650,7 +808,7 @@ fn train(mut a: TrainArgs) -> CliResult {
         parse_or("activation", &a.activation, odeflow::io::model::parse_activation(&a.activation))?;
     let time = parse_or("time conditioning", &a.time, odeflow::io::model::parse_time(&a.time))?;
     let trace = parse_or("trace", &a.trace, odeflow::io::model::parse_trace(&a.trace))?;
-    let method: Method = a.method.parse()?;
+    let method = adaptive_method(&a.method).map_err(|e| format!("--method: {e}"))?;
     let adjoint_method = match &a.adjoint_method {
         Some(name) => {
             let m: Method = name.parse()?;
@@ -677,15 +835,33 @@ fn train(mut a: TrainArgs) -> CliResult {
     };
     // Data: a toy set drawn fresh each iteration, or a file split into train and test.
     let (source, test) = match a.data.parse::<Toy>() {
-        Ok(toy) => (DataSource::Toy(toy), Dataset::toy(toy, a.test_points, a.seed.wrapping_add(1))),
+        Ok(toy) => {
+            check_memory("--test-points", a.test_points, solve_bytes(2))?;
+            (DataSource::Toy(toy), Dataset::toy(toy, a.test_points, a.seed.wrapping_add(1)))
+        }
         Err(_) => {
-            let points = read_points(&a.data, None)?;
+            let points = points_from(Path::new(&a.data), None)?;
             let all = Dataset::new(points.cols, points.data)?;
             let (tr, te) = all.split(a.test_fraction, a.seed)?;
             (DataSource::Dataset { data: tr, seed: a.seed }, te)
         }
     };
     let dim = source.dim();
+    check_memory("--batch", a.batch, solve_bytes(dim))?;
+    // An empty test set (a tiny file, --test-fraction 0, --test-points 0) means none.
+    let test = (!test.is_empty()).then_some(test);
+    // A resumed run's state, with its path in a mismatch (the trainer knows no path).
+    let state_error = |e: Error| -> Box<dyn std::error::Error> {
+        match e {
+            Error::StateFile { reason, .. } => format!(
+                "{}: {reason} (do the run's settings and data still match its run.json?)",
+                state_path.display()
+            )
+            .into(),
+            e => e.into(),
+        }
+    };
+    let checkpoint = (a.checkpoint_every > 0).then(|| state_path.clone());
     let mut trainer = match &a.flow {
         Some(name) => {
             let kind: FlowKind = name.parse()?;
@@ -717,7 +893,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                     hidden: a.hidden.clone(),
                     activation,
                     time,
-                    blocks: a.blocks.max(1),
+                    blocks: a.blocks,
                     t_end: a.t_end,
                     train_t: a.train_t,
                     method,
@@ -739,15 +915,15 @@ fn train(mut a: TrainArgs) -> CliResult {
                 adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
                 test_every: a.test_every,
                 seed: a.seed,
-                checkpoint: Some(state_path.clone()),
+                checkpoint: checkpoint.clone(),
                 checkpoint_every: a.checkpoint_every.max(1),
                 ..Default::default()
             };
             let tr = if resume {
                 let state = TrainState::load(&state_path)?;
-                FlowTrainer::resume(model, source, Some(test.clone()), cfg, state)?
+                FlowTrainer::resume(model, source, test.clone(), cfg, state).map_err(state_error)?
             } else {
-                let tr = FlowTrainer::new(model, source, Some(test.clone()), cfg)?;
+                let tr = FlowTrainer::new(model, source, test.clone(), cfg)?;
                 write_run(&run_path, &a)?;
                 tr
             };
@@ -756,7 +932,7 @@ fn train(mut a: TrainArgs) -> CliResult {
         None => {
             let mlp_cfg =
                 MlpConfig { dim, hidden: a.hidden.clone(), activation, time, ..Default::default() };
-            let blocks = (0..a.blocks.max(1))
+            let blocks = (0..a.blocks)
                 .map(|k| {
                     Ok(CnfBlock {
                         field: Mlp::new(&MlpConfig {
@@ -789,17 +965,20 @@ fn train(mut a: TrainArgs) -> CliResult {
                 jacobian: a.jacobian,
                 test_every: a.test_every,
                 seed: a.seed,
-                checkpoint: Some(state_path.clone()),
+                checkpoint: checkpoint.clone(),
                 checkpoint_every: a.checkpoint_every.max(1),
                 adjoint,
                 ..Default::default()
             };
             let tr = if resume {
                 let state = TrainState::load(&state_path)?;
-                CnfTrainer::resume(cnf, source, Some(test.clone()), cfg, state)?
+                CnfTrainer::resume(cnf, source, test.clone(), cfg, state).map_err(state_error)?
             } else {
+                // Written once the settings are known to be valid: a refused command leaves
+                // an earlier run's run.json as it was.
+                let tr = CnfTrainer::new(cnf, source, test.clone(), cfg)?;
                 write_run(&run_path, &a)?;
-                CnfTrainer::new(cnf, source, Some(test.clone()), cfg)?
+                tr
             };
             Trainer::Cnf(Box::new(tr))
         }
@@ -892,9 +1071,10 @@ fn train(mut a: TrainArgs) -> CliResult {
         return Ok(());
     }
     if dim == 2 {
+        let shown = test.as_ref().map_or(&[][..], |t| t.as_slice());
         let figures = ModelFigures {
-            data: Some(test.as_slice()),
-            range: plot_range(test.as_slice()),
+            data: test.as_ref().map(|t| t.as_slice()),
+            range: plot_range(shown),
             ..Default::default()
         };
         let written = match &trainer {

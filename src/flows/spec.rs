@@ -372,6 +372,13 @@ impl FlowSpec {
                 expected: "≥ 2 for a coupling flow, ≥ 1 otherwise",
             });
         }
+        if self.hidden.contains(&0) {
+            return Err(Error::InvalidConfig {
+                name: "flow hidden width",
+                value: 0.0,
+                expected: "≥ 1 (each hidden layer of a conditioner)",
+            });
+        }
         if self.kind.bounded() && !(self.scale_bound.is_finite() && self.scale_bound > 0.0) {
             return Err(Error::InvalidConfig {
                 name: "scale_bound",
@@ -457,6 +464,16 @@ mod tests {
         assert!(FlowSpec::new(FlowKind::Nice, 1, 2, vec![4]).build::<f64>(0).is_err());
         assert!(FlowSpec::new(FlowKind::Glow, 1, 2, vec![4]).build::<f64>(0).is_err());
         assert!(FlowSpec::new(FlowKind::Planar, 1, 2, vec![]).build::<f64>(0).is_ok());
+    }
+
+    #[test]
+    fn a_zero_hidden_width_is_refused() {
+        for kind in [FlowKind::RealNvp, FlowKind::Maf, FlowKind::Nsf] {
+            let err = FlowSpec::new(kind, 2, 2, vec![8, 0]).build::<f64>(0).unwrap_err();
+            assert!(err.to_string().contains("hidden width"), "{kind}: {err}");
+        }
+        // No hidden layer (a linear conditioner) is a width list, not a zero width.
+        assert!(FlowSpec::new(FlowKind::RealNvp, 2, 2, vec![]).build::<f64>(0).is_ok());
     }
 
     #[test]

@@ -218,6 +218,7 @@ pub struct CnfTrainer<T: Real, F: VectorField<T>> {
 
 impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
     /// A trainer at iteration 0: Adam fresh, the generator seeded with `cfg.seed`, τ_k = √T_k.
+    /// An empty `test` set counts as none (no test NLL is evaluated).
     pub fn new(
         cnf: Cnf<T, F>,
         data: DataSource<T>,
@@ -225,6 +226,8 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
         cfg: CnfTrainConfig<T>,
     ) -> Result<Self, Error> {
         cfg.validate()?;
+        // An empty test set has no mean NLL: it counts as none (no test evaluations).
+        let test = test.filter(|t| !t.is_empty());
         for (name, d) in
             [("data", data.dim()), ("test", test.as_ref().map_or(cnf.dim(), |t| t.dim()))]
         {

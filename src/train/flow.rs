@@ -121,6 +121,7 @@ pub struct FlowTrainer<T: Real> {
 
 impl<T: Real> FlowTrainer<T> {
     /// A trainer at iteration 0: Adam fresh, the generator seeded with `cfg.seed`.
+    /// An empty `test` set counts as none (no test NLL is evaluated).
     pub fn new(
         model: FlowModel<T>,
         data: DataSource<T>,
@@ -128,6 +129,8 @@ impl<T: Real> FlowTrainer<T> {
         cfg: FlowTrainConfig,
     ) -> Result<Self, Error> {
         cfg.validate()?;
+        // An empty test set has no mean NLL: it counts as none (no test evaluations).
+        let test = test.filter(|t| !t.is_empty());
         for (name, d) in
             [("data", data.dim()), ("test", test.as_ref().map_or(model.dim(), |t| t.dim()))]
         {
