@@ -848,6 +848,16 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     assert!(err.contains("--trace exact"), "{err}");
     let err = fails(&["train", "--flow", "maf", "--layers", "0", "--out", &s(&dir.join("l0"))]);
     assert!(err.contains("layers"), "{err}");
+    // CNF-only options are refused with a discrete flow rather than silently ignored.
+    for (flag, value) in
+        [("--kinetic", "1"), ("--jacobian", "0.5"), ("--trace", "hutchinson-gaussian")]
+    {
+        let o = s(&dir.join("cnfonly"));
+        let err = fails(&["train", "--flow", "realnvp", flag, value, "--out", &o]);
+        assert!(err.contains(flag) && err.contains("--flow realnvp"), "{err}");
+    }
+    let err = fails(&["train", "--flow", "nice", "--train-t", "--out", &s(&dir.join("tt"))]);
+    assert!(err.contains("--train-t"), "{err}");
     // bench needs an ODE.
     let err = fails(&["bench", "--problem", "model", "--model", &s(&model)]);
     assert!(err.contains("discrete flow"), "{err}");

@@ -316,6 +316,12 @@ fn check_memory(flag: &str, n: usize, bytes_per_point: usize) -> Result<(), Stri
     }
 }
 
+/// Creates the output folder `dir` (and its parents), naming it in an error.
+fn create_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))
+}
+
 /// How a table of results is written, by the output path's extension.
 #[derive(Clone, Copy, PartialEq)]
 enum TableFormat {
@@ -456,7 +462,7 @@ fn plot(a: PlotArgs) -> CliResult {
             .filter(|h| *h > 0.0)
             .unwrap_or(4.0)
     });
-    std::fs::create_dir_all(&a.out)?;
+    create_dir(&a.out)?;
     let figures = ModelFigures {
         data: data.as_ref().map(|d| d.data.as_slice()),
         range: (-half, half),
@@ -490,7 +496,7 @@ fn plot(a: PlotArgs) -> CliResult {
 }
 
 fn bench(a: BenchArgs) -> CliResult {
-    std::fs::create_dir_all(&a.out)?;
+    create_dir(&a.out)?;
     let (title, rows) = match a.problem.as_str() {
         "model" => {
             let path = a.model.as_ref().ok_or("--problem model needs --model")?;
@@ -626,9 +632,9 @@ struct TrainArgs {
     /// radial use no --hidden); or realnvp+cnf: --layers affine couplings followed, at the
     /// data end, by one trainable CNF block whose MLP takes --hidden, --activation, --time,
     /// --blocks, --t-end, --train-t, --method, --rtol, --atol, --steps and the --adjoint
-    /// options (exact trace only). --trace (other than exact), --kinetic and --jacobian do not
-    /// apply to flows, nor do the CNF options to the purely discrete kinds (--adjoint-method,
-    /// --seminorm and --forward-seminorm are refused there).
+    /// options (exact trace only). --kinetic and --jacobian are refused with any flow, and
+    /// the CNF options with the purely discrete kinds (--trace other than exact, --train-t,
+    /// --adjoint-method, --seminorm, --forward-seminorm; the others are not used there).
     #[arg(long)]
     #[serde(default)]
     flow: Option<String>,
@@ -802,7 +808,7 @@ fn train(mut a: TrainArgs) -> CliResult {
             ..saved
         };
     }
-    std::fs::create_dir_all(&out)?;
+    create_dir(&out)?;
 
     let activation =
         parse_or("activation", &a.activation, odeflow::io::model::parse_activation(&a.activation))?;
@@ -869,6 +875,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 ("--adjoint-method", a.adjoint_method.is_some()),
                 ("--seminorm", a.seminorm),
                 ("--forward-seminorm", a.forward_seminorm),
+                ("--train-t", a.train_t),
             ];
             if let Some((flag, _)) =
                 cnf_flags.iter().find(|(_, set)| *set && kind != FlowKind::RealNvpCnf)
@@ -876,6 +883,19 @@ fn train(mut a: TrainArgs) -> CliResult {
                 return Err(format!(
                     "{flag} applies to a CNF (a CNF run or --flow realnvp+cnf), not to --flow \
                      {name}"
+                )
+                .into());
+            }
+            // RNODE's regularizers are integrated along a CNF run's own solve only.
+            let regularizers = [("--kinetic", a.kinetic), ("--jacobian", a.jacobian)];
+            if let Some((flag, _)) = regularizers.iter().find(|(_, w)| *w != 0.0) {
+                return Err(format!("{flag} applies to a CNF run, not to --flow {name}").into());
+            }
+            if kind != FlowKind::RealNvpCnf && trace != TraceEstimator::Exact {
+                return Err(format!(
+                    "--trace {} applies to a CNF (a discrete flow has no divergence to \
+                     estimate), not to --flow {name}",
+                    a.trace
                 )
                 .into());
             }
