@@ -913,7 +913,8 @@ fn train(mut a: TrainArgs) -> CliResult {
                     hidden: a.hidden.clone(),
                     activation,
                     time,
-                    blocks: a.blocks,
+                    // (`max`: a run.json of an older version may hold 0, trained as 1.)
+                    blocks: a.blocks.max(1),
                     t_end: a.t_end,
                     train_t: a.train_t,
                     method,
@@ -952,7 +953,8 @@ fn train(mut a: TrainArgs) -> CliResult {
         None => {
             let mlp_cfg =
                 MlpConfig { dim, hidden: a.hidden.clone(), activation, time, ..Default::default() };
-            let blocks = (0..a.blocks)
+            // (`max`: a run.json of an older version may hold 0, trained as 1.)
+            let blocks = (0..a.blocks.max(1))
                 .map(|k| {
                     Ok(CnfBlock {
                         field: Mlp::new(&MlpConfig {
