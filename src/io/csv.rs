@@ -13,7 +13,7 @@ use crate::io::{write_atomically, NpyError};
 #[non_exhaustive]
 pub enum CsvError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -8,7 +8,9 @@ mod npy;
 pub use checkpoint::load_peer_checkpoint;
 pub use csv::{read_csv, write_csv, CsvError, Points};
 pub use model::{load_cnf, load_flow, load_model, save_cnf, save_flow, Model, ModelFileError};
-pub use npy::{read_npy, read_npy_matrix, write_atomically, write_npy, Array, NpyError, NpzReader};
+pub use npy::{
+    read_npy, read_npy_matrix, write_atomically, write_npy, Array, FileOp, NpyError, NpzReader,
+};
 
 /// Reads points from a `.npy` file (2-D, float) or otherwise a CSV file; with
 /// `cols = Some(d)` the points must have dimension d.

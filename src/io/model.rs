@@ -49,7 +49,8 @@ use serde::{Deserialize, Serialize};
 use crate::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
 use crate::field::{Activation, Mlp, MlpConfig, Real, TimeConditioning, VectorField};
 use crate::flows::{FlowModel, FlowSpec};
-use crate::io::{write_atomically, NpyError};
+use crate::io::npy::read_file;
+use crate::io::write_atomically;
 use crate::solvers::Stats;
 use crate::trace::{Noise, TraceEstimator};
 use crate::Error;
@@ -278,8 +279,7 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> ModelFileError {
 /// Reads the architecture of a model file without building the model.
 pub fn read_architecture(path: impl AsRef<Path>) -> Result<Architecture, Error> {
     let path = path.as_ref();
-    let bytes =
-        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
     Ok(architecture(path, &bytes)?)
 }
 
@@ -372,8 +372,7 @@ fn read_tensor<T: Real>(
 /// precision `T` whatever the file's.
 pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error> {
     let path = path.as_ref();
-    let bytes =
-        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
     let arch = architecture(path, &bytes)?;
     let bad = |name: &str, reason: String| ModelFileError::Tensor {
         path: path.to_path_buf(),
@@ -468,8 +467,7 @@ pub fn save_flow<T: Real>(
 /// returns its spec and the model. A CNF file gives [`ModelFileError::Kind`].
 pub fn load_flow<T: Real>(path: impl AsRef<Path>) -> Result<(FlowSpec, FlowModel<T>), Error> {
     let path = path.as_ref();
-    let bytes =
-        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
     let spec: FlowSpec = parsed_architecture(path, &bytes, "flow")?;
     flow_from_bytes(path, &bytes, spec)
 }
@@ -556,8 +554,7 @@ impl<T: Real> Model<T> {
 /// [`save_flow`]), by the `model` entry of its metadata (files without one are CNFs).
 pub fn load_model<T: Real>(path: impl AsRef<Path>) -> Result<Model<T>, Error> {
     let path = path.as_ref();
-    let bytes =
-        std::fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_file(path)?;
     let (kind, _) = metadata(path, &bytes)?;
     if kind == "flow" {
         let spec: FlowSpec = parsed_architecture(path, &bytes, "flow")?;
@@ -571,6 +568,7 @@ pub fn load_model<T: Real>(path: impl AsRef<Path>) -> Result<Model<T>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::NpyError;
 
     fn tmp(name: &str) -> PathBuf {
         // One folder per file: tests run concurrently in one process.
