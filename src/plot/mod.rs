@@ -2,15 +2,30 @@
 //!
 //! Every function writes PNG or SVG by the file's extension, through a temporary sibling
 //! renamed into place (an existing figure is never left half-written).
+//!
+//! Bad input is refused before anything is drawn or written: a canvas side outside
+//! 1..=[`MAX_CANVAS_SIDE`], an axis range given by the caller that is not finite with
+//! `lo < hi` ([`PlotError::InvalidRange`]), a density grid with fewer than two cells per side
+//! or the wrong number of values. Ranges the figures work out from data (the training curves)
+//! skip non-finite values and always come out finite with positive width, and non-finite
+//! points are left out of every figure: plotters loops forever on an infinite axis range and
+//! panics on a NaN one.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod model;
 
-pub use model::ModelFigures;
+pub use model::{ModelFigures, MAX_GRID};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+/// The largest width or height of a canvas, in pixels, that [`render`] and
+/// [`animate_points`] accept (a bitmap canvas holds 3 bytes per pixel in memory).
+pub const MAX_CANVAS_SIDE: u32 = 16_384;
 
 /// What can go wrong drawing a figure.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +37,76 @@ pub enum PlotError {
         /// The requested file.
         path: PathBuf,
     },
-    /// The backend failed to draw or to write the file.
-    #[error("{path}: {message}")]
+    /// The figure file, or its temporary sibling, could not be created, written or renamed
+    /// into place (e.g. the folder is missing or not writable, or the disk is full).
+    #[error("cannot write figure {path}: {source}")]
+    Write {
+        /// The requested file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The backend failed to draw the figure.
+    #[error("cannot draw figure {path}: {message}")]
     Backend {
         /// The requested file.
         path: PathBuf,
         /// The backend's message.
         message: String,
+    },
+    /// An axis range given to a figure is not finite or has no positive width (`lo < hi`).
+    #[error("{what} [{lo}, {hi}] is not a finite range of positive width")]
+    InvalidRange {
+        /// Which range, e.g. `"axis range"`.
+        what: &'static str,
+        /// Its lower end.
+        lo: f64,
+        /// Its upper end.
+        hi: f64,
+    },
+    /// A density grid has fewer than two cells along a side.
+    #[error("a density grid needs at least 2 cells per side, not {nx} × {ny}")]
+    GridTooSmall {
+        /// Cells along x.
+        nx: usize,
+        /// Cells along y.
+        ny: usize,
+    },
+    /// A density grid's values do not fill it (one per cell).
+    #[error("a {nx} × {ny} density grid has {len} values instead of {expected}")]
+    GridValues {
+        /// Cells along x.
+        nx: usize,
+        /// Cells along y.
+        ny: usize,
+        /// Values given.
+        len: usize,
+        /// Values needed, `nx · ny`.
+        expected: usize,
+    },
+    /// The states of a trajectory figure do not all hold the same number of coordinates.
+    #[error("trajectory state {index} has {len} coordinates but the first has {expected}")]
+    StateLength {
+        /// Index of the offending state (time).
+        index: usize,
+        /// Its number of coordinates.
+        len: usize,
+        /// The first state's number of coordinates.
+        expected: usize,
+    },
+    /// A canvas side is zero or larger than [`MAX_CANVAS_SIDE`].
+    #[error("a canvas of {width} × {height} pixels: each side must be 1 to {MAX_CANVAS_SIDE}")]
+    CanvasSize {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+    /// An animation was asked for without any frame.
+    #[error("{path}: an animation needs at least one frame")]
+    NoFrames {
+        /// The requested file.
+        path: PathBuf,
     },
 }
 
@@ -68,20 +146,130 @@ impl Grid2 {
         (self.x_range.1 - self.x_range.0) / self.nx as f64 * (self.y_range.1 - self.y_range.0)
             / self.ny as f64
     }
+
+    /// Checks that the grid can be drawn: both ranges finite with positive width, at least
+    /// two cells per side, and one value per cell.
+    pub fn validate(&self) -> Result<(), PlotError> {
+        check_range("density grid x range", self.x_range)?;
+        check_range("density grid y range", self.y_range)?;
+        let (nx, ny) = (self.nx, self.ny);
+        if nx < 2 || ny < 2 {
+            return Err(PlotError::GridTooSmall { nx, ny });
+        }
+        match nx.checked_mul(ny) {
+            Some(expected) if expected == self.values.len() => Ok(()),
+            expected => Err(PlotError::GridValues {
+                nx,
+                ny,
+                len: self.values.len(),
+                expected: expected.unwrap_or(usize::MAX),
+            }),
+        }
+    }
 }
 
-fn backend_err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
-    move |message| PlotError::Backend { path: path.to_path_buf(), message }
+/// Checks that an axis range given by a caller is finite, with `lo < hi` and a finite width
+/// (plotters loops forever on an infinite range and panics on a NaN one).
+pub(crate) fn check_range(what: &'static str, (lo, hi): (f64, f64)) -> Result<(), PlotError> {
+    if lo.is_finite() && hi.is_finite() && lo < hi && (hi - lo).is_finite() {
+        Ok(())
+    } else {
+        Err(PlotError::InvalidRange { what, lo, hi })
+    }
+}
+
+/// Checks a canvas size: each side 1 to [`MAX_CANVAS_SIDE`] pixels.
+fn check_canvas((width, height): (u32, u32)) -> Result<(), PlotError> {
+    if (1..=MAX_CANVAS_SIDE).contains(&width) && (1..=MAX_CANVAS_SIDE).contains(&height) {
+        Ok(())
+    } else {
+        Err(PlotError::CanvasSize { width, height })
+    }
+}
+
+/// Largest magnitude of a range worked out from data. Finite values beyond it are clamped
+/// to it, which keeps the width of the range (and its margins) finite; such points lie far
+/// outside the chart anyway.
+const AXIS_LIMIT: f64 = 1e300;
+
+/// An axis range around the finite values of `values`, widened on both sides by `margin`
+/// times its width; `None` when no value is finite. The result is always finite with
+/// `lo < hi`: values that are all equal get ±5 % of their magnitude (±1 around zero).
+fn data_range(values: impl IntoIterator<Item = f64>, margin: f64) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .map(|v| v.clamp(-AXIS_LIMIT, AXIS_LIMIT))
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((v.min(lo), v.max(hi))),
+        })?;
+    if lo < hi {
+        let pad = margin.clamp(0.0, 1.0) * (hi - lo);
+        return Some((lo - pad, hi + pad));
+    }
+    let half = 0.05 * lo.abs();
+    Some(if lo - half < lo + half { (lo - half, lo + half) } else { (lo - 1.0, lo + 1.0) })
+}
+
+/// The error of a drawing call that failed. plotters' bitmap backend reports an I/O failure
+/// only as the `Debug` text of its error (`… ImageError(IoError(Os { code: 28, … }))`), and
+/// its error type is not re-exported, so an OS error code in that text is turned back into
+/// the operating system's own message ([`PlotError::Write`]).
+fn backend_error(path: &Path, message: String) -> PlotError {
+    const OS: &str = "Os { code: ";
+    let code = message.find(OS).and_then(|at| {
+        let rest = &message[at + OS.len()..];
+        let end = rest.find(|c: char| !c.is_ascii_digit() && c != '-')?;
+        rest[..end].parse::<i32>().ok()
+    });
+    match code {
+        Some(code) => PlotError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(code),
+        },
+        None => PlotError::Backend { path: path.to_path_buf(), message },
+    }
+}
+
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> PlotError + '_ {
+    move |source| PlotError::Write { path: path.to_path_buf(), source }
+}
+
+/// A temporary sibling of `path` with extension `ext` (plotters picks the image format by
+/// extension), unique to this process and call.
+fn temp_sibling(path: &Path, ext: &str) -> PathBuf {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.tmp{}-{n}.{ext}", std::process::id()))
+}
+
+/// Flushes a finished temporary file to disk before it is renamed into place.
+fn sync_file(tmp: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(tmp)?.sync_all()
 }
 
 /// A figure that can draw itself on any plotters backend.
 pub trait Figure {
+    /// Checks the figure's inputs (ranges, grid shapes) before anything is drawn or written;
+    /// [`render`] calls it first. The default accepts everything.
+    fn validate(&self) -> Result<(), PlotError> {
+        Ok(())
+    }
+
     /// Draws the figure on `area` (the whole canvas).
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }
 
 /// Renders `figure` on a `width × height` canvas and writes it to `path` (PNG or SVG by
-/// extension), atomically.
+/// extension), atomically. The figure is validated ([`Figure::validate`]) and the size
+/// checked before any file is created; a file that cannot be written is reported with its
+/// path and the operating system's message ([`PlotError::Write`]).
 pub fn render(
     path: impl AsRef<Path>,
     size: (u32, u32),
@@ -89,29 +277,56 @@ pub fn render(
 ) -> Result<(), PlotError> {
     let path = path.as_ref();
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = ext.ok_or_else(|| PlotError::UnsupportedFormat { path: path.to_path_buf() })?;
-    let tmp = dir.join(format!(".{name}.tmp{}.{ext}", std::process::id()));
-    let drawn = match ext.as_str() {
-        "png" => {
-            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            figure.draw(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
-        }
-        "svg" => {
-            let root = SVGBackend::new(&tmp, size).into_drawing_area();
-            figure.draw(&root).and_then(|()| root.present().map_err(|e| e.to_string()))
-        }
+    let svg = match ext.as_deref() {
+        Some("png") => false,
+        Some("svg") => true,
         _ => return Err(PlotError::UnsupportedFormat { path: path.to_path_buf() }),
     };
-    let result = drawn.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    check_canvas(size)?;
+    figure.validate()?;
+    let tmp = temp_sibling(path, if svg { "svg" } else { "png" });
+    let result =
+        if svg { write_svg(path, &tmp, size, figure) } else { write_png(path, &tmp, size, figure) }
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(write_err(path)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(backend_err(path))
+    result
+}
+
+/// Draws `figure` as a PNG into `tmp` (errors name `path`).
+fn write_png(
+    path: &Path,
+    tmp: &Path,
+    size: (u32, u32),
+    figure: &impl Figure,
+) -> Result<(), PlotError> {
+    // Created here first, so that an unwritable folder is reported as the OS error before
+    // anything is drawn.
+    std::fs::File::create(tmp).map_err(write_err(path))?;
+    {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        figure.draw(&root).map_err(|m| backend_error(path, m))?;
+        root.present().map_err(|e| backend_error(path, e.to_string()))?;
+    }
+    sync_file(tmp).map_err(write_err(path))
+}
+
+/// Draws `figure` as an SVG in memory and writes it to `tmp` (errors name `path`).
+fn write_svg(
+    path: &Path,
+    tmp: &Path,
+    size: (u32, u32),
+    figure: &impl Figure,
+) -> Result<(), PlotError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        figure.draw(&root).map_err(|m| backend_error(path, m))?;
+        root.present().map_err(|e| backend_error(path, e.to_string()))?;
+    }
+    let mut file = std::fs::File::create(tmp).map_err(write_err(path))?;
+    file.write_all(svg.as_bytes()).and_then(|()| file.sync_all()).map_err(write_err(path))
 }
 
 /// Splits `area` into `n` panels side by side.
@@ -122,8 +337,13 @@ fn panels<DB: DrawingBackend>(
     area.split_evenly((1, n.max(1)))
 }
 
+/// Whether both coordinates of a point are finite.
+fn finite_point(p: &(f64, f64)) -> bool {
+    p.0.is_finite() && p.1.is_finite()
+}
+
 /// Heat maps of densities (one panel each, with a title), coloured by viridis on a shared
-/// or per-panel scale.
+/// or per-panel scale. Every grid must pass [`Grid2::validate`].
 #[derive(Debug, Clone)]
 pub struct DensityPanels<'a> {
     /// The panels: title and grid.
@@ -133,7 +353,12 @@ pub struct DensityPanels<'a> {
 }
 
 impl Figure for DensityPanels<'_> {
+    fn validate(&self) -> Result<(), PlotError> {
+        self.panels.iter().try_for_each(|(_, grid)| grid.validate())
+    }
+
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())?;
         area.fill(&WHITE).map_err(|e| e.to_string())?;
         let global_max = self
             .panels
@@ -176,17 +401,23 @@ impl Figure for DensityPanels<'_> {
     }
 }
 
-/// Point clouds, one panel each, with a title and fixed axis ranges.
+/// Point clouds, one panel each, with a title and fixed axis ranges. Points with a
+/// non-finite coordinate are left out.
 #[derive(Debug, Clone)]
 pub struct ScatterPanels<'a> {
     /// The panels: title and 2-D points (sample-major x, y pairs).
     pub panels: Vec<(String, &'a [f64])>,
-    /// Axis range, the same on both axes.
+    /// Axis range, the same on both axes; finite with `lo < hi`.
     pub range: (f64, f64),
 }
 
 impl Figure for ScatterPanels<'_> {
+    fn validate(&self) -> Result<(), PlotError> {
+        check_range("axis range", self.range)
+    }
+
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())?;
         area.fill(&WHITE).map_err(|e| e.to_string())?;
         for (panel, (title, pts)) in panels(area, self.panels.len()).iter().zip(&self.panels) {
             let mut chart = ChartBuilder::on(panel)
@@ -200,7 +431,9 @@ impl Figure for ScatterPanels<'_> {
             chart
                 .draw_series(
                     pts.chunks_exact(2)
-                        .map(|p| Circle::new((p[0], p[1]), 2, BLUE.mix(0.4).filled())),
+                        .map(|p| (p[0], p[1]))
+                        .filter(finite_point)
+                        .map(|p| Circle::new(p, 2, BLUE.mix(0.4).filled())),
                 )
                 .map_err(|e| e.to_string())?;
         }
@@ -209,7 +442,7 @@ impl Figure for ScatterPanels<'_> {
 }
 
 /// Paths of points through time, drawn as lines from start (light) to end (dark), with
-/// the end points marked.
+/// the end points marked. Non-finite positions are left out of the paths and marks.
 #[derive(Debug, Clone)]
 pub struct Trajectories<'a> {
     /// Title of the figure.
@@ -217,12 +450,24 @@ pub struct Trajectories<'a> {
     /// Sample-major states at each time: `states[k]` holds all points (x, y pairs) at the
     /// k-th time; every entry has the same length.
     pub states: &'a [Vec<f64>],
-    /// Axis range, the same on both axes.
+    /// Axis range, the same on both axes; finite with `lo < hi`.
     pub range: (f64, f64),
 }
 
 impl Figure for Trajectories<'_> {
+    fn validate(&self) -> Result<(), PlotError> {
+        check_range("axis range", self.range)?;
+        let expected = self.states.first().map_or(0, Vec::len);
+        match self.states.iter().position(|s| s.len() != expected) {
+            Some(index) => {
+                Err(PlotError::StateLength { index, len: self.states[index].len(), expected })
+            }
+            None => Ok(()),
+        }
+    }
+
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())?;
         area.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(area)
             .caption(&self.title, ("sans-serif", 18))
@@ -235,7 +480,7 @@ impl Figure for Trajectories<'_> {
         let n = self.states.first().map_or(0, |s| s.len() / 2);
         for i in 0..n {
             let path: Vec<(f64, f64)> =
-                self.states.iter().map(|s| (s[2 * i], s[2 * i + 1])).collect();
+                self.states.iter().map(|s| (s[2 * i], s[2 * i + 1])).filter(finite_point).collect();
             chart
                 .draw_series(LineSeries::new(path, BLUE.mix(0.35).stroke_width(1)))
                 .map_err(|e| e.to_string())?;
@@ -243,7 +488,10 @@ impl Figure for Trajectories<'_> {
         if let Some(last) = self.states.last() {
             chart
                 .draw_series(
-                    last.chunks_exact(2).map(|p| Circle::new((p[0], p[1]), 2, RED.filled())),
+                    last.chunks_exact(2)
+                        .map(|p| (p[0], p[1]))
+                        .filter(finite_point)
+                        .map(|p| Circle::new(p, 2, RED.filled())),
                 )
                 .map_err(|e| e.to_string())?;
         }
@@ -253,6 +501,11 @@ impl Figure for Trajectories<'_> {
 
 /// Training curves: loss and test NLL against iteration, and the forward and backward
 /// function evaluations per iteration.
+///
+/// Points with a non-finite coordinate (a NaN loss, say) are left out, and the axis ranges
+/// are worked out from the finite ones only. A panel with no finite point at all (the log of
+/// a run that failed at its first iteration has only a header) is drawn empty, with the
+/// text "no finite values", so that the figure is still written.
 #[derive(Debug, Clone)]
 pub struct TrainingCurves<'a> {
     /// (iteration, training loss) of every iteration.
@@ -263,84 +516,100 @@ pub struct TrainingCurves<'a> {
     pub nfe: &'a [(f64, f64, f64)],
 }
 
+impl TrainingCurves<'_> {
+    /// The finite points of the four series: loss, test NLL, forward NFE, backward NFE.
+    fn finite_series(&self) -> [Vec<(f64, f64)>; 4] {
+        let keep = |pts: &mut dyn Iterator<Item = (f64, f64)>| pts.filter(finite_point).collect();
+        [
+            keep(&mut self.loss.iter().copied()),
+            keep(&mut self.test_nll.iter().copied()),
+            keep(&mut self.nfe.iter().map(|p| (p.0, p.1))),
+            keep(&mut self.nfe.iter().map(|p| (p.0, p.2))),
+        ]
+    }
+
+    /// The axis ranges of the figure, `[iterations, loss and NLL, NFE]`: from 0 (or the first
+    /// iteration, if negative) to the last iteration (at least 1); the finite losses and NLLs
+    /// with 5 % margins (`[0, 1]` if there are none); 0 (or the smallest NFE, if negative) to
+    /// the largest NFE (at least 1), plus 10 % headroom. Always finite with `lo < hi`.
+    fn ranges(&self) -> [(f64, f64); 3] {
+        let [loss, test, fwd, bwd] = self.finite_series();
+        let iterations = [&loss, &test, &fwd, &bwd].into_iter().flatten().map(|p| p.0);
+        let x = data_range(iterations.chain([0.0, 1.0]), 0.0).unwrap_or((0.0, 1.0));
+        let y = data_range(loss.iter().chain(&test).map(|p| p.1), 0.05).unwrap_or((0.0, 1.0));
+        let (lo, hi) = data_range(fwd.iter().chain(&bwd).map(|p| p.1).chain([0.0, 1.0]), 0.0)
+            .unwrap_or((0.0, 1.0));
+        [x, y, (lo, hi + 0.1 * (hi - lo))]
+    }
+}
+
+/// One panel of line series against iteration, with a legend; an empty chart with the text
+/// "no finite values" when every series is empty.
+fn curve_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    (x, y): ((f64, f64), (f64, f64)),
+    series: &[(&str, &[(f64, f64)], ShapeStyle)],
+) -> Result<(), String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(32)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("iteration").draw().map_err(|e| e.to_string())?;
+    if series.iter().all(|(_, pts, _)| pts.is_empty()) {
+        let style =
+            ("sans-serif", 20).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
+        let centre = (0.5 * (x.0 + x.1), 0.5 * (y.0 + y.1));
+        chart
+            .draw_series(std::iter::once(Text::new("no finite values", centre, style)))
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    for &(label, pts, style) in series {
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), style))
+            .map_err(|e| e.to_string())?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 impl Figure for TrainingCurves<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
         area.fill(&WHITE).map_err(|e| e.to_string())?;
         let halves = panels(area, 2);
-        let last = self.loss.last().map_or(1.0, |p| p.0).max(1.0);
-        let finite = |v: &f64| v.is_finite();
-        let ys: Vec<f64> = self
-            .loss
-            .iter()
-            .map(|p| p.1)
-            .chain(self.test_nll.iter().map(|p| p.1))
-            .filter(finite)
-            .collect();
-        let (lo, hi) =
-            ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo < hi {
-            (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-        } else {
-            (lo - 1.0, lo + 1.0)
-        };
-        let mut chart = ChartBuilder::on(&halves[0])
-            .caption("loss and test NLL", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(32)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..last, lo..hi)
-            .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("iteration").draw().map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(
-                self.loss.iter().copied().filter(|p| p.1.is_finite()),
-                BLUE.mix(0.6),
-            ))
-            .map_err(|e| e.to_string())?
-            .label("training loss")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(self.test_nll.iter().copied(), RED.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label("test NLL")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        let top = self.nfe.iter().fold(1.0f64, |m, p| m.max(p.1).max(p.2)) * 1.1;
-        let mut chart = ChartBuilder::on(&halves[1])
-            .caption("function evaluations per iteration", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(32)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..last, 0.0..top)
-            .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("iteration").draw().map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(self.nfe.iter().map(|p| (p.0, p.1)), BLUE))
-            .map_err(|e| e.to_string())?
-            .label("forward")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(self.nfe.iter().map(|p| (p.0, p.2)), GREEN))
-            .map_err(|e| e.to_string())?
-            .label("backward")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        let [loss, test, fwd, bwd] = self.finite_series();
+        let [x, y, nfe] = self.ranges();
+        curve_panel(
+            &halves[0],
+            "loss and test NLL",
+            (x, y),
+            &[
+                ("training loss", &loss, BLUE.mix(0.6).into()),
+                ("test NLL", &test, RED.stroke_width(2)),
+            ],
+        )?;
+        curve_panel(
+            &halves[1],
+            "function evaluations per iteration",
+            (x, nfe),
+            &[("forward", &fwd, BLUE.into()), ("backward", &bwd, GREEN.into())],
+        )
     }
 }
 
 /// Writes an animated GIF of point clouds, one frame per entry (title, points), `delay_ms`
-/// between frames, atomically.
+/// between frames, atomically. Needs at least one frame and a valid `range` (as for
+/// [`ScatterPanels`]); points with a non-finite coordinate are left out.
 pub fn animate_points(
     path: impl AsRef<Path>,
     size: (u32, u32),
@@ -349,27 +618,33 @@ pub fn animate_points(
     delay_ms: u32,
 ) -> Result<(), PlotError> {
     let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}.gif", std::process::id()));
-    let result = (|| -> Result<(), String> {
-        let root = BitMapBackend::gif(&tmp, size, delay_ms)
-            .map_err(|e| e.to_string())?
-            .into_drawing_area();
-        for (title, pts) in frames {
-            ScatterPanels { panels: vec![(title.clone(), pts)], range }.draw(&root)?;
-            root.present().map_err(|e| e.to_string())?;
+    check_canvas(size)?;
+    check_range("axis range", range)?;
+    if frames.is_empty() {
+        return Err(PlotError::NoFrames { path: path.to_path_buf() });
+    }
+    let tmp = temp_sibling(path, "gif");
+    let result = (|| -> Result<(), PlotError> {
+        // Created here first, so that an unwritable folder is reported as the OS error.
+        std::fs::File::create(&tmp).map_err(write_err(path))?;
+        {
+            let root = BitMapBackend::gif(&tmp, size, delay_ms)
+                .map_err(|e| backend_error(path, e.to_string()))?
+                .into_drawing_area();
+            for (title, pts) in frames {
+                ScatterPanels { panels: vec![(title.clone(), pts)], range }
+                    .draw(&root)
+                    .map_err(|m| backend_error(path, m))?;
+                root.present().map_err(|e| backend_error(path, e.to_string()))?;
+            }
         }
-        drop(root);
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        sync_file(&tmp).map_err(write_err(path))?;
+        std::fs::rename(&tmp, path).map_err(write_err(path))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(backend_err(path))
+    result
 }
 
 #[cfg(test)]
@@ -406,5 +681,290 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh, empty temporary folder for one test.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("odeflow-plot-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn assert_proper((lo, hi): (f64, f64), what: &str) {
+        assert!(
+            lo.is_finite() && hi.is_finite() && lo < hi && (hi - lo).is_finite(),
+            "{what}: {lo}..{hi}"
+        );
+    }
+
+    #[test]
+    fn data_ranges_are_finite_with_positive_width_whatever_the_values() {
+        assert_eq!(data_range([], 0.05), None);
+        assert_eq!(data_range([f64::NAN, f64::INFINITY, f64::NEG_INFINITY], 0.05), None);
+        // Non-finite values are skipped, not folded into the range.
+        assert_eq!(data_range([1.0, f64::NAN, 3.0, f64::INFINITY], 0.0), Some((1.0, 3.0)));
+        assert_eq!(data_range([1.0, 3.0], 0.5), Some((0.0, 4.0)));
+        // Equal values: ±5 % of the magnitude, ±1 around zero.
+        assert_eq!(data_range([2.0, 2.0], 0.05), Some((1.9, 2.1)));
+        assert_eq!(data_range([0.0], 0.05), Some((-1.0, 1.0)));
+        let cases: [&[f64]; 6] = [
+            &[1e20],
+            &[-f64::MAX, f64::MAX],
+            &[f64::MAX],
+            &[f64::MIN_POSITIVE / 4.0],
+            &[1.0, 1.0 + f64::EPSILON],
+            &[-1e300, 1e300, 5.0],
+        ];
+        for values in cases {
+            let range = data_range(values.iter().copied(), 0.05).unwrap();
+            assert_proper(range, &format!("{values:?}"));
+        }
+    }
+
+    #[test]
+    fn training_curve_ranges_are_finite_without_finite_values() {
+        let nan = f64::NAN;
+        let inf = f64::INFINITY;
+        let cases = [
+            // The log of a run that failed at its first iteration: a header only.
+            TrainingCurves { loss: &[], test_nll: &[], nfe: &[] },
+            TrainingCurves {
+                loss: &[(1.0, nan), (2.0, nan)],
+                test_nll: &[(1.0, nan)],
+                nfe: &[(1.0, nan, nan)],
+            },
+            TrainingCurves {
+                loss: &[(1.0, inf), (2.0, -inf)],
+                test_nll: &[],
+                nfe: &[(1.0, inf, 3.0)],
+            },
+            TrainingCurves {
+                loss: &[(inf, 1.0), (nan, 2.0)],
+                test_nll: &[],
+                nfe: &[(inf, 10.0, 20.0)],
+            },
+            TrainingCurves {
+                loss: &[(1.0, 5.0)],
+                test_nll: &[(1.0, 5.0)],
+                nfe: &[(1.0, 7.0, 7.0)],
+            },
+        ];
+        for curves in cases {
+            for (range, what) in curves.ranges().into_iter().zip(["x", "loss", "nfe"]) {
+                assert_proper(range, &format!("{what} of {curves:?}"));
+            }
+        }
+        let empty = TrainingCurves { loss: &[], test_nll: &[], nfe: &[] };
+        assert_eq!(empty.ranges(), [(0.0, 1.0), (0.0, 1.0), (0.0, 1.1)]);
+        // A NaN loss is skipped: the range is that of the finite losses and test NLLs.
+        let some = TrainingCurves {
+            loss: &[(0.0, 4.0), (1.0, nan), (2.0, 2.0)],
+            test_nll: &[(2.0, 3.0), (3.0, inf)],
+            nfe: &[(0.0, 20.0, 30.0), (3.0, nan, 40.0)],
+        };
+        let [x, y, nfe] = some.ranges();
+        assert_eq!(x, (0.0, 3.0));
+        assert!((y.0 - 1.9).abs() < 1e-12 && (y.1 - 4.1).abs() < 1e-12, "{y:?}");
+        assert!(nfe.0.abs() < 1e-12 && (nfe.1 - 44.0).abs() < 1e-9, "{nfe:?}");
+    }
+
+    /// Runs `f` on another thread and fails the test if it takes more than a minute (a
+    /// plotters layout that never finishes shows as a failure, not a test that hangs).
+    fn within_a_minute<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("drawing did not finish")
+    }
+
+    #[test]
+    fn training_curves_without_finite_values_are_drawn_empty_and_finish() {
+        let dir = fresh_dir("curves");
+        let nan = f64::NAN;
+        type Series = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
+        let cases: Vec<(&str, Series)> = vec![
+            ("header_only", (vec![], vec![], vec![])),
+            ("all_nan", (vec![(1.0, nan), (2.0, nan)], vec![(2.0, nan)], vec![(1.0, nan, nan)])),
+            ("inf", (vec![(1.0, f64::INFINITY)], vec![], vec![(f64::INFINITY, 1.0, 2.0)])),
+        ];
+        for (name, (loss, test, nfe)) in cases {
+            for ext in ["svg", "png"] {
+                let path = dir.join(format!("{name}.{ext}"));
+                let (loss, test, nfe, p) = (loss.clone(), test.clone(), nfe.clone(), path.clone());
+                within_a_minute(move || {
+                    let curves = TrainingCurves { loss: &loss, test_nll: &test, nfe: &nfe };
+                    render(&p, (1100, 420), &curves)
+                })
+                .unwrap_or_else(|e| panic!("{name}.{ext}: {e}"));
+                assert!(std::fs::metadata(&path).unwrap().len() > 0, "{}", path.display());
+            }
+            let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).unwrap();
+            assert!(svg.contains("no finite values"), "{name}: {svg}");
+        }
+        // With finite points the curves are drawn, without the notice.
+        let loss = [(0.0, 2.0), (1.0, nan), (2.0, 1.0)];
+        let nfe = [(0.0, 20.0, 30.0), (2.0, 26.0, 35.0)];
+        let path = dir.join("finite.svg");
+        render(&path, (1100, 420), &TrainingCurves { loss: &loss, test_nll: &[], nfe: &nfe })
+            .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(!svg.contains("no finite values") && svg.contains("training loss"), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn degenerate_ranges_grids_and_sizes_are_refused_before_writing() {
+        let dir = fresh_dir("refused");
+        let pts = [0.0, 0.0, 1.0, 1.0];
+        let states = vec![pts.to_vec(), pts.to_vec()];
+        for range in
+            [(0.0, 0.0), (1.0, -1.0), (f64::NAN, 1.0), (-f64::INFINITY, 1.0), (-f64::MAX, f64::MAX)]
+        {
+            let scatter = ScatterPanels { panels: vec![("a".into(), &pts[..])], range };
+            let err = render(dir.join("s.png"), (100, 100), &scatter).unwrap_err();
+            assert!(matches!(err, PlotError::InvalidRange { what: "axis range", .. }), "{err}");
+            assert!(err.to_string().contains("not a finite range of positive width"), "{err}");
+            let traj = Trajectories { title: "t".into(), states: &states, range };
+            let err = render(dir.join("t.svg"), (100, 100), &traj).unwrap_err();
+            assert!(matches!(err, PlotError::InvalidRange { .. }), "{err}");
+            let frames = vec![("a".to_string(), &pts[..])];
+            let err = animate_points(dir.join("a.gif"), (50, 50), &frames, range, 10).unwrap_err();
+            assert!(matches!(err, PlotError::InvalidRange { .. }), "{err}");
+            // Drawing directly on a backend refuses too (instead of hanging or panicking).
+            let mut svg = String::new();
+            let root = SVGBackend::with_string(&mut svg, (100, 100)).into_drawing_area();
+            assert!(scatter.draw(&root).unwrap_err().contains("axis range"));
+        }
+        let ragged = vec![pts.to_vec(), vec![0.0, 0.0]];
+        let traj = Trajectories { title: "t".into(), states: &ragged, range: (-2.0, 2.0) };
+        assert!(matches!(
+            render(dir.join("t.png"), (100, 100), &traj),
+            Err(PlotError::StateLength { index: 1, len: 2, expected: 4 })
+        ));
+        let grid = |nx: usize, ny: usize, x_range: (f64, f64), len: usize| Grid2 {
+            x_range,
+            y_range: (-1.0, 1.0),
+            nx,
+            ny,
+            values: vec![1.0; len],
+        };
+        let bad = [
+            (grid(1, 5, (0.0, 1.0), 5), "GridTooSmall"),
+            (grid(5, 0, (0.0, 1.0), 0), "GridTooSmall"),
+            (grid(3, 3, (0.0, 1.0), 8), "GridValues"),
+            (grid(3, 3, (1.0, 1.0), 9), "InvalidRange"),
+            (grid(3, 3, (0.0, f64::NAN), 9), "InvalidRange"),
+        ];
+        for (g, want) in &bad {
+            let fig = DensityPanels { panels: vec![("d".into(), g)], shared_scale: true };
+            let err = render(dir.join("d.png"), (100, 100), &fig).unwrap_err();
+            assert!(format!("{err:?}").starts_with(want), "{want}: {err:?}");
+        }
+        assert!(grid(2, 2, (0.0, 1.0), 4).validate().is_ok());
+        let scatter = ScatterPanels { panels: vec![("a".into(), &pts[..])], range: (-1.0, 1.0) };
+        for size in [(0, 100), (100, 0), (MAX_CANVAS_SIDE + 1, 10)] {
+            assert!(matches!(
+                render(dir.join("s.png"), size, &scatter),
+                Err(PlotError::CanvasSize { .. })
+            ));
+        }
+        assert!(matches!(
+            animate_points(dir.join("a.gif"), (50, 50), &[], (-1.0, 1.0), 10),
+            Err(PlotError::NoFrames { .. })
+        ));
+        // Nothing was written, not even a temporary file.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn model_figure_settings_are_checked() {
+        let dir = Path::new("figs");
+        assert!(ModelFigures::default().validate(dir).is_ok());
+        for range in [(0.0, 0.0), (4.0, -4.0), (f64::NAN, f64::NAN), (-f64::INFINITY, 4.0)] {
+            let err = ModelFigures { range, ..Default::default() }.validate(dir).unwrap_err();
+            assert!(
+                matches!(err, crate::Error::Plot(PlotError::InvalidRange { .. })),
+                "{range:?}: {err}"
+            );
+        }
+        for grid in [0, 1, MAX_GRID + 1] {
+            let err = ModelFigures { grid, ..Default::default() }.validate(dir).unwrap_err();
+            assert!(matches!(err, crate::Error::InvalidConfig { name: "grid", .. }), "{err}");
+        }
+        let err = ModelFigures { format: "jpg", ..Default::default() }.validate(dir).unwrap_err();
+        assert!(err.to_string().contains("density.jpg"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_paths_are_reported_with_the_path_and_the_os_message() {
+        let dir = fresh_dir("missing");
+        let scatter =
+            ScatterPanels { panels: vec![("a".into(), &[0.0, 0.0][..])], range: (-1.0, 1.0) };
+        let frames = vec![("a".to_string(), &[0.0, 0.0][..])];
+        let missing = dir.join("no-such-folder");
+        for name in ["f.png", "f.svg", "f.gif"] {
+            let path = missing.join(name);
+            let err = if name.ends_with("gif") {
+                animate_points(&path, (50, 50), &frames, (-1.0, 1.0), 10)
+            } else {
+                render(&path, (100, 100), &scatter)
+            }
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, PlotError::Write { .. }), "{msg}");
+            let want = format!("cannot write figure {}: ", path.display());
+            assert!(msg.starts_with(&want) && msg.contains("(os error"), "{msg}");
+            assert!(!msg.contains("Os {") && !msg.contains("IoError"), "{msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_without_write_permission_is_reported_in_plain_words() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = fresh_dir("readonly");
+        let locked = dir.join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // Root ignores permissions: then there is nothing to test.
+        let writable = std::fs::File::create(locked.join("probe")).is_ok();
+        let mut messages = Vec::new();
+        if !writable {
+            let scatter =
+                ScatterPanels { panels: vec![("a".into(), &[0.0, 0.0][..])], range: (-1.0, 1.0) };
+            for name in ["f.png", "f.svg"] {
+                let path = locked.join(name);
+                let err = render(&path, (100, 100), &scatter).unwrap_err();
+                messages.push((path, err.to_string()));
+            }
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        if writable {
+            eprintln!("skipped: this user can write into a read-only folder (root)");
+            return;
+        }
+        for (path, msg) in messages {
+            let want =
+                format!("cannot write figure {}: Permission denied (os error 13)", path.display());
+            assert_eq!(msg, want);
+        }
+    }
+
+    #[test]
+    fn a_bitmap_backend_io_error_is_turned_into_the_os_message() {
+        let path = Path::new("/x/y.png");
+        let debug = "backend error: Drawing backend error: ImageError(IoError(Os { code: 28, \
+                     kind: StorageFull, message: \"No space left on device\" }))";
+        let err = backend_error(path, debug.to_string());
+        let want = std::io::Error::from_raw_os_error(28);
+        assert_eq!(err.to_string(), format!("cannot write figure /x/y.png: {want}"));
+        assert!(
+            matches!(&err, PlotError::Write { source, .. } if source.raw_os_error() == Some(28))
+        );
+        let err = backend_error(path, "Font loading error: no font".to_string());
+        assert_eq!(err.to_string(), "cannot draw figure /x/y.png: Font loading error: no font");
     }
 }

@@ -9,17 +9,24 @@ use rand_chacha::ChaCha8Rng;
 use crate::cnf::Cnf;
 use crate::field::VectorField;
 use crate::flows::FlowModel;
-use crate::plot::{animate_points, render, DensityPanels, Grid2, ScatterPanels, Trajectories};
+use crate::plot::{
+    animate_points, check_range, render, DensityPanels, Grid2, PlotError, ScatterPanels,
+    Trajectories,
+};
 use crate::Error;
+
+/// The largest [`ModelFigures::grid`]: a finer density grid than this shows nothing more on
+/// a figure a few hundred pixels wide, and costs a log-density solve per cell.
+pub const MAX_GRID: usize = 4096;
 
 /// What to draw for a model.
 #[derive(Debug, Clone)]
 pub struct ModelFigures<'a> {
     /// Data points to show beside the model (sample-major 2-D), if any.
     pub data: Option<&'a [f64]>,
-    /// Axis range on both axes.
+    /// Axis range on both axes: finite, with `lo < hi`.
     pub range: (f64, f64),
-    /// Grid points per axis for the density.
+    /// Grid points per axis for the density: 2 to [`MAX_GRID`].
     pub grid: usize,
     /// Number of samples drawn from the model.
     pub samples: usize,
@@ -46,15 +53,37 @@ impl Default for ModelFigures<'_> {
 }
 
 impl ModelFigures<'_> {
+    /// Checks the settings before any solve: `range` finite with `lo < hi`
+    /// ([`PlotError::InvalidRange`]), `grid` from 2 to [`MAX_GRID`] ([`Error::InvalidConfig`]),
+    /// `format` `"png"` or `"svg"` ([`PlotError::UnsupportedFormat`], naming the density
+    /// figure in `dir`). [`ModelFigures::write`] and [`ModelFigures::write_flow`] call it.
+    pub fn validate(&self, dir: &Path) -> Result<(), Error> {
+        if !matches!(self.format, "png" | "svg") {
+            let path = dir.join(format!("density.{}", self.format));
+            return Err(PlotError::UnsupportedFormat { path }.into());
+        }
+        check_range("axis range", self.range)?;
+        if !(2..=MAX_GRID).contains(&self.grid) {
+            return Err(Error::InvalidConfig {
+                name: "grid",
+                value: self.grid as f64,
+                expected: "from 2 to 4096 points per axis",
+            });
+        }
+        Ok(())
+    }
+
     /// Draws into `dir` (still figures in [`ModelFigures::format`], PNG shown here):
     /// `density.png` (data, learned density, samples), `trajectories.png`
     /// (paths of samples from the base at t = T to t = 0 and of a grid of points from t = 0
-    /// to T) and `flow.gif` (the samples moving from the base to the data). Needs d = 2.
+    /// to T) and `flow.gif` (the samples moving from the base to the data). Needs d = 2 and
+    /// valid settings ([`ModelFigures::validate`]).
     pub fn write<F: VectorField<f64>>(
         &self,
         cnf: &Cnf<f64, F>,
         dir: &Path,
     ) -> Result<Vec<PathBuf>, Error> {
+        self.validate(dir)?;
         if cnf.dim() != 2 {
             return Err(Error::InvalidConfig {
                 name: "dim",
@@ -63,7 +92,7 @@ impl ModelFigures<'_> {
             });
         }
         let (lo, hi) = self.range;
-        let n = self.grid.max(2);
+        let n = self.grid;
         let (logp, _) = cnf.log_prob(&Grid2::centres(self.range, self.range, n, n))?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let (samples, _) = cnf.sample(self.samples, &mut rng)?;
@@ -120,8 +149,9 @@ impl ModelFigures<'_> {
 
     /// Draws a discrete flow into `dir`: `density.png` and `samples.png` as for a CNF (a
     /// discrete flow has no trajectories, so neither `trajectories.png` nor `flow.gif`).
-    /// Needs d = 2.
+    /// Needs d = 2 and valid settings ([`ModelFigures::validate`]).
     pub fn write_flow(&self, model: &FlowModel<f64>, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        self.validate(dir)?;
         if model.dim() != 2 {
             return Err(Error::InvalidConfig {
                 name: "dim",
@@ -129,7 +159,7 @@ impl ModelFigures<'_> {
                 expected: "2 for the figures",
             });
         }
-        let n = self.grid.max(2);
+        let n = self.grid;
         let logp = model.log_prob(&Grid2::centres(self.range, self.range, n, n))?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let samples = model.sample(self.samples, &mut rng)?;
@@ -144,7 +174,7 @@ impl ModelFigures<'_> {
         logp: &[f64],
         samples: &[f64],
     ) -> Result<Vec<PathBuf>, Error> {
-        let n = self.grid.max(2);
+        let n = self.grid;
         let density = Grid2 {
             x_range: self.range,
             y_range: self.range,
