@@ -250,7 +250,9 @@ fn bounds(v: &[f64]) -> (f64, f64) {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(0.0, f64::max);
     if lo.is_finite() && hi > 0.0 {
-        (lo / 3.0, hi * 3.0)
+        // Kept finite and positive at the extremes: an infinite or zero end of a log axis
+        // would never finish drawing.
+        ((lo / 3.0).max(f64::MIN_POSITIVE), (hi * 3.0).min(f64::MAX))
     } else {
         (1e-16, 1.0)
     }
@@ -260,6 +262,15 @@ fn bounds(v: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
     use odeflow_solvers::problems::Harmonic;
+
+    #[test]
+    fn diagram_bounds_stay_finite_and_positive() {
+        for v in [vec![1e308, 1e-3], vec![5e-324, 1.0], vec![f64::MAX]] {
+            let (lo, hi) = bounds(&v);
+            assert!(lo > 0.0 && hi.is_finite() && lo < hi, "{v:?}: ({lo}, {hi})");
+        }
+        assert_eq!(bounds(&[]), (1e-16, 1.0));
+    }
     use odeflow_solvers::{solve, FnSystem, SolveOptions};
 
     /// On the harmonic oscillator the error falls as the tolerance (or step) shrinks, and

@@ -316,6 +316,16 @@ fn check_memory(flag: &str, n: usize, bytes_per_point: usize) -> Result<(), Stri
     }
 }
 
+/// Prints a command's closing status line: on stdout, or on stderr where the results went
+/// to stdout (`--output /dev/stdout`), so that they stay the only thing there.
+fn status(output: &Path, line: &str) {
+    if matches!(output.to_str(), Some("/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// Creates the output folder `dir` (and its parents), naming it in an error.
 fn create_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir)
@@ -406,10 +416,13 @@ fn logprob(a: LogprobArgs) -> CliResult {
         TableFormat::Npy => write_npy(&a.output, &[logp.len()], &logp)?,
         TableFormat::Csv => write_csv(&a.output, &["log_prob"], &logp)?,
     }
-    println!(
-        "{}; wrote {}",
-        stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)),
-        a.output.display()
+    status(
+        &a.output,
+        &format!(
+            "{}; wrote {}",
+            stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)),
+            a.output.display()
+        ),
     );
     Ok(())
 }
@@ -439,10 +452,13 @@ fn sample(a: SampleArgs) -> CliResult {
         let header: Vec<&str> = names.iter().map(String::as_str).collect();
         write_csv(&a.output, &header, &data)?;
     }
-    println!(
-        "{}; wrote {}",
-        stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)),
-        a.output.display()
+    status(
+        &a.output,
+        &format!(
+            "{}; wrote {}",
+            stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)),
+            a.output.display()
+        ),
     );
     Ok(())
 }
@@ -459,7 +475,7 @@ fn plot(a: PlotArgs) -> CliResult {
     let half = a.range.unwrap_or_else(|| {
         data.as_ref()
             .map(|d| 1.1 * d.data.iter().fold(0.0f64, |m, v| m.max(v.abs())))
-            .filter(|h| *h > 0.0)
+            .filter(|h| *h > 0.0 && h.is_finite())
             .unwrap_or(4.0)
     });
     create_dir(&a.out)?;
