@@ -980,8 +980,14 @@ fn counts_sizes_and_formats_are_checked() {
     let err = fails(&["bench", "--problem", "model", "--model", &m, "--points", &s(&none)]);
     assert!(err.contains("no points"), "{err}");
     // A built-in problem's failure names the problem, not a CNF block.
-    let err = fails(&["bench", "--methods", "euler", "--steps", "200000", "--out", &d("b3")]);
-    assert!(!err.contains("block"), "{err}");
+    let err = fails(&["bench", "--methods", "dopri5", "--tols", "1e-300", "--out", &d("b3")]);
+    assert!(err.contains("arenstorf") && !err.contains("block"), "{err}");
+    // Fixed steps beyond the step limit, and absurd repeats, are refused before any work.
+    let err = fails(&["bench", "--methods", "euler", "--steps", "200000", "--out", &d("b4")]);
+    assert!(err.contains("--steps 200000") && err.contains("100000"), "{err}");
+    let err = fails(&["bench", "--repeats", "1000000000000", "--out", &d("b5")]);
+    assert!(err.contains("--repeats"), "{err}");
+    assert!(!dir.join("b4").exists(), "a refused bench created its folder");
     // A training file too small to hold out a test set trains without one (it panicked).
     let one = dir.join("one.csv");
     std::fs::write(&one, "0.5,-0.5\n").unwrap();
@@ -1026,4 +1032,78 @@ fn a_closed_stdout_is_not_a_panic() {
 
 fn bits_of(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// What a user saved is not lost: an existing run, an input file, a training log; and
+/// inputs the command line cannot use are named before any work.
+#[test]
+fn runs_inputs_and_logs_are_protected() {
+    let (dir, m) = setup("protect");
+    let d = |name: &str| s(&dir.join(name));
+    let run = dir.join("run");
+    let o = s(&run);
+    let base = ["train", "--iterations", "2", "--quiet", "--no-plot", "--hidden", "8,8"];
+    let mut v: Vec<&str> = base.to_vec();
+    v.extend(["--batch", "32", "--test-points", "64", "--out", &o]);
+    ok(&v);
+    let model = std::fs::read(run.join("model.safetensors")).unwrap();
+    // A new run into the folder of another is refused; --overwrite replaces it.
+    let err = fails(&v);
+    assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model);
+    // --resume keeps the run's settings: an option given again must match them.
+    let r = ["train", "--quiet", "--no-plot", "--hidden", "8,8", "--batch", "32"];
+    ok(&[&r[..], &["--test-points", "64", "--out", &o, "--resume", "--iterations", "3"]].concat());
+    let err = fails(&["train", "--resume", "--out", &o, "--iterations", "4", "--lr", "0.5"]);
+    assert!(err.contains("--lr with --resume") && err.contains("run.json"), "{err}");
+    // Nothing to do when the run is already there.
+    let text = ok(&["train", "--resume", "--out", &o, "--iterations", "2", "--no-plot"]);
+    assert!(text.contains("nothing to train"), "{text}");
+    // An unreadable training log stops the resume instead of being dropped.
+    let log = run.join("train_log.csv");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.push(0xff);
+    std::fs::write(&log, &bytes).unwrap();
+    let err = fails(&["train", "--resume", "--out", &o, "--iterations", "5", "--no-plot"]);
+    assert!(err.contains("train_log.csv"), "{err}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log was touched");
+    let mut w = v.clone();
+    w.push("--overwrite");
+    ok(&w);
+    assert!(!std::fs::read_to_string(&log).unwrap().is_empty());
+    // logprob does not write over its input.
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "0.1,0.2\n0.3,0.4\n").unwrap();
+    let err = fails(&["logprob", "--model", &m, "--input", &s(&pts), "--output", &s(&pts)]);
+    assert!(err.contains("is the input"), "{err}");
+    assert_eq!(std::fs::read_to_string(&pts).unwrap(), "0.1,0.2\n0.3,0.4\n");
+    // An output folder that does not exist is named before the work.
+    let err = fails(&["sample", "--model", &m, "-n", "5", "--output", &d("nodir/x.csv")]);
+    assert!(err.contains("does not exist"), "{err}");
+    // Inputs: an archive, an empty array, a toy set in capitals, a missing file.
+    let err = fails(&["logprob", "--model", &m, "--input", &d("p.npz")]);
+    assert!(err.contains(".npz archive"), "{err}");
+    let empty = dir.join("empty.npy");
+    odeflow::io::write_npy(&empty, &[0, 2], &[]).unwrap();
+    let err = fails(&["logprob", "--model", &m, "--input", &s(&empty)]);
+    assert!(err.contains("no points"), "{err}");
+    let mut t: Vec<&str> = base.to_vec();
+    let caps = d("caps");
+    t.extend(["--batch", "32", "--test-points", "64", "--data", "MOONS", "--out", &caps]);
+    ok(&t);
+    let err = fails(&["train", "--data", "nosuch.csv", "--out", &d("missing")]);
+    assert!(err.contains("nosuch.csv") && err.contains("8gaussians"), "{err}");
+    let err = fails(&["train", "--data", &s(&pts), "--test-fraction", "0.9", "--out", &d("tf")]);
+    assert!(err.contains("test_fraction") && err.contains("pts.csv"), "{err}");
+    // plot: a 3-D model, and a --log that is not a training log, before any figure.
+    let cfg = MlpConfig { dim: 3, hidden: vec![8], seed: 1, ..Default::default() };
+    let cnf3 = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
+    let m3 = dir.join("m3.safetensors");
+    save_cnf(&m3, &cnf3).unwrap();
+    let err = fails(&["plot", "--model", &s(&m3), "--out", &d("f3")]);
+    assert!(err.contains("3-D") && err.contains("m3.safetensors"), "{err}");
+    let figs = dir.join("figs");
+    let err = fails(&["plot", "--model", &m, "--log", &s(&pts), "--grid", "8", "--out", &s(&figs)]);
+    assert!(err.contains("not a training log"), "{err}");
+    assert!(!figs.join("density.png").exists(), "figures were written before the error");
 }

@@ -400,6 +400,11 @@ fn csv_and_npy_data_and_split() {
     assert_eq!(all, d.as_slice());
     assert_eq!(d.split(0.3, 9).unwrap(), (tr, te));
     assert!(d.split(1.0, 0).is_err());
+    // 0.96 of 10 points rounds to 10 test points: no training point left is an error (it
+    // panicked in the first batch draw).
+    let err = d.split(0.96, 0).unwrap_err();
+    assert!(err.to_string().contains("test_fraction"), "{err}");
+    assert_eq!(d.split(0.94, 0).unwrap().0.len(), 1);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
@@ -66,11 +67,11 @@ struct SolverArgs {
     /// blocks only, like --rtol and --atol.
     #[arg(long, value_parser = adaptive_method)]
     method: Option<Method>,
-    /// Relative tolerance.
-    #[arg(long)]
+    /// Relative tolerance (finite, > 0).
+    #[arg(long, value_parser = positive)]
     rtol: Option<f64>,
-    /// Absolute tolerance.
-    #[arg(long)]
+    /// Absolute tolerance (finite, > 0).
+    #[arg(long, value_parser = positive)]
     atol: Option<f64>,
     /// Step-size rules: hairer or peers (see `odeflow train --help`).
     #[arg(long)]
@@ -178,8 +179,8 @@ struct BenchArgs {
         value_parser = count
     )]
     steps: Vec<usize>,
-    /// Runs per point (the best time is kept).
-    #[arg(long, default_value_t = 3, value_parser = count)]
+    /// Runs per point (the best time is kept; 1 to 1000).
+    #[arg(long, default_value_t = 3, value_parser = repeats)]
     repeats: usize,
     /// Output folder (work_precision.csv, .json, .png, .svg).
     #[arg(long, default_value = "out")]
@@ -195,9 +196,19 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The options given on the command line (not defaulted), for `train --resume`.
+    let given: Vec<String> = match matches.subcommand() {
+        Some(("train", m)) => m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
     let result = match cli.command {
-        Command::Train(a) => train(*a),
+        Command::Train(a) => train(*a, &given),
         Command::Logprob(a) => logprob(a),
         Command::Sample(a) => sample(a),
         Command::Plot(a) => plot(a),
@@ -231,6 +242,16 @@ fn count(s: &str) -> Result<usize, String> {
     count_at_least(s, 1)
 }
 
+/// `--repeats`: 1 to 1000 (each repeat is a whole solve).
+fn repeats(s: &str) -> Result<usize, String> {
+    let n = count(s)?;
+    if n <= 1000 {
+        Ok(n)
+    } else {
+        Err("must be at most 1000".into())
+    }
+}
+
 /// A count of at least 2 (`--grid`).
 fn count2(s: &str) -> Result<usize, String> {
     count_at_least(s, 2)
@@ -245,7 +266,7 @@ fn count_at_least(s: &str, min: usize) -> Result<usize, String> {
     }
 }
 
-/// A finite number > 0 (`--range`, `--tols`).
+/// A finite number > 0 (`--range`, `--tols`, the overrides `--rtol`, `--atol`).
 fn positive(s: &str) -> Result<f64, String> {
     let x: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
     if x.is_finite() && x > 0.0 {
@@ -273,15 +294,65 @@ fn adaptive_method(s: &str) -> Result<Method, String> {
 /// Points read from `path` (CSV or .npy), with the path in any error that lacks it (a
 /// non-finite value, a wrong number of columns).
 fn points_from(path: &Path, cols: Option<usize>) -> Result<Points, Box<dyn std::error::Error>> {
-    read_points(path, cols).map_err(|e| {
-        let text = e.to_string();
-        let name = path.display().to_string();
-        if text.contains(&name) {
-            e.into()
-        } else {
-            format!("{name}: {text}").into()
-        }
-    })
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+        return Err(format!(
+            "{}: an .npz archive; give the points as one .npy array [n, d] or a CSV file",
+            path.display()
+        )
+        .into());
+    }
+    let points = read_points(path, cols).map_err(|e| with_path(path, e))?;
+    if points.rows == 0 || points.cols == 0 {
+        return Err(
+            format!("{}: no points ({} × {})", path.display(), points.rows, points.cols).into()
+        );
+    }
+    Ok(points)
+}
+
+/// `e` with `path` in front, unless its message already names it.
+fn with_path(path: &Path, e: impl std::fmt::Display) -> Box<dyn std::error::Error> {
+    let text = e.to_string();
+    let name = path.display().to_string();
+    if text.contains(&name) {
+        text.into()
+    } else {
+        format!("{name}: {text}").into()
+    }
+}
+
+/// Refuses an output path that is the input (it would be overwritten by the results).
+fn distinct_output(input: &Path, output: &Path) -> Result<(), String> {
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        Err(format!("--output {} is the input file; write the results elsewhere", output.display()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses an output file whose folder does not exist, before any work is done.
+fn output_folder_exists(output: &Path) -> Result<(), String> {
+    match output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(format!(
+            "--output {}: the folder {} does not exist",
+            output.display(),
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A loss or NLL for a status line: four decimals, or scientific notation when huge.
+fn loss_text(x: f64) -> String {
+    if x.abs() < 1e6 {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.4e}")
+    }
 }
 
 /// The memory the system reports available (Linux's `MemAvailable`), if known.
@@ -357,8 +428,14 @@ fn table_format(path: &Path) -> Result<TableFormat, String> {
 
 /// Loads a model of either kind and applies the solver overrides (to a CNF, or to the CNF
 /// block of a flow, rebuilt from its spec with the same θ; a discrete flow has no solver).
-fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Error> {
-    let mut m = load_model::<f64>(path)?;
+fn model(path: &Path, solver: &SolverArgs) -> Result<Model<f64>, Box<dyn std::error::Error>> {
+    // (A discrete flow solves no ODE: the overrides, checked as they are parsed, are not used.)
+    let m = load_model::<f64>(path).map_err(|e| with_path(path, e))?;
+    with_solver(m, solver).map_err(|e| with_path(path, e))
+}
+
+/// `m` with the solver overrides applied.
+fn with_solver(mut m: Model<f64>, solver: &SolverArgs) -> Result<Model<f64>, Error> {
     if let Model::Flow(spec, flow) = &mut m {
         if let Some(cnf) = spec.cnf.as_mut() {
             cnf.method = solver.method.unwrap_or(cnf.method);
@@ -409,6 +486,8 @@ fn stats_line(what: &str, n: usize, s: Option<&Stats>, label: &str) -> String {
 
 fn logprob(a: LogprobArgs) -> CliResult {
     let format = table_format(&a.output)?;
+    distinct_output(&a.input, &a.output)?;
+    output_folder_exists(&a.output)?;
     let m = model(&a.model, &a.solver)?;
     let points = points_from(&a.input, Some(m.dim()))?;
     let (logp, stats) = m.log_prob(&points.data)?;
@@ -429,6 +508,7 @@ fn logprob(a: LogprobArgs) -> CliResult {
 
 fn sample(a: SampleArgs) -> CliResult {
     let format = table_format(&a.output)?;
+    output_folder_exists(&a.output)?;
     let cnf = model(&a.model, &a.solver)?;
     let d = cnf.dim();
     check_memory("-n", a.n, solve_bytes(d))?;
@@ -466,11 +546,37 @@ fn sample(a: SampleArgs) -> CliResult {
 fn plot(a: PlotArgs) -> CliResult {
     let cnf = model(&a.model, &a.solver)?;
     let d = cnf.dim();
+    if d != 2 {
+        return Err(format!("{}: a {d}-D model; plot draws 2-D models", a.model.display()).into());
+    }
     check_memory("--samples", a.samples, solve_bytes(d))?;
     let cells =
         a.grid.checked_mul(a.grid).ok_or_else(|| format!("--grid {}: too large", a.grid))?;
-    check_memory("--grid", cells, solve_bytes(d))
-        .map_err(|e| format!("{e} ({cells} density points)"))?;
+    check_memory(
+        &format!("--grid {} ({cells} density points), that is", a.grid),
+        cells,
+        solve_bytes(d),
+    )?;
+    if let Some(h) = a.range.filter(|h| !(4.0 * h * h).is_finite()) {
+        return Err(format!("--range {h:e}: too large (the plotted area overflows)").into());
+    }
+    // The training log first: a bad --log fails before any figure is written.
+    let beside = a.model.parent().map(|d| d.join("train_log.csv")).filter(|p| p.exists());
+    let log = match a.log.clone().or(beside) {
+        Some(log_path) => {
+            let text = std::fs::read_to_string(&log_path)
+                .map_err(|e| format!("cannot read the training log {}: {e}", log_path.display()))?;
+            if !text.starts_with("iteration,loss") {
+                return Err(format!(
+                    "{}: not a training log of odeflow train (no iteration,loss header)",
+                    log_path.display()
+                )
+                .into());
+            }
+            Some(text)
+        }
+        None => None,
+    };
     let data = a.data.as_ref().map(|p| points_from(p, Some(d))).transpose()?;
     let half = a.range.unwrap_or_else(|| {
         data.as_ref()
@@ -492,10 +598,7 @@ fn plot(a: PlotArgs) -> CliResult {
         Model::Cnf(c) => figures.write(c, &a.out)?,
         Model::Flow(_, f) => figures.write_flow(f, &a.out)?,
     };
-    let beside = a.model.parent().map(|d| d.join("train_log.csv")).filter(|p| p.exists());
-    if let Some(log_path) = a.log.clone().or(beside) {
-        let log = std::fs::read_to_string(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    if let Some(log) = log {
         let curves = training_curves(&log);
         let path = a.out.join(format!("training.{}", figures.format));
         render(
@@ -512,7 +615,13 @@ fn plot(a: PlotArgs) -> CliResult {
 }
 
 fn bench(a: BenchArgs) -> CliResult {
-    create_dir(&a.out)?;
+    // Fixed steps beyond the solver's step limit would fail after the other rows' work.
+    let max_steps = SolveOptions::<f64>::default().max_steps;
+    if let Some(n) = a.steps.iter().find(|&&n| n > max_steps) {
+        return Err(
+            format!("--steps {n}: more than the solver's limit of {max_steps} steps").into()
+        );
+    }
     let (title, rows) = match a.problem.as_str() {
         "model" => {
             let path = a.model.as_ref().ok_or("--problem model needs --model")?;
@@ -521,12 +630,17 @@ fn bench(a: BenchArgs) -> CliResult {
                 &SolverArgs { method: None, rtol: None, atol: None, steps: None },
             )? {
                 Model::Cnf(c) => c,
-                Model::Flow(..) => {
+                Model::Flow(spec, _) => {
+                    let what = if spec.cnf.is_some() {
+                        "a flow model (its CNF block is not benchmarked on its own)"
+                    } else {
+                        "a discrete flow, which solves no ODE"
+                    };
                     return Err(format!(
-                        "{}: a discrete flow solves no ODE; --problem model needs a CNF model",
+                        "{}: {what}; --problem model needs a CNF model of odeflow train",
                         path.display()
                     )
-                    .into())
+                    .into());
                 }
             };
             let x = match &a.points {
@@ -585,6 +699,7 @@ fn bench(a: BenchArgs) -> CliResult {
             r.seconds
         );
     }
+    create_dir(&a.out)?;
     for p in write_all(&a.out, "work_precision", &title, &rows)? {
         println!("wrote {}", p.display());
     }
@@ -774,6 +889,11 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: bool,
+    /// Start a new run in an --out that holds one, replacing it (without this, train
+    /// refuses such a folder: use --resume to continue the run there).
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(skip)]
+    overwrite: bool,
     /// Skip the figures at the end.
     #[arg(long)]
     #[serde(skip)]
@@ -798,7 +918,7 @@ fn parse_or<T>(
 
 /// Trains a CNF (or, with `--flow`, a discrete flow) and writes the model, the state, the log
 /// and the figures.
-fn train(mut a: TrainArgs) -> CliResult {
+fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -814,17 +934,40 @@ fn train(mut a: TrainArgs) -> CliResult {
             .map_err(|e| format!("{}: {e} (nothing to resume)", run_path.display()))?;
         let saved: TrainArgs =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_path.display()))?;
+        // Options given again must say what the run has: a resumed run keeps its settings.
+        let (now, then) = (serde_json::to_value(&a)?, serde_json::to_value(&saved)?);
+        let same_data =
+            || match (std::fs::canonicalize(&a.data), std::fs::canonicalize(&saved.data)) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a.data == saved.data,
+            };
+        let changed = given.iter().filter(|id| id.as_str() != "iterations").find(|id| {
+            match now.get(id.as_str()) {
+                None => false, // not a setting of the run (--out, --quiet, …)
+                Some(_) if id.as_str() == "data" => !same_data(),
+                Some(v) => then.get(id.as_str()) != Some(v),
+            }
+        });
+        if let Some(id) = changed {
+            return Err(format!(
+                "--{} with --resume: a resumed run keeps the settings in {} (only --iterations \
+                 may change); start a new run in another --out to change them",
+                id.replace('_', "-"),
+                run_path.display()
+            )
+            .into());
+        }
         let iterations = a.iterations;
         a = TrainArgs {
             out: a.out,
             resume: true,
+            overwrite: false,
             no_plot: a.no_plot,
             quiet: a.quiet,
             iterations,
             ..saved
         };
     }
-    create_dir(&out)?;
 
     let activation =
         parse_or("activation", &a.activation, odeflow::io::model::parse_activation(&a.activation))?;
@@ -856,15 +999,32 @@ fn train(mut a: TrainArgs) -> CliResult {
         }
     };
     // Data: a toy set drawn fresh each iteration, or a file split into train and test.
-    let (source, test) = match a.data.parse::<Toy>() {
+    let (source, test) = match a.data.to_ascii_lowercase().parse::<Toy>() {
         Ok(toy) => {
             check_memory("--test-points", a.test_points, solve_bytes(2))?;
             (DataSource::Toy(toy), Dataset::toy(toy, a.test_points, a.seed.wrapping_add(1)))
         }
         Err(_) => {
-            let points = points_from(Path::new(&a.data), None)?;
-            let all = Dataset::new(points.cols, points.data)?;
-            let (tr, te) = all.split(a.test_fraction, a.seed)?;
+            let path = PathBuf::from(&a.data);
+            let path = path.as_path();
+            if !path.exists() {
+                return Err(format!(
+                    "--data {:?}: no such file, nor a toy set ({})",
+                    a.data,
+                    Toy::ALL.map(|t| t.name()).join(", ")
+                )
+                .into());
+            }
+            // A new run keeps the file's full path, so that --resume finds it from any
+            // working directory.
+            if !resume {
+                if let Ok(full) = std::fs::canonicalize(path) {
+                    a.data = full.to_string_lossy().into_owned();
+                }
+            }
+            let points = points_from(path, None)?;
+            let all = Dataset::new(points.cols, points.data).map_err(|e| with_path(path, e))?;
+            let (tr, te) = all.split(a.test_fraction, a.seed).map_err(|e| with_path(path, e))?;
             (DataSource::Dataset { data: tr, seed: a.seed }, te)
         }
     };
@@ -961,7 +1121,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 FlowTrainer::resume(model, source, test.clone(), cfg, state).map_err(state_error)?
             } else {
                 let tr = FlowTrainer::new(model, source, test.clone(), cfg)?;
-                write_run(&run_path, &a)?;
+                start_run(&out, &a)?;
                 tr
             };
             Trainer::Flow(Box::new(tr), spec)
@@ -1015,7 +1175,7 @@ fn train(mut a: TrainArgs) -> CliResult {
                 // Written once the settings are known to be valid: a refused command leaves
                 // an earlier run's run.json as it was.
                 let tr = CnfTrainer::new(cnf, source, test.clone(), cfg)?;
-                write_run(&run_path, &a)?;
+                start_run(&out, &a)?;
                 tr
             };
             Trainer::Cnf(Box::new(tr))
@@ -1023,12 +1183,29 @@ fn train(mut a: TrainArgs) -> CliResult {
     };
 
     // The log keeps every iteration; a resumed run appends to the rows before its start.
-    let mut log =
-        if resume { std::fs::read_to_string(&log_path).unwrap_or_default() } else { String::new() };
+    let mut log = if resume && log_path.exists() {
+        std::fs::read_to_string(&log_path).map_err(|e| {
+            format!(
+                "cannot read the run's training log {}: {e} (move it away to resume without it)",
+                log_path.display()
+            )
+        })?
+    } else {
+        String::new()
+    };
     if log.is_empty() {
         log.push_str("iteration,loss,nll,test_nll,nfe_forward,nfe_backward,iter_seconds,elapsed_seconds,t_end\n");
     }
     let start_iter = trainer.iteration();
+    if resume && start_iter >= a.iterations {
+        println!(
+            "the run in {} is at iteration {start_iter}, not below --iterations {}: nothing to \
+             train (raise --iterations to continue it)",
+            out.display(),
+            a.iterations
+        );
+        return Ok(());
+    }
     log = log
         .lines()
         .take_while(|l| {
@@ -1100,7 +1277,7 @@ fn train(mut a: TrainArgs) -> CliResult {
         summary.elapsed.as_secs_f64(),
         summary
             .last_test
-            .map_or(String::new(), |(i, t)| format!(", test NLL {t:.4} (iteration {i})")),
+            .map_or(String::new(), |(i, t)| format!(", test NLL {} (iteration {i})", loss_text(t))),
         model_path.display(),
         state_path.display(),
         log_path.display()
@@ -1173,6 +1350,35 @@ impl Trainer {
             }
         }
     }
+}
+
+/// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
+/// `--overwrite` (then removes its state and log, so that a later `--resume` cannot pair
+/// them with the new settings), and writes the settings (for `--resume`). Called once the
+/// settings are known to be valid.
+fn start_run(out: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    create_dir(out)?;
+    let state = out.join("train_state.bin");
+    let run = out.join("run.json");
+    if state.exists() || run.exists() {
+        if !a.overwrite {
+            return Err(format!(
+                "{} holds a run (run.json, train_state.bin): continue it with --resume, or \
+                 pass --overwrite to start a new run there (replacing it)",
+                out.display()
+            )
+            .into());
+        }
+        for p in [state, out.join("train_log.csv")] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("cannot remove {}: {e}", p.display()).into())
+                }
+                _ => {}
+            }
+        }
+    }
+    write_run(&run, a)
 }
 
 /// Writes the run's settings (for `--resume`).

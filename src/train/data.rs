@@ -304,7 +304,8 @@ impl<T: Real> Dataset<T> {
     }
 
     /// Splits into (train, test) with `round(test_fraction · len)` test points chosen by a
-    /// seeded shuffle; both keep the original order of their points.
+    /// seeded shuffle; both keep the original order of their points. An error if
+    /// `test_fraction` is outside `[0, 1)` or leaves no training point.
     pub fn split(&self, test_fraction: f64, seed: u64) -> Result<(Self, Self), Error> {
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(Error::InvalidConfig {
@@ -315,6 +316,14 @@ impl<T: Real> Dataset<T> {
         }
         let n = self.len();
         let n_test = (test_fraction * n as f64).round() as usize;
+        if n_test >= n {
+            // Nothing left to train on (a fraction near 1 of a small set).
+            return Err(Error::InvalidConfig {
+                name: "test_fraction",
+                value: test_fraction,
+                expected: "a fraction that leaves at least one training point",
+            });
+        }
         let mut idx: Vec<usize> = (0..n).collect();
         idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let mut is_test = vec![false; n];
