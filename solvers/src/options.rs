@@ -282,8 +282,13 @@ pub enum SolveError {
         /// The step size that was too small.
         h: f64,
     },
-    /// More than `max_steps` steps were attempted.
-    #[error("too many steps: reached t = {} after {max_steps} steps", Num(*t))]
+    /// More than `max_steps` steps were attempted, or (a fixed-step method) would be needed:
+    /// `t` is where the solve stopped (the start, for a fixed step refused up front).
+    #[error(
+        "too many steps: t1 is not reached within {max_steps} steps (SolveOptions::max_steps; \
+         stopped at t = {})",
+        Num(*t)
+    )]
     TooManySteps {
         /// The time reached.
         t: f64,
