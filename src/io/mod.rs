@@ -12,6 +12,10 @@ pub use npy::{
     read_npy, read_npy_matrix, write_atomically, write_npy, Array, FileOp, NpyError, NpzReader,
 };
 
+// The path resolution of `write_atomically`, shared with the figures (src/plot), which
+// write through a temporary file of their own.
+pub(crate) use npy::{create_temp, resolve_for_write, WriteTarget};
+
 /// Reads points from a `.npy` file (2-D, float) or otherwise a CSV file; with
 /// `cols = Some(d)` the points must have dimension d.
 pub fn read_points(

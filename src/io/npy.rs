@@ -375,6 +375,35 @@ fn plan(path: &Path) -> Result<Plan, NpyError> {
     ))))
 }
 
+/// Where a write to a path must go, as [`resolve_for_write`] tells a writer that makes its
+/// own temporary file (the figures: their backends write to a path, not a stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteTarget {
+    /// A regular file, or nothing yet: the path at the end of the user's chain of symbolic
+    /// links. Write a temporary file in this path's folder and rename it onto this path; the
+    /// links stay links.
+    File(PathBuf),
+    /// Not a regular file (a device, FIFO or socket, or a file reached through a `/proc`
+    /// descriptor link such as `/dev/stdout`): nothing may be renamed onto it. Write the
+    /// contents through [`write_atomically`] on the user's path, which opens it in place.
+    Special,
+}
+
+/// Resolves `path` for writing the way [`write_atomically`] does: follows its chain of
+/// symbolic links (at most 40) to the regular file, or the missing file a dangling link
+/// names, that is to be replaced ([`WriteTarget::File`]), or finds it is not a regular file
+/// ([`WriteTarget::Special`]).
+///
+/// Errors: a directory at the path or at the end of its links ([`NpyError::Io`] with
+/// [`ErrorKind::IsADirectory`], naming `path`); a link that cannot be read, or a loop of
+/// links ([`FileOp::FollowLink`]); a path whose status cannot be read ([`FileOp::Write`]).
+pub(crate) fn resolve_for_write(path: &Path) -> Result<WriteTarget, NpyError> {
+    Ok(match plan(path)? {
+        Plan::Replace(target) => WriteTarget::File(target),
+        Plan::InPlace { .. } => WriteTarget::Special,
+    })
+}
+
 /// The process's standard output (or error) when `path` is the file, pipe or terminal it
 /// goes to (`--output /dev/stdout`, or `> file` after it): a duplicate of that descriptor,
 /// which shares its offset, so that what the program prints before and after is kept in
@@ -402,14 +431,20 @@ fn standard_stream(_path: &Path) -> Option<File> {
 /// Tells temporary files of one process apart.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a new temporary file in `dir` for the file `name` (never opening an existing one).
-fn create_temp(dir: &Path, name: &OsStr) -> Result<(PathBuf, File), NpyError> {
+/// Creates a new temporary file in `dir` for the file `name` (never opening an existing one),
+/// named `.{name}.{pid}.{n}.{suffix}`: `suffix` is `"tmp"` for [`write_atomically`], and ends
+/// in the image format's extension for a figure (its backend picks the format by it).
+pub(crate) fn create_temp(
+    dir: &Path,
+    name: &OsStr,
+    suffix: &str,
+) -> Result<(PathBuf, File), NpyError> {
     // A prefix of the name keeps the temporary name within the file-name length limit.
     let stem: String = name.to_string_lossy().chars().take(64).collect();
     let mut last = None;
     for _ in 0..100 {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{stem}.{}.{n}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{stem}.{}.{n}.{suffix}", std::process::id()));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => last = Some(e),
@@ -434,7 +469,7 @@ fn replace(
             "the path does not end in a file name",
         ))
     })?;
-    let (tmp, file) = create_temp(dir, name)?;
+    let (tmp, file) = create_temp(dir, name, "tmp")?;
     let result = (|| {
         // The new contents keep the old file's permissions.
         if let Ok(m) = std::fs::metadata(target) {
@@ -712,6 +747,46 @@ mod tests {
         std::os::unix::fs::symlink(&a, &b).unwrap();
         let msg = write_npy(&a, &[1], &[1.0]).unwrap_err().to_string();
         assert!(msg.contains("a.npy"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The resolution shared with the figures: the end of a chain of links, a dangling
+    /// link's target, a directory refused by the user's path, a FIFO left to write in place.
+    #[cfg(unix)]
+    #[test]
+    fn resolve_for_write_names_the_file_at_the_end_of_the_links() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch("resolve");
+        let real = dir.join("data").join("real.png");
+        std::fs::create_dir(dir.join("data")).unwrap();
+        std::fs::write(&real, b"old").unwrap();
+        let (link, chain) = (dir.join("link.png"), dir.join("chain.png"));
+        symlink("data/real.png", &link).unwrap();
+        symlink(&link, &chain).unwrap();
+        let plain = dir.join("plain.png");
+        assert_eq!(resolve_for_write(&plain).unwrap(), WriteTarget::File(plain.clone()));
+        for p in [&link, &chain] {
+            assert_eq!(resolve_for_write(p).unwrap(), WriteTarget::File(real.clone()));
+        }
+        let dangling = dir.join("dangling.png");
+        symlink("data/new.png", &dangling).unwrap();
+        assert_eq!(
+            resolve_for_write(&dangling).unwrap(),
+            WriteTarget::File(dir.join("data").join("new.png"))
+        );
+        let to_dir = dir.join("to-dir.png");
+        symlink("data", &to_dir).unwrap();
+        for p in [&dir.join("data"), &to_dir] {
+            let msg = resolve_for_write(p).unwrap_err().to_string();
+            assert!(msg.starts_with(&format!("cannot write {}: ", p.display())), "{msg}");
+        }
+        let fifo = dir.join("pipe.png");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            assert_eq!(resolve_for_write(&fifo).unwrap(), WriteTarget::Special);
+        }
+        // Nothing was created or changed.
+        assert_eq!(std::fs::read(&real).unwrap(), b"old");
+        assert!(!dir.join("data").join("new.png").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,7 +1,10 @@
 //! Figures with plotters: densities on a grid, point clouds, trajectories.
 //!
-//! Every function writes PNG or SVG by the file's extension, through a temporary sibling
-//! renamed into place (an existing figure is never left half-written).
+//! Every function writes PNG or SVG by the file's extension, through a temporary file
+//! renamed into place (an existing figure is never left half-written). The path is resolved
+//! as [`crate::io::write_atomically`] resolves it: through a symbolic link (or a chain of
+//! them) the file at its end is replaced and the links stay links; a device or FIFO is
+//! written in place; a directory is an error naming it.
 //!
 //! Bad input is refused before anything is drawn or written: a canvas side outside
 //! 1..=[`MAX_CANVAS_SIDE`], an axis range given by the caller that is not finite with
@@ -11,9 +14,11 @@
 //! points are left out of every figure: plotters loops forever on an infinite axis range and
 //! panics on a NaN one.
 
-use std::io::Write as _;
+use std::ffi::OsStr;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::io::{create_temp, resolve_for_write, write_atomically, FileOp, NpyError, WriteTarget};
 
 mod model;
 
@@ -37,8 +42,11 @@ pub enum PlotError {
         /// The requested file.
         path: PathBuf,
     },
-    /// The figure file, or its temporary sibling, could not be created, written or renamed
-    /// into place (e.g. the folder is missing or not writable, or the disk is full).
+    /// The figure file, or its temporary file, could not be created, written or renamed
+    /// into place (e.g. the folder is missing or not writable, the disk is full, or the path
+    /// is a directory, [`std::io::ErrorKind::IsADirectory`]). Where the failure was at a
+    /// path other than the figure's or its folder's (a link on the way, the folder of the file
+    /// a link points to), the message names that path too.
     #[error("cannot write figure {path}: {source}")]
     Write {
         /// The requested file.
@@ -236,22 +244,107 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> PlotError + '_ {
     move |source| PlotError::Write { path: path.to_path_buf(), source }
 }
 
-/// A temporary sibling of `path` with extension `ext` (plotters picks the image format by
-/// extension), unique to this process and call.
-fn temp_sibling(path: &Path, ext: &str) -> PathBuf {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{name}.tmp{}-{n}.{ext}", std::process::id()))
+/// The folder of `path` (`.` for a bare file name).
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The [`PlotError::Write`] for the figure `path` of an error of resolving or writing it.
+/// The operating system's error is kept as it is where the error was about `path` itself or
+/// its folder; one about another path (a link in the chain, the folder of the file at its
+/// end) is told with that path, so the message says where the write failed.
+fn resolve_err(path: &Path) -> impl Fn(NpyError) -> PlotError + '_ {
+    move |e| {
+        let source = match e {
+            NpyError::Io { path: p, source, .. } if p == path || p == folder(path) => source,
+            NpyError::Io { ref source, .. } => std::io::Error::new(source.kind(), e.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        };
+        PlotError::Write { path: path.to_path_buf(), source }
+    }
 }
 
 /// Flushes a finished temporary file to disk before it is renamed into place.
 fn sync_file(tmp: &Path) -> std::io::Result<()> {
     std::fs::OpenOptions::new().write(true).open(tmp)?.sync_all()
+}
+
+/// Writes the figure `path` through `draw`, which writes the image to the path it is given:
+/// a new, empty temporary file whose name ends in `.{ext}` (plotters picks the image format
+/// by the extension). Where `path` goes is decided as [`crate::io::write_atomically`]
+/// decides it:
+///
+/// - a regular file, or nothing yet, at the end of the chain of symbolic links from `path`
+///   (`path` itself where it is no link): the temporary file is made in that file's folder,
+///   synced, given the replaced file's permissions and renamed onto it; the links stay
+///   links, and a dangling link gets its target created;
+/// - a device, FIFO or socket (or a `/proc` descriptor link): the figure is drawn into a
+///   temporary file in [`std::env::temp_dir`] and its bytes are written to `path` in place;
+/// - a directory: an error ([`std::io::ErrorKind::IsADirectory`]) naming `path`.
+///
+/// Every error is a [`PlotError::Write`] naming `path` (or `draw`'s own error); the
+/// temporary file is removed whatever happens.
+fn write_figure(
+    path: &Path,
+    ext: &str,
+    draw: impl FnOnce(&Path) -> Result<(), PlotError>,
+) -> Result<(), PlotError> {
+    let suffix = format!("tmp.{ext}");
+    match resolve_for_write(path).map_err(resolve_err(path))? {
+        WriteTarget::File(target) => {
+            let dir = folder(&target);
+            let name = target.file_name().ok_or_else(|| {
+                write_err(path)(std::io::Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{} does not end in a file name", target.display()),
+                ))
+            })?;
+            let (tmp, file) = create_temp(dir, name, &suffix).map_err(resolve_err(path))?;
+            drop(file);
+            let result = (|| {
+                draw(&tmp)?;
+                sync_file(&tmp).map_err(write_err(path))?;
+                // The new figure keeps the old file's permissions (set once it is written: the
+                // backend opens the temporary file again by its path, a read-only one too).
+                if let Ok(m) = std::fs::metadata(&target) {
+                    std::fs::set_permissions(&tmp, m.permissions()).map_err(write_err(path))?;
+                }
+                std::fs::rename(&tmp, &target).map_err(|e| {
+                    resolve_err(path)(NpyError::Io {
+                        op: FileOp::Rename,
+                        path: target.clone(),
+                        source: e,
+                    })
+                })
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            } else {
+                // Best effort: make the rename itself durable.
+                #[cfg(unix)]
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            result
+        }
+        WriteTarget::Special => {
+            let name = path.file_name().unwrap_or(OsStr::new("figure"));
+            let (tmp, file) =
+                create_temp(&std::env::temp_dir(), name, &suffix).map_err(resolve_err(path))?;
+            drop(file);
+            let result = draw(&tmp).and_then(|()| {
+                let mut image = std::fs::File::open(&tmp).map_err(write_err(path))?;
+                write_atomically(path, |w| std::io::copy(&mut image, w).map(drop))
+                    .map_err(resolve_err(path))
+            });
+            let _ = std::fs::remove_file(&tmp);
+            result
+        }
+    }
 }
 
 /// A figure that can draw itself on any plotters backend.
@@ -270,6 +363,11 @@ pub trait Figure {
 /// extension), atomically. The figure is validated ([`Figure::validate`]) and the size
 /// checked before any file is created; a file that cannot be written is reported with its
 /// path and the operating system's message ([`PlotError::Write`]).
+///
+/// Through a symbolic link (or a chain of them) the file at its end gets the figure, by a
+/// temporary file in that file's folder renamed onto it, and the links stay links; a
+/// dangling link gets its target created. A device or FIFO is written in place. A directory
+/// is refused ([`PlotError::Write`] with [`std::io::ErrorKind::IsADirectory`]).
 pub fn render(
     path: impl AsRef<Path>,
     size: (u32, u32),
@@ -284,35 +382,26 @@ pub fn render(
     };
     check_canvas(size)?;
     figure.validate()?;
-    let tmp = temp_sibling(path, if svg { "svg" } else { "png" });
-    let result =
-        if svg { write_svg(path, &tmp, size, figure) } else { write_png(path, &tmp, size, figure) }
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(write_err(path)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if svg {
+        write_figure(path, "svg", |tmp| write_svg(path, tmp, size, figure))
+    } else {
+        write_figure(path, "png", |tmp| write_png(path, tmp, size, figure))
     }
-    result
 }
 
-/// Draws `figure` as a PNG into `tmp` (errors name `path`).
+/// Draws `figure` as a PNG into the file `tmp` (errors name `path`).
 fn write_png(
     path: &Path,
     tmp: &Path,
     size: (u32, u32),
     figure: &impl Figure,
 ) -> Result<(), PlotError> {
-    // Created here first, so that an unwritable folder is reported as the OS error before
-    // anything is drawn.
-    std::fs::File::create(tmp).map_err(write_err(path))?;
-    {
-        let root = BitMapBackend::new(tmp, size).into_drawing_area();
-        figure.draw(&root).map_err(|m| backend_error(path, m))?;
-        root.present().map_err(|e| backend_error(path, e.to_string()))?;
-    }
-    sync_file(tmp).map_err(write_err(path))
+    let root = BitMapBackend::new(tmp, size).into_drawing_area();
+    figure.draw(&root).map_err(|m| backend_error(path, m))?;
+    root.present().map_err(|e| backend_error(path, e.to_string()))
 }
 
-/// Draws `figure` as an SVG in memory and writes it to `tmp` (errors name `path`).
+/// Draws `figure` as an SVG in memory and writes it to the file `tmp` (errors name `path`).
 fn write_svg(
     path: &Path,
     tmp: &Path,
@@ -325,8 +414,7 @@ fn write_svg(
         figure.draw(&root).map_err(|m| backend_error(path, m))?;
         root.present().map_err(|e| backend_error(path, e.to_string()))?;
     }
-    let mut file = std::fs::File::create(tmp).map_err(write_err(path))?;
-    file.write_all(svg.as_bytes()).and_then(|()| file.sync_all()).map_err(write_err(path))
+    std::fs::write(tmp, svg).map_err(write_err(path))
 }
 
 /// Splits `area` into `n` panels side by side.
@@ -609,7 +697,8 @@ impl Figure for TrainingCurves<'_> {
 
 /// Writes an animated GIF of point clouds, one frame per entry (title, points), `delay_ms`
 /// between frames, atomically. Needs at least one frame and a valid `range` (as for
-/// [`ScatterPanels`]); points with a non-finite coordinate are left out.
+/// [`ScatterPanels`]); points with a non-finite coordinate are left out. Symbolic links,
+/// devices and directories are treated as by [`render`].
 pub fn animate_points(
     path: impl AsRef<Path>,
     size: (u32, u32),
@@ -623,28 +712,18 @@ pub fn animate_points(
     if frames.is_empty() {
         return Err(PlotError::NoFrames { path: path.to_path_buf() });
     }
-    let tmp = temp_sibling(path, "gif");
-    let result = (|| -> Result<(), PlotError> {
-        // Created here first, so that an unwritable folder is reported as the OS error.
-        std::fs::File::create(&tmp).map_err(write_err(path))?;
-        {
-            let root = BitMapBackend::gif(&tmp, size, delay_ms)
-                .map_err(|e| backend_error(path, e.to_string()))?
-                .into_drawing_area();
-            for (title, pts) in frames {
-                ScatterPanels { panels: vec![(title.clone(), pts)], range }
-                    .draw(&root)
-                    .map_err(|m| backend_error(path, m))?;
-                root.present().map_err(|e| backend_error(path, e.to_string()))?;
-            }
+    write_figure(path, "gif", |tmp| {
+        let root = BitMapBackend::gif(tmp, size, delay_ms)
+            .map_err(|e| backend_error(path, e.to_string()))?
+            .into_drawing_area();
+        for (title, pts) in frames {
+            ScatterPanels { panels: vec![(title.clone(), pts)], range }
+                .draw(&root)
+                .map_err(|m| backend_error(path, m))?;
+            root.present().map_err(|e| backend_error(path, e.to_string()))?;
         }
-        sync_file(&tmp).map_err(write_err(path))?;
-        std::fs::rename(&tmp, path).map_err(write_err(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 #[cfg(test)]
