@@ -1106,4 +1106,15 @@ fn runs_inputs_and_logs_are_protected() {
     let err = fails(&["plot", "--model", &m, "--log", &s(&pts), "--grid", "8", "--out", &s(&figs)]);
     assert!(err.contains("not a training log"), "{err}");
     assert!(!figs.join("density.png").exists(), "figures were written before the error");
+    // A log beside the model that is not a training log: the figures, and a warning.
+    let beside = dir.join("beside");
+    std::fs::create_dir_all(&beside).unwrap();
+    std::fs::copy(&m, beside.join("model.safetensors")).unwrap();
+    std::fs::write(beside.join("train_log.csv"), "a,b\n1,2\n").unwrap();
+    let bm = s(&beside.join("model.safetensors"));
+    let out =
+        odeflow(&["plot", "--model", &bm, "--grid", "8", "--samples", "20", "--out", &s(&figs)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("warning: no training curves"), "{err}");
+    assert!(figs.join("density.png").exists() && !figs.join("training.png").exists());
 }

@@ -387,6 +387,20 @@ fn check_memory(flag: &str, n: usize, bytes_per_point: usize) -> Result<(), Stri
     }
 }
 
+/// The text of a training log of `odeflow train` (an empty file counts as one with no rows).
+fn training_log(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the training log {}: {e}", path.display()))?;
+    if text.is_empty() || text.starts_with("iteration,loss") {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{}: not a training log of odeflow train (no iteration,loss header)",
+            path.display()
+        ))
+    }
+}
+
 /// Prints a command's closing status line: on stdout, or on stderr where the results went
 /// to stdout (`--output /dev/stdout`), so that they stay the only thing there.
 fn status(output: &Path, line: &str) {
@@ -560,22 +574,19 @@ fn plot(a: PlotArgs) -> CliResult {
     if let Some(h) = a.range.filter(|h| !(4.0 * h * h).is_finite()) {
         return Err(format!("--range {h:e}: too large (the plotted area overflows)").into());
     }
-    // The training log first: a bad --log fails before any figure is written.
+    // The training log first: a bad --log fails before any figure is written; a log beside
+    // the model (read by default) that is not one is skipped with a warning.
     let beside = a.model.parent().map(|d| d.join("train_log.csv")).filter(|p| p.exists());
-    let log = match a.log.clone().or(beside) {
-        Some(log_path) => {
-            let text = std::fs::read_to_string(&log_path)
-                .map_err(|e| format!("cannot read the training log {}: {e}", log_path.display()))?;
-            if !text.starts_with("iteration,loss") {
-                return Err(format!(
-                    "{}: not a training log of odeflow train (no iteration,loss header)",
-                    log_path.display()
-                )
-                .into());
+    let log = match (&a.log, beside) {
+        (Some(path), _) => Some(training_log(path)?),
+        (None, Some(path)) => match training_log(&path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("odeflow: warning: no training curves: {e}");
+                None
             }
-            Some(text)
-        }
-        None => None,
+        },
+        (None, None) => None,
     };
     let data = a.data.as_ref().map(|p| points_from(p, Some(d))).transpose()?;
     let half = a.range.unwrap_or_else(|| {
