@@ -1,8 +1,12 @@
 //! Points as CSV: one point per line, comma-separated, an optional header line.
 //!
-//! Blank lines and lines starting with `#` are skipped; the first line is taken as a header
-//! when it does not parse as numbers. Every row must have the same number of columns, and
-//! every value must be finite: a bad file gives an error naming the line and column.
+//! A leading UTF-8 byte-order mark is skipped, and so are blank lines and lines starting
+//! with `#`. The first line is a header when none of its fields is a number (a header names
+//! columns); a first line with some numeric fields and some not is an error naming the
+//! field, as on any other line, so a typo in the first data row is not taken for a header.
+//! Every row must have the same number of columns, and every value must be finite: a bad
+//! file gives an error naming the line and column (and, for a field holding a tab or a
+//! semicolon, a reminder that fields are separated by commas).
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +24,9 @@ pub enum CsvError {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// A value is not a number.
-    #[error("{path}:{line}: column {column}: {value:?} is not a number")]
+    /// A value is not a number. The message adds a hint that fields are separated by
+    /// commas when `value` holds a tab or a semicolon (a TSV or semicolon-separated file).
+    #[error("{path}:{line}: column {column}: {value:?} is not a number{}", separator_hint(.value))]
     NotANumber {
         /// The file.
         path: PathBuf,
@@ -64,6 +69,23 @@ pub enum CsvError {
     },
 }
 
+/// The hint for a field that holds another separator.
+fn separator_hint(value: &str) -> &'static str {
+    if value.contains(['\t', ';']) {
+        " (fields are separated by commas, not tabs or semicolons)"
+    } else {
+        ""
+    }
+}
+
+/// Whether a field of the first line is a number, or numbers joined by tabs or semicolons
+/// (a headerless file with another separator: an error on line 1, not a header).
+fn numeric(field: &str) -> bool {
+    field.parse::<f64>().is_ok()
+        || (field.contains(['\t', ';'])
+            && field.split(['\t', ';']).all(|p| p.trim().parse::<f64>().is_ok()))
+}
+
 /// Points read from a file: `rows × cols`, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Points {
@@ -88,20 +110,20 @@ fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, Csv
     let mut width = cols;
     let mut rows = 0;
     let mut first = true;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if std::mem::take(&mut first) && !fields.iter().any(|f| numeric(f)) {
+            continue; // a header
+        }
         let parsed: Result<Vec<f64>, usize> =
             fields.iter().enumerate().map(|(j, f)| f.parse::<f64>().map_err(|_| j)).collect();
         let values = match parsed {
             Ok(v) => v,
-            Err(_) if first => {
-                first = false;
-                continue; // a header
-            }
             Err(j) => {
                 return Err(CsvError::NotANumber {
                     path: path.into(),
@@ -111,7 +133,6 @@ fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, Csv
                 })
             }
         };
-        first = false;
         let expected = *width.get_or_insert(values.len());
         if values.len() != expected {
             return Err(CsvError::Columns {
@@ -193,6 +214,71 @@ mod tests {
         assert!(matches!(parse("x,y\n", None), Err(CsvError::Empty { .. })));
         let msg = parse("1,2\n3,NaN\n", None).unwrap_err().to_string();
         assert!(msg.contains("t.csv:2") && msg.contains("column 2"), "{msg}");
+    }
+
+    /// A UTF-8 byte-order mark is not part of the first field: a headerless file keeps
+    /// its first row (it used to be taken for a header and dropped).
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let p = parse("\u{feff}1,2\n3,4\n", None).unwrap();
+        assert_eq!((p.rows, p.cols), (2, 2));
+        assert_eq!(p.data, [1.0, 2.0, 3.0, 4.0]);
+        let p = parse("\u{feff}x,y\n3,4\n", None).unwrap();
+        assert_eq!((p.rows, p.data), (1, vec![3.0, 4.0]));
+        // Through a file, as `printf '\xef\xbb\xbf1,2\n3,4\n'` writes it.
+        let dir = std::env::temp_dir().join(format!("odeflow-csv-bom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bom.csv");
+        std::fs::write(&path, b"\xef\xbb\xbf1,2\n3,4\n").unwrap();
+        assert_eq!(read_csv(&path, Some(2)).unwrap().data, [1.0, 2.0, 3.0, 4.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The first line is a header only when none of its fields is a number: a typo in the
+    /// first data row is an error naming line 1 and the field, not a silently dropped row.
+    #[test]
+    fn a_first_line_mixing_numbers_and_text_is_an_error() {
+        let err = parse("1.0,2..0\n3,4\n5,6\n", None).unwrap_err();
+        let bad = matches!(&err, CsvError::NotANumber { line: 1, column: 2, value, .. }
+            if value == "2..0");
+        assert!(bad, "{err}");
+        assert!(err.to_string().starts_with("t.csv:1: column 2: \"2..0\""), "{err}");
+        assert!(matches!(
+            parse("x,1\n3,4\n", None),
+            Err(CsvError::NotANumber { line: 1, column: 1, .. })
+        ));
+        // After comments and blank lines, the first line is still the first non-comment one.
+        assert!(matches!(
+            parse("# points\n\n1,y\n3,4\n", None),
+            Err(CsvError::NotANumber { line: 3, column: 2, .. })
+        ));
+        assert_eq!(parse("# points\n\nx,y\n3,4\n", None).unwrap().rows, 1);
+        // A header of names only is still a header; a second one is a bad data row.
+        assert_eq!(parse("x0, x1\n1,2\n", None).unwrap().data, [1.0, 2.0]);
+        assert!(matches!(
+            parse("x,y\nx,y\n1,2\n", None),
+            Err(CsvError::NotANumber { line: 2, column: 1, .. })
+        ));
+    }
+
+    /// A tab- or semicolon-separated file is refused with a hint that fields are separated
+    /// by commas; a headerless one on line 1, not after taking its first row for a header.
+    #[test]
+    fn other_separators_get_a_hint() {
+        let hint = "fields are separated by commas";
+        for (text, line) in [
+            ("1\t2\n3\t4\n", 1),
+            ("x\ty\n1\t2\n", 2),
+            ("1;2\n3;4\n", 1),
+            ("x;y\n1;2\n", 2),
+            ("1,5;2,5\n", 1),
+        ] {
+            let err = parse(text, None).unwrap_err();
+            assert!(matches!(err, CsvError::NotANumber { line: l, .. } if l == line), "{err}");
+            assert!(err.to_string().contains(hint), "{text:?}: {err}");
+        }
+        let err = parse("x,y\n1,abc\n", None).unwrap_err().to_string();
+        assert!(!err.contains(hint), "{err}");
     }
 
     #[test]

@@ -39,6 +39,14 @@
 //! metadata `format` = `odeflow`, `format_version` = `1`, `model` = `flow` and
 //! `architecture` = the [`FlowSpec`] as JSON. Loading a file of one kind as the other
 //! gives [`ModelFileError::Kind`]; [`load_model`] reads either.
+//!
+//! # Loading
+//! Before a model is built, every size in its architecture (layers, blocks, dimension,
+//! hidden widths, spline bins, and the parameter count they add up to, in checked
+//! arithmetic) is checked against the number of F32/F64 values the file's tensors hold: an
+//! architecture those values cannot back (an edited or corrupt header) gives
+//! [`ModelFileError::ArchitectureTooLarge`] naming the field, before anything of its size is
+//! allocated or looped over.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +117,34 @@ pub enum ModelFileError {
         /// What is wrong.
         reason: String,
     },
+    /// The architecture in the metadata describes more parameters than the file's tensors
+    /// hold (an edited or corrupt header): refused before the model is built, so an absurd
+    /// size cannot exhaust memory or time.
+    #[error(
+        "{path}: architecture `{field}` = {value} needs {} parameter values, but the \
+         file's F32/F64 tensors hold {stored}",
+        needed_text(.needed)
+    )]
+    ArchitectureTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The offending field (`layers`, `dim`, `hidden[0]`, `cnf.blocks`, …), or the
+        /// fields whose product is too large (`dim, layers, hidden`).
+        field: String,
+        /// Its value, as written (for several fields, their values in order).
+        value: String,
+        /// The fewest parameter values the field implies (`None`: more than `usize::MAX`).
+        needed: Option<usize>,
+        /// The number of F32/F64 values the file's tensors hold.
+        stored: usize,
+    },
+}
+
+fn needed_text(needed: &Option<usize>) -> String {
+    match needed {
+        Some(n) => format!("at least {n}"),
+        None => format!("more than {}", usize::MAX),
+    }
 }
 
 /// The architecture and solver settings stored in a model file's metadata.
@@ -368,6 +404,169 @@ fn read_tensor<T: Real>(
     Ok(values)
 }
 
+/// The number of F32/F64 values the file's tensors hold, from the header's shapes (checked
+/// products; the data is not read). Every parameter of a model is one of these values (a
+/// tensor of another type is refused when read), so this bounds every size of an
+/// architecture before anything is built: a file of n bytes backs at most n/4 parameters.
+fn stored_values(path: &Path, bytes: &[u8]) -> Result<usize, ModelFileError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    meta.tensors()
+        .values()
+        .filter(|info| matches!(info.dtype, Dtype::F64 | Dtype::F32))
+        .try_fold(0usize, |sum, info| {
+            info.shape.iter().try_fold(1usize, |n, &s| n.checked_mul(s))?.checked_add(sum)
+        })
+        .ok_or_else(|| corrupt(path, "tensor sizes overflow"))
+}
+
+/// Checks sizes of an architecture against the `stored` parameter values of the file at
+/// `path`, naming the field that asks for more.
+struct Budget<'a> {
+    path: &'a Path,
+    stored: usize,
+}
+
+impl Budget<'_> {
+    /// Refuses `field` = `value` when it implies `needed` values (`None`: more than
+    /// `usize::MAX`) and the file holds fewer.
+    fn check(
+        &self,
+        field: &str,
+        value: &dyn std::fmt::Display,
+        needed: Option<usize>,
+    ) -> Result<(), ModelFileError> {
+        match needed {
+            Some(n) if n <= self.stored => Ok(()),
+            _ => Err(ModelFileError::ArchitectureTooLarge {
+                path: self.path.to_path_buf(),
+                field: field.into(),
+                value: value.to_string(),
+                needed,
+                stored: self.stored,
+            }),
+        }
+    }
+
+    /// A size each unit of which carries at least one parameter value (a layer, a block, a
+    /// hidden unit's bias, a coordinate's output bias).
+    fn count(&self, field: &str, n: usize) -> Result<(), ModelFileError> {
+        self.check(field, &n, Some(n))
+    }
+
+    /// Hidden widths `hidden` (field `{prefix}hidden[i]`): each unit has a bias.
+    fn widths(&self, prefix: &str, hidden: &[usize]) -> Result<(), ModelFileError> {
+        for (i, &h) in hidden.iter().enumerate() {
+            self.count(&format!("{prefix}hidden[{i}]"), h)?;
+        }
+        Ok(())
+    }
+}
+
+/// The parameter count of a network of layer widths `first → hidden… → last` whose layer
+/// of fan-in `i` and fan-out `o` has `o·(i + extra)` parameters (weights and `extra`
+/// per-output values: biases, a time column, hyper-network weights); `None` on overflow.
+fn net_params(first: usize, hidden: &[usize], last: usize, extra: usize) -> Option<usize> {
+    let widths: Vec<usize> =
+        std::iter::once(first).chain(hidden.iter().copied()).chain([last]).collect();
+    widths
+        .windows(2)
+        .try_fold(0usize, |n, w| w[1].checked_mul(w[0].checked_add(extra)?)?.checked_add(n))
+}
+
+/// The parameter count of a CNF block's MLP ([`Mlp`]'s layout: per layer `[out, in]`
+/// weights (`[out, in + 1]` for concat), `[out]` bias, and for concatsquash `[out, 1]`,
+/// `[out, 1]`, `[out]` hyper-network values); `None` on overflow.
+fn mlp_params(dim: usize, hidden: &[usize], time: TimeConditioning) -> Option<usize> {
+    let extra = match time {
+        TimeConditioning::Concat => 2,
+        TimeConditioning::ConcatSquash => 4,
+        TimeConditioning::Ignore => 1,
+    };
+    net_params(dim, hidden, dim, extra)
+}
+
+/// The parameter count of the model `spec` builds, computed from its sizes with checked
+/// arithmetic and no allocation of the model (`None` on overflow); the layouts of the
+/// layers in `crate::flows` (conditioners `[n_in, hidden…, n_out]` with a weight matrix and
+/// a bias per layer, Glow's `d²` LU values, planar `2d + 1`, radial `d + 2`, a hybrid's
+/// CNF blocks and learned times; permutations have none).
+fn flow_params(spec: &FlowSpec) -> Option<usize> {
+    use crate::flows::FlowKind;
+    let d = spec.dim;
+    // A coupling layer with k conditioner outputs per transformed coordinate: it
+    // conditions on ⌊d/2⌋ coordinates and transforms the other d − ⌊d/2⌋ (at either end,
+    // by the layer's parity: the same count).
+    let coupling = |k: usize| {
+        let m = d / 2;
+        net_params(m, &spec.hidden, k.checked_mul(d - m)?, 1)
+    };
+    let layer = match spec.kind {
+        FlowKind::RealNvp | FlowKind::RealNvpCnf => coupling(2),
+        FlowKind::Nice => coupling(1),
+        FlowKind::Nsf => coupling(spec.bins.checked_mul(3)?.saturating_sub(1)),
+        FlowKind::Maf | FlowKind::Iaf => net_params(d, &spec.hidden, d.checked_mul(2)?, 1),
+        FlowKind::Glow => d.checked_mul(d)?.checked_add(coupling(2)?),
+        FlowKind::Planar => d.checked_mul(2)?.checked_add(1),
+        FlowKind::Radial => d.checked_add(2),
+    };
+    let mut n = layer?.checked_mul(spec.layers)?;
+    if spec.kind == FlowKind::RealNvpCnf {
+        let cnf = spec.cnf.clone().unwrap_or_default();
+        let block = mlp_params(d, &cnf.hidden, cnf.time)?.checked_add(usize::from(cnf.train_t))?;
+        n = n.checked_add(block.checked_mul(cnf.blocks)?)?;
+    }
+    Some(n)
+}
+
+/// Refuses a flow spec whose sizes the file's tensors do not back, before it is built:
+/// first each size on its own (every layer, CNF block, hidden unit, coordinate and spline
+/// bin carries at least one parameter value), then the whole count ([`flow_params`]).
+fn check_flow_sizes(path: &Path, bytes: &[u8], spec: &FlowSpec) -> Result<(), ModelFileError> {
+    use crate::flows::FlowKind;
+    let budget = Budget { path, stored: stored_values(path, bytes)? };
+    budget.count("layers", spec.layers)?;
+    budget.count("dim", spec.dim)?;
+    // The fields the whole count depends on, for the message.
+    let mut fields = vec![("dim", spec.dim.to_string()), ("layers", spec.layers.to_string())];
+    if !matches!(spec.kind, FlowKind::Planar | FlowKind::Radial) {
+        budget.widths("", &spec.hidden)?;
+        fields.push(("hidden", format!("{:?}", spec.hidden)));
+    }
+    if spec.kind == FlowKind::Nsf {
+        budget.count("bins", spec.bins)?;
+        fields.push(("bins", spec.bins.to_string()));
+    }
+    if spec.kind == FlowKind::RealNvpCnf {
+        let cnf = spec.cnf.clone().unwrap_or_default();
+        budget.count("cnf.blocks", cnf.blocks)?;
+        budget.widths("cnf.", &cnf.hidden)?;
+        fields.push(("cnf.hidden", format!("{:?}", cnf.hidden)));
+        fields.push(("cnf.blocks", cnf.blocks.to_string()));
+    }
+    let (names, values): (Vec<&str>, Vec<String>) = fields.into_iter().unzip();
+    budget.check(&names.join(", "), &values.join(", "), flow_params(spec))
+}
+
+/// Refuses a CNF architecture whose sizes the file's tensors do not back, before anything
+/// is allocated: `blocks`, `dim` and each hidden width on their own, then the whole count
+/// (each block's MLP and its `sqrt_end_time`). `≤`, not `=`: a PyTorch `state_dict` may
+/// hold other tensors too.
+fn check_cnf_sizes(
+    path: &Path,
+    bytes: &[u8],
+    arch: &Architecture,
+    time: TimeConditioning,
+) -> Result<(), ModelFileError> {
+    let budget = Budget { path, stored: stored_values(path, bytes)? };
+    budget.count("blocks", arch.blocks)?;
+    budget.count("dim", arch.dim)?;
+    budget.widths("", &arch.hidden)?;
+    let needed = mlp_params(arch.dim, &arch.hidden, time)
+        .and_then(|n| n.checked_add(1)?.checked_mul(arch.blocks));
+    let value = format!("{}, {:?}, {}, {}", arch.dim, arch.hidden, arch.time, arch.blocks);
+    budget.check("dim, hidden, time, blocks", &value, needed)
+}
+
 /// Loads a CNF saved by [`save_cnf`] (or written by PyTorch in the same format), in
 /// precision `T` whatever the file's.
 pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error> {
@@ -391,6 +590,7 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
     if arch.blocks == 0 {
         return Err(bad("architecture", "zero blocks".into()).into());
     }
+    check_cnf_sizes(path, &bytes, &arch, time)?;
     let cfg = MlpConfig {
         dim: arch.dim,
         hidden: arch.hidden.clone(),
@@ -477,6 +677,7 @@ fn flow_from_bytes<T: Real>(
     bytes: &[u8],
     spec: FlowSpec,
 ) -> Result<(FlowSpec, FlowModel<T>), Error> {
+    check_flow_sizes(path, bytes, &spec)?;
     let mut model = spec.build::<T>(0).map_err(|e| ModelFileError::Tensor {
         path: path.to_path_buf(),
         name: "architecture".into(),
@@ -783,24 +984,52 @@ mod tests {
             load_flow::<f64>(&truncated),
             Err(Error::ModelFile(ModelFileError::Corrupt { .. }))
         ));
-        // A params tensor of the wrong length for the architecture.
-        let short = [0u8; 8 * 3];
+        // A params tensor of the wrong length for the architecture: shorter than the
+        // architecture needs is refused before building, naming the field (a width the
+        // file cannot back on its own) or the sizes (the whole count); longer, when read.
         let meta = HashMap::from([
             ("format".to_string(), "odeflow".to_string()),
             ("format_version".to_string(), "1".to_string()),
             ("model".to_string(), "flow".to_string()),
             ("architecture".to_string(), serde_json::to_string(&spec).unwrap()),
         ]);
-        let wrong = safetensors::serialize(
-            [("params", TensorView::new(Dtype::F64, vec![3], &short).unwrap())],
-            Some(meta),
-        )
-        .unwrap();
-        let wrong_path = tmp("flow-wrong.safetensors");
-        std::fs::write(&wrong_path, wrong).unwrap();
-        let err = load_flow::<f64>(&wrong_path).unwrap_err();
-        assert!(matches!(err, Error::ModelFile(ModelFileError::Tensor { .. })), "{err}");
-        assert!(err.to_string().contains("params"), "{err}");
+        let n = model.n_params();
+        for len in [3, n - 1, n + 1] {
+            let zeros = vec![0u8; 8 * len];
+            let wrong = safetensors::serialize(
+                [("params", TensorView::new(Dtype::F64, vec![len], &zeros).unwrap())],
+                Some(meta.clone()),
+            )
+            .unwrap();
+            let wrong_path = tmp(&format!("flow-wrong-{len}.safetensors"));
+            std::fs::write(&wrong_path, wrong).unwrap();
+            let err = load_flow::<f64>(&wrong_path).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("flow-wrong-{len}.safetensors")), "{msg}");
+            match (len, err) {
+                (3, Error::ModelFile(ModelFileError::ArchitectureTooLarge { field, .. })) => {
+                    assert_eq!(field, "hidden[0]", "{msg}")
+                }
+                (
+                    l,
+                    Error::ModelFile(ModelFileError::ArchitectureTooLarge {
+                        field,
+                        needed,
+                        stored,
+                        ..
+                    }),
+                ) if l == n - 1 => {
+                    assert_eq!(
+                        (field.as_str(), needed, stored),
+                        ("dim, layers, hidden", Some(n), l)
+                    )
+                }
+                (l, Error::ModelFile(ModelFileError::Tensor { name, .. })) if l == n + 1 => {
+                    assert_eq!(name, "params", "{msg}")
+                }
+                (l, e) => panic!("length {l}: {e}"),
+            }
+        }
     }
 
     #[test]
@@ -826,5 +1055,214 @@ mod tests {
             load_flow::<f64>(&path),
             Err(Error::ModelFile(ModelFileError::Kind { .. }))
         ));
+    }
+
+    /// The size formulas the loader checks files against are the built models' counts,
+    /// for every kind, so a valid file is never refused (and the bound is tight).
+    #[test]
+    fn size_formulas_match_the_built_models() {
+        use crate::flows::{CnfBlockSpec, FlowKind};
+        for time in
+            [TimeConditioning::ConcatSquash, TimeConditioning::Concat, TimeConditioning::Ignore]
+        {
+            for (dim, hidden) in [(1, vec![]), (2, vec![8]), (3, vec![5, 7, 2])] {
+                let cfg = MlpConfig { dim, hidden: hidden.clone(), time, ..Default::default() };
+                let n = Mlp::<f64>::new(&cfg).unwrap().params().len();
+                assert_eq!(mlp_params(dim, &hidden, time), Some(n), "{time:?} {dim} {hidden:?}");
+            }
+        }
+        let mut checked = 0;
+        for kind in FlowKind::ALL {
+            for dim in [1, 2, 3, 5] {
+                for layers in [1, 2, 3] {
+                    for hidden in [vec![], vec![4], vec![8, 3]] {
+                        let mut spec = FlowSpec::new(kind, dim, layers, hidden);
+                        let mut variants = vec![spec.clone()];
+                        if kind == FlowKind::Nsf {
+                            spec.bins = 2;
+                            variants.push(spec.clone());
+                        }
+                        if kind == FlowKind::RealNvpCnf {
+                            spec.cnf = Some(CnfBlockSpec {
+                                hidden: vec![6, 3],
+                                time: TimeConditioning::Concat,
+                                blocks: 2,
+                                train_t: true,
+                                ..Default::default()
+                            });
+                            variants.push(spec.clone());
+                            spec.cnf = None;
+                            variants.push(spec.clone());
+                        }
+                        for spec in variants {
+                            let Ok(model) = spec.build::<f64>(0) else { continue };
+                            assert_eq!(flow_params(&spec), Some(model.n_params()), "{spec:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked} specs built");
+        // Sizes whose count overflows give None, not a wrapped count.
+        let huge = usize::MAX / 2;
+        assert_eq!(mlp_params(2, &[huge, 3], TimeConditioning::Ignore), None);
+        assert_eq!(flow_params(&FlowSpec::new(FlowKind::Glow, huge, 1, vec![])), None);
+        assert_eq!(flow_params(&FlowSpec::new(FlowKind::Maf, 4, huge, vec![huge])), None);
+    }
+
+    /// Writes `src`'s tensors to a new file `name` with the architecture JSON changed by
+    /// `edit`; returns its path.
+    fn with_architecture(
+        src: &Path,
+        name: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> PathBuf {
+        let bytes = std::fs::read(src).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut info = meta.metadata().clone().unwrap();
+        let mut arch: serde_json::Value = serde_json::from_str(&info["architecture"]).unwrap();
+        edit(&mut arch);
+        info.insert("architecture".into(), arch.to_string());
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let out = safetensors::serialize(st.tensors(), Some(info)).unwrap();
+        let path = tmp(name);
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    /// Loads `path` (as either kind) and checks it is refused at once as too large, naming
+    /// the file and `field`.
+    fn assert_refused(path: &Path, field: &str) {
+        let start = std::time::Instant::now();
+        let err = load_model::<f64>(path).map(|m| m.kind()).unwrap_err();
+        let msg = err.to_string();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(msg.contains(&name) && msg.contains(&format!("`{field}`")), "{msg}");
+        match err {
+            Error::ModelFile(ModelFileError::ArchitectureTooLarge { field: f, stored, .. }) => {
+                assert_eq!(f, field, "{msg}");
+                assert!(stored > 0 && stored < 100_000, "{msg}");
+            }
+            e => panic!("{name}: {e}"),
+        }
+        // Nothing was built: a check of the header's numbers only.
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{name}: {:?}",
+            start.elapsed()
+        );
+    }
+
+    /// An architecture edited to absurd sizes is refused, naming the file and the field,
+    /// before anything of that size is allocated or looped over (the old loader aborted on
+    /// the allocation, looped for hours, or was killed for memory).
+    #[test]
+    fn absurd_sizes_in_the_architecture_are_refused_before_building() {
+        use crate::flows::FlowKind;
+        use serde_json::json;
+        let big = json!(1_000_000_000_000u64);
+        let cnf = tmp("absurd-cnf.safetensors");
+        save_cnf(&cnf, &model(TimeConditioning::ConcatSquash)).unwrap();
+        let p = with_architecture(&cnf, "cnf-hidden.safetensors", |a| {
+            a["hidden"] = json!([100_000_000_000u64])
+        });
+        assert_refused(&p, "hidden[0]");
+        assert!(matches!(
+            load_cnf::<f64>(&p),
+            Err(Error::ModelFile(ModelFileError::ArchitectureTooLarge { .. }))
+        ));
+        let p = with_architecture(&cnf, "cnf-blocks.safetensors", |a| a["blocks"] = big.clone());
+        assert_refused(&p, "blocks");
+        let p = with_architecture(&cnf, "cnf-dim.safetensors", |a| a["dim"] = big.clone());
+        assert_refused(&p, "dim");
+        // Each size backed on its own, their product not.
+        let p = with_architecture(&cnf, "cnf-wide.safetensors", |a| a["hidden"] = json!([90, 90]));
+        assert_refused(&p, "dim, hidden, time, blocks");
+
+        let (spec, flow) = trained_flow(FlowKind::RealNvp);
+        let realnvp = tmp("absurd-realnvp.safetensors");
+        save_flow(&realnvp, &spec, &flow).unwrap();
+        let p = with_architecture(&realnvp, "flow-dim.safetensors", |a| a["dim"] = big.clone());
+        assert_refused(&p, "dim");
+        let p = with_architecture(&realnvp, "flow-hidden.safetensors", |a| {
+            a["hidden"] = json!([100_000_000_000u64])
+        });
+        assert_refused(&p, "hidden[0]");
+        let p =
+            with_architecture(&realnvp, "flow-layers.safetensors", |a| a["layers"] = big.clone());
+        assert_refused(&p, "layers");
+        let p = with_architecture(&realnvp, "flow-many.safetensors", |a| a["layers"] = json!(50));
+        assert_refused(&p, "dim, layers, hidden");
+        let (spec, flow) = trained_flow(FlowKind::Nsf);
+        let nsf = tmp("absurd-nsf.safetensors");
+        save_flow(&nsf, &spec, &flow).unwrap();
+        let p = with_architecture(&nsf, "nsf-bins.safetensors", |a| a["bins"] = big.clone());
+        assert_refused(&p, "bins");
+
+        let mut spec = FlowSpec::new(FlowKind::RealNvpCnf, 2, 2, vec![8, 8]);
+        spec.cnf.as_mut().unwrap().hidden = vec![8, 8];
+        let hybrid_model = spec.build::<f64>(1).unwrap();
+        let hybrid = tmp("absurd-hybrid.safetensors");
+        save_flow(&hybrid, &spec, &hybrid_model).unwrap();
+        let p = with_architecture(&hybrid, "hybrid-blocks.safetensors", |a| {
+            a["cnf"]["blocks"] = big.clone()
+        });
+        assert_refused(&p, "cnf.blocks");
+        let p =
+            with_architecture(&hybrid, "hybrid-layers.safetensors", |a| a["layers"] = big.clone());
+        assert_refused(&p, "layers");
+        let p = with_architecture(&hybrid, "hybrid-cnf-hidden.safetensors", |a| {
+            a["cnf"]["hidden"] = json!([8, 100_000_000_000u64])
+        });
+        assert_refused(&p, "cnf.hidden[1]");
+
+        // Fields a kind does not use are not checked: a planar file with an absurd (unused)
+        // conditioner width, or a non-hybrid flow with a stray `cnf`, still loads.
+        let (spec, flow) = trained_flow(FlowKind::Planar);
+        let planar = tmp("absurd-planar.safetensors");
+        save_flow(&planar, &spec, &flow).unwrap();
+        let p = with_architecture(&planar, "planar-hidden.safetensors", |a| {
+            a["hidden"] = json!([100_000_000_000u64])
+        });
+        assert_eq!(load_flow::<f64>(&p).unwrap().1.params(), flow.params());
+        let p = with_architecture(&realnvp, "realnvp-cnf.safetensors", |a| {
+            a["cnf"] = json!({"blocks": 1_000_000_000_000u64})
+        });
+        assert!(load_flow::<f64>(&p).is_ok());
+    }
+
+    /// The size check counts what backs parameters and no more than the architecture
+    /// needs: an F32 file loads, and so does a PyTorch `state_dict` with tensors of its
+    /// own (buffers such as FFJORD's `_num_evals`, of any type).
+    #[test]
+    fn f32_files_and_extra_tensors_pass_the_size_check() {
+        let cfg = MlpConfig { dim: 2, hidden: vec![8], seed: 1, ..Default::default() };
+        let cnf32 = Cnf::new(Mlp::<f32>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
+        let path = tmp("f32.safetensors");
+        save_cnf(&path, &cnf32).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(stored_values(&path, &bytes).unwrap(), cnf32.blocks()[0].field.n_params() + 1);
+        let loaded: Cnf<f32, Mlp<f32>> = load_cnf(&path).unwrap();
+        assert_eq!(loaded.blocks()[0].field.params(), cnf32.blocks()[0].field.params());
+
+        let cnf = model(TimeConditioning::Concat);
+        save_cnf(&path, &cnf).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut views = st.tensors();
+        let (one, count) = (1.0f32.to_le_bytes(), 7i64.to_le_bytes());
+        views.push((
+            "chain.0.odefunc._num_evals".into(),
+            TensorView::new(Dtype::F32, vec![], &one).unwrap(),
+        ));
+        views.push(("steps".into(), TensorView::new(Dtype::I64, vec![1], &count).unwrap()));
+        let extra = tmp("extra.safetensors");
+        std::fs::write(&extra, safetensors::serialize(views, meta.metadata().clone()).unwrap())
+            .unwrap();
+        let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&extra).unwrap();
+        let x = [0.3, -0.4];
+        assert_eq!(loaded.log_prob(&x).unwrap().0, cnf.log_prob(&x).unwrap().0);
     }
 }
