@@ -17,10 +17,7 @@ use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
 use odeflow::field::{Mlp, MlpConfig};
 use odeflow::flows::{CnfBlockSpec, FlowKind, FlowSpec};
-use odeflow::io::{
-    load_model, read_points, save_cnf, save_flow, write_atomically, write_csv, write_npy, Model,
-    Points,
-};
+use odeflow::io::{load_model, save_cnf, save_flow, write_atomically, write_csv, write_npy, Model};
 use odeflow::plot::{render, ModelFigures, TrainingCurves};
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
 use odeflow::trace::TraceEstimator;
@@ -31,6 +28,14 @@ use odeflow::train::{
 use odeflow::workprecision::{work_precision, write_all, Setting};
 use odeflow::Error;
 use rand::SeedableRng;
+
+mod inputs;
+
+use inputs::{
+    adaptive_method, check_memory, count, count2, create_dir, distinct_output, loss_text,
+    output_folder_exists, points_from, positive, repeats, solve_bytes, status, table_format,
+    training_log, with_path, TableFormat,
+};
 
 #[derive(Parser)]
 #[command(
@@ -235,210 +240,6 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A count of at least 1 (`-n`, `--samples`, `--blocks`, `--hidden`, …), checked as the
-/// command line is parsed.
-fn count(s: &str) -> Result<usize, String> {
-    count_at_least(s, 1)
-}
-
-/// `--repeats`: 1 to 1000 (each repeat is a whole solve).
-fn repeats(s: &str) -> Result<usize, String> {
-    let n = count(s)?;
-    if n <= 1000 {
-        Ok(n)
-    } else {
-        Err("must be at most 1000".into())
-    }
-}
-
-/// A count of at least 2 (`--grid`).
-fn count2(s: &str) -> Result<usize, String> {
-    count_at_least(s, 2)
-}
-
-fn count_at_least(s: &str, min: usize) -> Result<usize, String> {
-    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
-    if n >= min {
-        Ok(n)
-    } else {
-        Err(format!("must be at least {min}"))
-    }
-}
-
-/// A finite number > 0 (`--range`, `--tols`, the overrides `--rtol`, `--atol`).
-fn positive(s: &str) -> Result<f64, String> {
-    let x: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
-    } else {
-        Err(format!("{x} is not a finite number > 0"))
-    }
-}
-
-/// A method with an error estimate: the command line's solves choose their own steps, and
-/// it has no option for a fixed step size.
-fn adaptive_method(s: &str) -> Result<Method, String> {
-    let m: Method = s.parse().map_err(|e| format!("{e}"))?;
-    if m.is_adaptive() {
-        Ok(m)
-    } else {
-        Err(format!(
-            "{} is a fixed-step method; the command line's solves take an adaptive one \
-             (bosh3, dopri5, tsit5, dop853)",
-            m.name()
-        ))
-    }
-}
-
-/// Points read from `path` (CSV or .npy), with the path in any error that lacks it (a
-/// non-finite value, a wrong number of columns).
-fn points_from(path: &Path, cols: Option<usize>) -> Result<Points, Box<dyn std::error::Error>> {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
-        return Err(format!(
-            "{}: an .npz archive; give the points as one .npy array [n, d] or a CSV file",
-            path.display()
-        )
-        .into());
-    }
-    let points = read_points(path, cols).map_err(|e| with_path(path, e))?;
-    if points.rows == 0 || points.cols == 0 {
-        return Err(
-            format!("{}: no points ({} × {})", path.display(), points.rows, points.cols).into()
-        );
-    }
-    Ok(points)
-}
-
-/// `e` with `path` in front, unless its message already names it.
-fn with_path(path: &Path, e: impl std::fmt::Display) -> Box<dyn std::error::Error> {
-    let text = e.to_string();
-    let name = path.display().to_string();
-    if text.contains(&name) {
-        text.into()
-    } else {
-        format!("{name}: {text}").into()
-    }
-}
-
-/// Refuses an output path that is the input (it would be overwritten by the results).
-fn distinct_output(input: &Path, output: &Path) -> Result<(), String> {
-    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        Err(format!("--output {} is the input file; write the results elsewhere", output.display()))
-    } else {
-        Ok(())
-    }
-}
-
-/// Refuses an output file whose folder does not exist, before any work is done.
-fn output_folder_exists(output: &Path) -> Result<(), String> {
-    match output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(format!(
-            "--output {}: the folder {} does not exist",
-            output.display(),
-            dir.display()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A loss or NLL for a status line: four decimals, or scientific notation when huge.
-fn loss_text(x: f64) -> String {
-    if x.abs() < 1e6 {
-        format!("{x:.4}")
-    } else {
-        format!("{x:.4e}")
-    }
-}
-
-/// The memory the system reports available (Linux's `MemAvailable`), if known.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
-/// Bytes per point of a solve in dimension `d` carrying ℓ: the state and about 16 buffers of
-/// its size (the stages, the error estimate, the dense output, the results), a lower bound.
-fn solve_bytes(d: usize) -> usize {
-    16 * 8 * (d + 1)
-}
-
-/// Refuses `flag n` when `n` points of `bytes_per_point` each cannot be held: the size
-/// overflows, or exceeds the memory available. A clear error instead of an allocation
-/// failure that aborts the process (with no check where the available memory is unknown).
-fn check_memory(flag: &str, n: usize, bytes_per_point: usize) -> Result<(), String> {
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    let Some(need) = n.checked_mul(bytes_per_point) else {
-        return Err(format!("{flag} {n}: too large (its buffers' size overflows)"));
-    };
-    match available_memory() {
-        Some(avail) if need as u64 > avail => Err(format!(
-            "{flag} {n}: needs at least {:.1} GiB of memory, {:.1} GiB available",
-            gib(need as f64),
-            gib(avail as f64)
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The text of a training log of `odeflow train` (an empty file counts as one with no rows).
-fn training_log(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the training log {}: {e}", path.display()))?;
-    if text.is_empty() || text.starts_with("iteration,loss") {
-        Ok(text)
-    } else {
-        Err(format!(
-            "{}: not a training log of odeflow train (no iteration,loss header)",
-            path.display()
-        ))
-    }
-}
-
-/// Prints a command's closing status line: on stdout, or on stderr where the results went
-/// to stdout (`--output /dev/stdout`), so that they stay the only thing there.
-fn status(output: &Path, line: &str) {
-    if matches!(output.to_str(), Some("/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")) {
-        eprintln!("{line}");
-    } else {
-        println!("{line}");
-    }
-}
-
-/// Creates the output folder `dir` (and its parents), naming it in an error.
-fn create_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))
-}
-
-/// How a table of results is written, by the output path's extension.
-#[derive(Clone, Copy, PartialEq)]
-enum TableFormat {
-    /// `.npy`.
-    Npy,
-    /// CSV: `.csv`, `.txt` or no extension (`/dev/stdout`).
-    Csv,
-}
-
-/// The format of an output path; another extension is refused rather than written as CSV
-/// under a misleading name.
-fn table_format(path: &Path) -> Result<TableFormat, String> {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("npy") => Ok(TableFormat::Npy),
-        None | Some("csv") | Some("txt") => Ok(TableFormat::Csv),
-        Some(other) => Err(format!(
-            "{}: unknown output format .{other} (write .csv, .txt or .npy)",
-            path.display()
-        )),
-    }
-}
 
 /// Loads a model of either kind and applies the solver overrides (to a CNF, or to the CNF
 /// block of a flow, rebuilt from its spec with the same θ; a discrete flow has no solver).
