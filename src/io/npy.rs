@@ -459,30 +459,55 @@ fn replace(
     target: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<(), NpyError> {
+    replace_via(
+        target,
+        "tmp",
+        |_, file| {
+            let mut w = BufWriter::new(file);
+            write(&mut w).and_then(|()| w.flush()).map_err(io_err(FileOp::Write, target))
+        },
+        |e| e,
+    )
+}
+
+/// Replaces the regular file `target` (or creates it) by one that `fill` writes: `fill` gets
+/// a new temporary file beside `target` (its path, named by [`create_temp`] with `suffix`,
+/// and the file open for writing); once it returns, the file is synced, given the replaced
+/// file's permissions and renamed onto `target`, and the folder synced (best effort). The
+/// temporary file is removed if anything fails. `map` turns this function's own errors
+/// ([`NpyError::Io`] naming `target`) into the caller's.
+pub(crate) fn replace_via<E>(
+    target: &Path,
+    suffix: &str,
+    fill: impl FnOnce(&Path, File) -> Result<(), E>,
+    map: impl Fn(NpyError) -> E,
+) -> Result<(), E> {
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let name = target.file_name().ok_or_else(|| {
-        io_err(FileOp::Write, target)(std::io::Error::new(
+        map(io_err(FileOp::Write, target)(std::io::Error::new(
             ErrorKind::InvalidInput,
             "the path does not end in a file name",
-        ))
+        )))
     })?;
-    let (tmp, file) = create_temp(dir, name, "tmp")?;
-    let result = (|| {
-        // The new contents keep the old file's permissions.
-        if let Ok(m) = std::fs::metadata(target) {
-            file.set_permissions(m.permissions()).map_err(io_err(FileOp::Write, target))?;
-        }
-        let mut w = BufWriter::new(file);
-        write(&mut w)
-            .and_then(|()| w.flush())
-            .and_then(|()| w.get_ref().sync_all())
-            .map_err(io_err(FileOp::Write, target))?;
-        drop(w);
-        std::fs::rename(&tmp, target).map_err(io_err(FileOp::Rename, target))
-    })();
+    let (tmp, file) = create_temp(dir, name, suffix).map_err(&map)?;
+    let result = fill(&tmp, file).and_then(|()| {
+        let finish = || -> Result<(), NpyError> {
+            // Synced by a new handle: `fill` may have written through the path.
+            let written = OpenOptions::new().write(true).open(&tmp);
+            written.and_then(|f| f.sync_all()).map_err(io_err(FileOp::Write, target))?;
+            // The new contents keep the old file's permissions (set after the writing: a
+            // read-only mode would keep a writer that reopens the path out).
+            if let Ok(m) = std::fs::metadata(target) {
+                std::fs::set_permissions(&tmp, m.permissions())
+                    .map_err(io_err(FileOp::Write, target))?;
+            }
+            std::fs::rename(&tmp, target).map_err(io_err(FileOp::Rename, target))
+        };
+        finish().map_err(&map)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     } else {

@@ -15,10 +15,11 @@
 //! panics on a NaN one.
 
 use std::ffi::OsStr;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::io::{create_temp, resolve_for_write, write_atomically, FileOp, NpyError, WriteTarget};
+use crate::io::{
+    create_temp, replace_via, resolve_for_write, write_atomically, NpyError, WriteTarget,
+};
 
 mod model;
 
@@ -267,11 +268,6 @@ fn resolve_err(path: &Path) -> impl Fn(NpyError) -> PlotError + '_ {
     }
 }
 
-/// Flushes a finished temporary file to disk before it is renamed into place.
-fn sync_file(tmp: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new().write(true).open(tmp)?.sync_all()
-}
-
 /// Writes the figure `path` through `draw`, which writes the image to the path it is given:
 /// a new, empty temporary file whose name ends in `.{ext}` (plotters picks the image format
 /// by the extension). Where `path` goes is decided as [`crate::io::write_atomically`]
@@ -294,43 +290,16 @@ fn write_figure(
 ) -> Result<(), PlotError> {
     let suffix = format!("tmp.{ext}");
     match resolve_for_write(path).map_err(resolve_err(path))? {
-        WriteTarget::File(target) => {
-            let dir = folder(&target);
-            let name = target.file_name().ok_or_else(|| {
-                write_err(path)(std::io::Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("{} does not end in a file name", target.display()),
-                ))
-            })?;
-            let (tmp, file) = create_temp(dir, name, &suffix).map_err(resolve_err(path))?;
-            drop(file);
-            let result = (|| {
-                draw(&tmp)?;
-                sync_file(&tmp).map_err(write_err(path))?;
-                // The new figure keeps the old file's permissions (set once it is written: the
-                // backend opens the temporary file again by its path, a read-only one too).
-                if let Ok(m) = std::fs::metadata(&target) {
-                    std::fs::set_permissions(&tmp, m.permissions()).map_err(write_err(path))?;
-                }
-                std::fs::rename(&tmp, &target).map_err(|e| {
-                    resolve_err(path)(NpyError::Io {
-                        op: FileOp::Rename,
-                        path: target.clone(),
-                        source: e,
-                    })
-                })
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            } else {
-                // Best effort: make the rename itself durable.
-                #[cfg(unix)]
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-            }
-            result
-        }
+        WriteTarget::File(target) => replace_via(
+            &target,
+            &suffix,
+            |tmp, file| {
+                // The backend opens the temporary file again by its path.
+                drop(file);
+                draw(tmp)
+            },
+            resolve_err(path),
+        ),
         WriteTarget::Special => {
             let name = path.file_name().unwrap_or(OsStr::new("figure"));
             let (tmp, file) =

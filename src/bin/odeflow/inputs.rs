@@ -175,9 +175,11 @@ pub(crate) fn training_log(path: &Path) -> Result<String, String> {
     }
 }
 
-/// Prints a command's closing status line: on stdout, or on stderr where the results went
-/// to stdout (`--output /dev/stdout`), so that they stay the only thing there.
-pub(crate) fn status(output: &Path, line: &str) {
+/// Prints a command's closing status line, `{what}; wrote {output}`: on stdout, or on
+/// stderr where the results went to stdout (`--output /dev/stdout`), so that they stay the
+/// only thing there.
+pub(crate) fn status(output: &Path, what: &str) {
+    let line = format!("{what}; wrote {}", output.display());
     if matches!(output.to_str(), Some("/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")) {
         eprintln!("{line}");
     } else {

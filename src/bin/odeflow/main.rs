@@ -310,14 +310,7 @@ fn logprob(a: LogprobArgs) -> CliResult {
         TableFormat::Npy => write_npy(&a.output, &[logp.len()], &logp)?,
         TableFormat::Csv => write_csv(&a.output, &["log_prob"], &logp)?,
     }
-    status(
-        &a.output,
-        &format!(
-            "{}; wrote {}",
-            stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)),
-            a.output.display()
-        ),
-    );
+    status(&a.output, &stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)));
     Ok(())
 }
 
@@ -347,14 +340,7 @@ fn sample(a: SampleArgs) -> CliResult {
         let header: Vec<&str> = names.iter().map(String::as_str).collect();
         write_csv(&a.output, &header, &data)?;
     }
-    status(
-        &a.output,
-        &format!(
-            "{}; wrote {}",
-            stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)),
-            a.output.display()
-        ),
-    );
+    status(&a.output, &stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)));
     Ok(())
 }
 
