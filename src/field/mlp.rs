@@ -95,6 +95,35 @@ impl MlpConfig {
         }
         Ok(())
     }
+
+    /// The number of parameters of the network of this configuration, in checked arithmetic
+    /// and without building it (`None` if it overflows `usize`): per layer of fan-in `i` and
+    /// fan-out `o`, `o·(i + k)` values with `k` = 1 (the bias), 2 (concat: bias and a time
+    /// column) or 4 (concatsquash: bias and three hyper-network values); the layout of
+    /// [`Mlp`]'s [`ParamBlock`]s. Model files check their architecture with it before
+    /// anything of its size is allocated.
+    pub fn checked_n_params(&self) -> Option<usize> {
+        let k = match self.time {
+            TimeConditioning::Ignore => 1,
+            TimeConditioning::Concat => 2,
+            TimeConditioning::ConcatSquash => 4,
+        };
+        checked_net_params(self.dim, &self.hidden, self.dim, k)
+    }
+}
+
+/// The parameter count, `None` on overflow, of a dense network of widths
+/// `first → hidden… → last` whose layer of fan-in `i` and fan-out `o` holds `o·(i + k)`
+/// values (its weights and `k` values per output).
+pub(crate) fn checked_net_params(
+    first: usize,
+    hidden: &[usize],
+    last: usize,
+    k: usize,
+) -> Option<usize> {
+    let widths = std::iter::once(first).chain(hidden.iter().copied()).chain([last]);
+    let outs = widths.clone().skip(1);
+    widths.zip(outs).try_fold(0usize, |n, (i, o)| o.checked_mul(i.checked_add(k)?)?.checked_add(n))
 }
 
 /// One named parameter block of the flat vector θ: `θ[offset..offset + Π shape]`, row-major,

@@ -77,6 +77,7 @@ pub use error::FieldError;
 pub use fastmath::FastMath;
 pub use gemm::{Gemm, Real};
 pub use linear::LinearField;
+pub(crate) use mlp::checked_net_params;
 #[doc(hidden)]
 pub use mlp::set_simd_dispatch;
 pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning};

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::adjoint::{AdjointConfig, Strategy};
 use crate::cnf::{Cnf, CnfBlock, CnfConfig, Steps};
+use crate::field::checked_net_params;
 use crate::field::{Activation, Mlp, MlpConfig, TimeConditioning};
 use crate::solvers::Method;
 use crate::{Error, Real};
@@ -351,6 +352,43 @@ impl FlowSpec {
             bound: default_bound(),
             cnf: (kind == FlowKind::RealNvpCnf).then(CnfBlockSpec::default),
         }
+    }
+
+    /// The number of parameters of the model this spec builds, in checked arithmetic and
+    /// without building it (`None` if it overflows `usize`): the layouts of the layers in
+    /// this module (conditioners `[n_in, hidden…, n_out]` with a weight matrix and a bias
+    /// per layer, Glow's `d²` LU values, planar `2d + 1`, radial `d + 2`, a hybrid's CNF
+    /// blocks and learned times; permutations have none). Model files check their
+    /// architecture with it before anything of its size is allocated.
+    pub fn checked_n_params(&self) -> Option<usize> {
+        let d = self.dim;
+        // A coupling layer with k conditioner outputs per transformed coordinate: it
+        // conditions on ⌊d/2⌋ coordinates and transforms the other d − ⌊d/2⌋ (at either
+        // end, by the layer's parity: the same count).
+        let coupling = |k: usize| {
+            let m = d / 2;
+            checked_net_params(m, &self.hidden, k.checked_mul(d - m)?, 1)
+        };
+        let layer = match self.kind {
+            FlowKind::RealNvp | FlowKind::RealNvpCnf => coupling(2),
+            FlowKind::Nice => coupling(1),
+            FlowKind::Nsf => coupling(self.bins.checked_mul(3)?.saturating_sub(1)),
+            FlowKind::Maf | FlowKind::Iaf => {
+                checked_net_params(d, &self.hidden, d.checked_mul(2)?, 1)
+            }
+            FlowKind::Glow => d.checked_mul(d)?.checked_add(coupling(2)?),
+            FlowKind::Planar => d.checked_mul(2)?.checked_add(1),
+            FlowKind::Radial => d.checked_add(2),
+        };
+        let mut n = layer?.checked_mul(self.layers)?;
+        if self.kind == FlowKind::RealNvpCnf {
+            let cnf = self.cnf.clone().unwrap_or_default();
+            let mlp =
+                MlpConfig { dim: d, hidden: cnf.hidden, time: cnf.time, ..Default::default() };
+            let block = mlp.checked_n_params()?.checked_add(usize::from(cnf.train_t))?;
+            n = n.checked_add(block.checked_mul(cnf.blocks)?)?;
+        }
+        Some(n)
     }
 
     /// The layers of the spec (no parameters; they live in the [`FlowModel`]), a CNF

@@ -462,65 +462,9 @@ impl Budget<'_> {
     }
 }
 
-/// The parameter count of a network of layer widths `first → hidden… → last` whose layer
-/// of fan-in `i` and fan-out `o` has `o·(i + extra)` parameters (weights and `extra`
-/// per-output values: biases, a time column, hyper-network weights); `None` on overflow.
-fn net_params(first: usize, hidden: &[usize], last: usize, extra: usize) -> Option<usize> {
-    let widths: Vec<usize> =
-        std::iter::once(first).chain(hidden.iter().copied()).chain([last]).collect();
-    widths
-        .windows(2)
-        .try_fold(0usize, |n, w| w[1].checked_mul(w[0].checked_add(extra)?)?.checked_add(n))
-}
-
-/// The parameter count of a CNF block's MLP ([`Mlp`]'s layout: per layer `[out, in]`
-/// weights (`[out, in + 1]` for concat), `[out]` bias, and for concatsquash `[out, 1]`,
-/// `[out, 1]`, `[out]` hyper-network values); `None` on overflow.
-fn mlp_params(dim: usize, hidden: &[usize], time: TimeConditioning) -> Option<usize> {
-    let extra = match time {
-        TimeConditioning::Concat => 2,
-        TimeConditioning::ConcatSquash => 4,
-        TimeConditioning::Ignore => 1,
-    };
-    net_params(dim, hidden, dim, extra)
-}
-
-/// The parameter count of the model `spec` builds, computed from its sizes with checked
-/// arithmetic and no allocation of the model (`None` on overflow); the layouts of the
-/// layers in `crate::flows` (conditioners `[n_in, hidden…, n_out]` with a weight matrix and
-/// a bias per layer, Glow's `d²` LU values, planar `2d + 1`, radial `d + 2`, a hybrid's
-/// CNF blocks and learned times; permutations have none).
-fn flow_params(spec: &FlowSpec) -> Option<usize> {
-    use crate::flows::FlowKind;
-    let d = spec.dim;
-    // A coupling layer with k conditioner outputs per transformed coordinate: it
-    // conditions on ⌊d/2⌋ coordinates and transforms the other d − ⌊d/2⌋ (at either end,
-    // by the layer's parity: the same count).
-    let coupling = |k: usize| {
-        let m = d / 2;
-        net_params(m, &spec.hidden, k.checked_mul(d - m)?, 1)
-    };
-    let layer = match spec.kind {
-        FlowKind::RealNvp | FlowKind::RealNvpCnf => coupling(2),
-        FlowKind::Nice => coupling(1),
-        FlowKind::Nsf => coupling(spec.bins.checked_mul(3)?.saturating_sub(1)),
-        FlowKind::Maf | FlowKind::Iaf => net_params(d, &spec.hidden, d.checked_mul(2)?, 1),
-        FlowKind::Glow => d.checked_mul(d)?.checked_add(coupling(2)?),
-        FlowKind::Planar => d.checked_mul(2)?.checked_add(1),
-        FlowKind::Radial => d.checked_add(2),
-    };
-    let mut n = layer?.checked_mul(spec.layers)?;
-    if spec.kind == FlowKind::RealNvpCnf {
-        let cnf = spec.cnf.clone().unwrap_or_default();
-        let block = mlp_params(d, &cnf.hidden, cnf.time)?.checked_add(usize::from(cnf.train_t))?;
-        n = n.checked_add(block.checked_mul(cnf.blocks)?)?;
-    }
-    Some(n)
-}
-
 /// Refuses a flow spec whose sizes the file's tensors do not back, before it is built:
 /// first each size on its own (every layer, CNF block, hidden unit, coordinate and spline
-/// bin carries at least one parameter value), then the whole count ([`flow_params`]).
+/// bin carries at least one parameter value), then the whole count ([`FlowSpec::checked_n_params`]).
 fn check_flow_sizes(path: &Path, bytes: &[u8], spec: &FlowSpec) -> Result<(), ModelFileError> {
     use crate::flows::FlowKind;
     let budget = Budget { path, stored: stored_values(path, bytes)? };
@@ -544,7 +488,7 @@ fn check_flow_sizes(path: &Path, bytes: &[u8], spec: &FlowSpec) -> Result<(), Mo
         fields.push(("cnf.blocks", cnf.blocks.to_string()));
     }
     let (names, values): (Vec<&str>, Vec<String>) = fields.into_iter().unzip();
-    budget.check(&names.join(", "), &values.join(", "), flow_params(spec))
+    budget.check(&names.join(", "), &values.join(", "), spec.checked_n_params())
 }
 
 /// Refuses a CNF architecture whose sizes the file's tensors do not back, before anything
@@ -561,8 +505,8 @@ fn check_cnf_sizes(
     budget.count("blocks", arch.blocks)?;
     budget.count("dim", arch.dim)?;
     budget.widths("", &arch.hidden)?;
-    let needed = mlp_params(arch.dim, &arch.hidden, time)
-        .and_then(|n| n.checked_add(1)?.checked_mul(arch.blocks));
+    let mlp = MlpConfig { dim: arch.dim, hidden: arch.hidden.clone(), time, ..Default::default() };
+    let needed = mlp.checked_n_params().and_then(|n| n.checked_add(1)?.checked_mul(arch.blocks));
     let value = format!("{}, {:?}, {}, {}", arch.dim, arch.hidden, arch.time, arch.blocks);
     budget.check("dim, hidden, time, blocks", &value, needed)
 }
@@ -1068,7 +1012,7 @@ mod tests {
             for (dim, hidden) in [(1, vec![]), (2, vec![8]), (3, vec![5, 7, 2])] {
                 let cfg = MlpConfig { dim, hidden: hidden.clone(), time, ..Default::default() };
                 let n = Mlp::<f64>::new(&cfg).unwrap().params().len();
-                assert_eq!(mlp_params(dim, &hidden, time), Some(n), "{time:?} {dim} {hidden:?}");
+                assert_eq!(cfg.checked_n_params(), Some(n), "{time:?} {dim} {hidden:?}");
             }
         }
         let mut checked = 0;
@@ -1096,7 +1040,7 @@ mod tests {
                         }
                         for spec in variants {
                             let Ok(model) = spec.build::<f64>(0) else { continue };
-                            assert_eq!(flow_params(&spec), Some(model.n_params()), "{spec:?}");
+                            assert_eq!(spec.checked_n_params(), Some(model.n_params()), "{spec:?}");
                             checked += 1;
                         }
                     }
@@ -1106,9 +1050,15 @@ mod tests {
         assert!(checked > 100, "{checked} specs built");
         // Sizes whose count overflows give None, not a wrapped count.
         let huge = usize::MAX / 2;
-        assert_eq!(mlp_params(2, &[huge, 3], TimeConditioning::Ignore), None);
-        assert_eq!(flow_params(&FlowSpec::new(FlowKind::Glow, huge, 1, vec![])), None);
-        assert_eq!(flow_params(&FlowSpec::new(FlowKind::Maf, 4, huge, vec![huge])), None);
+        let mlp = MlpConfig {
+            dim: 2,
+            hidden: vec![huge, 3],
+            time: TimeConditioning::Ignore,
+            ..Default::default()
+        };
+        assert_eq!(mlp.checked_n_params(), None);
+        assert_eq!(FlowSpec::new(FlowKind::Glow, huge, 1, vec![]).checked_n_params(), None);
+        assert_eq!(FlowSpec::new(FlowKind::Maf, 4, huge, vec![huge]).checked_n_params(), None);
     }
 
     /// Writes `src`'s tensors to a new file `name` with the architecture JSON changed by
