@@ -376,16 +376,14 @@ fn plot(a: PlotArgs) -> CliResult {
         (None, None) => None,
     };
     let data = a.data.as_ref().map(|p| points_from(p, Some(d))).transpose()?;
-    let half = a.range.unwrap_or_else(|| {
-        data.as_ref()
-            .map(|d| 1.1 * d.data.iter().fold(0.0f64, |m, v| m.max(v.abs())))
-            .filter(|h| *h > 0.0 && h.is_finite())
-            .unwrap_or(4.0)
-    });
+    let range = match a.range {
+        Some(half) => (-half, half),
+        None => plot_range(data.as_ref().map_or(&[][..], |d| d.data.as_slice())),
+    };
     create_dir(&a.out)?;
     let figures = ModelFigures {
         data: data.as_ref().map(|d| d.data.as_slice()),
-        range: (-half, half),
+        range,
         grid: a.grid,
         samples: a.samples,
         seed: a.seed,
