@@ -1056,6 +1056,17 @@ fn runs_inputs_and_logs_are_protected() {
     ok(&[&r[..], &["--test-points", "64", "--out", &o, "--resume", "--iterations", "3"]].concat());
     let err = fails(&["train", "--resume", "--out", &o, "--iterations", "4", "--lr", "0.5"]);
     assert!(err.contains("--lr with --resume") && err.contains("run.json"), "{err}");
+    // A run folder another process holds (its lock, as a running train takes it) is refused,
+    // to resume and to overwrite, and left as it was.
+    let held = std::fs::File::open(&run).unwrap();
+    held.try_lock().unwrap();
+    let state = std::fs::read(run.join("train_state.bin")).unwrap();
+    let err = fails(&["train", "--resume", "--out", &o, "--iterations", "4", "--no-plot"]);
+    assert!(err.contains("in use by another odeflow train"), "{err}");
+    let err = fails(&[&v[..], &["--overwrite"]].concat());
+    assert!(err.contains("in use by another odeflow train"), "{err}");
+    assert_eq!(std::fs::read(run.join("train_state.bin")).unwrap(), state);
+    drop(held);
     // Nothing to do when the run is already there.
     let text = ok(&["train", "--resume", "--out", &o, "--iterations", "2", "--no-plot"]);
     assert!(text.contains("nothing to train"), "{text}");

@@ -724,7 +724,11 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
     let model_path = out.join("model.safetensors");
     let log_path = out.join("train_log.csv");
     let resume = a.resume;
+    // Held until the process ends: a resumed run's folder from here, a new run's from
+    // `start_run` on.
+    let mut _run_lock = None;
     if resume {
+        _run_lock = lock_run(&out)?;
         // The run's settings come from its run.json; only the iteration count may change.
         let text = std::fs::read_to_string(&run_path)
             .map_err(|e| format!("{}: {e} (nothing to resume)", run_path.display()))?;
@@ -917,7 +921,7 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
                 FlowTrainer::resume(model, source, test.clone(), cfg, state).map_err(state_error)?
             } else {
                 let tr = FlowTrainer::new(model, source, test.clone(), cfg)?;
-                start_run(&out, &a)?;
+                _run_lock = start_run(&out, &a)?;
                 tr
             };
             Trainer::Flow(Box::new(tr), spec)
@@ -971,7 +975,7 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
                 // Written once the settings are known to be valid: a refused command leaves
                 // an earlier run's run.json as it was.
                 let tr = CnfTrainer::new(cnf, source, test.clone(), cfg)?;
-                start_run(&out, &a)?;
+                _run_lock = start_run(&out, &a)?;
                 tr
             };
             Trainer::Cnf(Box::new(tr))
@@ -1151,9 +1155,14 @@ impl Trainer {
 /// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
 /// `--overwrite` (then removes its state and log, so that a later `--resume` cannot pair
 /// them with the new settings), and writes the settings (for `--resume`). Called once the
-/// settings are known to be valid.
-fn start_run(out: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// settings are known to be valid. Returns the folder's lock ([`lock_run`]), to be held for
+/// the whole run.
+fn start_run(
+    out: &Path,
+    a: &TrainArgs,
+) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
     create_dir(out)?;
+    let lock = lock_run(out)?;
     let state = out.join("train_state.bin");
     let run = out.join("run.json");
     if state.exists() || run.exists() {
@@ -1174,7 +1183,44 @@ fn start_run(out: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>
             }
         }
     }
-    write_run(&run, a)
+    write_run(&run, a)?;
+    Ok(lock)
+}
+
+/// Takes the run folder `out` for this process: an exclusive advisory lock (`flock`) on the
+/// folder itself, which the system releases when the process ends, however it ends. Two
+/// `train` runs in one folder would otherwise mix its model, state and log; the second is
+/// refused instead. `None` where there is nothing to lock (no folder yet: a resume then
+/// fails on its missing run.json) or the file system has no locks (the run goes on
+/// unlocked, as before).
+#[cfg(unix)]
+fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+    use std::fs::TryLockError;
+    use std::io::ErrorKind;
+    let dir = match std::fs::File::open(out) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open the run folder {}: {e}", out.display()).into()),
+    };
+    match dir.try_lock() {
+        Ok(()) => Ok(Some(dir)),
+        Err(TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by another odeflow train (it holds the folder's lock): wait for it \
+             to end, or choose another --out",
+            out.display()
+        )
+        .into()),
+        Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => Ok(None),
+        Err(TryLockError::Error(e)) => {
+            Err(format!("cannot lock the run folder {}: {e}", out.display()).into())
+        }
+    }
+}
+
+/// Elsewhere runs go unlocked.
+#[cfg(not(unix))]
+fn lock_run(_out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+    Ok(None)
 }
 
 /// Writes the run's settings (for `--resume`).
