@@ -132,7 +132,8 @@ impl std::str::FromStr for Steps {
 pub struct CnfConfig<T> {
     /// The Runge–Kutta method. Default: Dopri5 (FFJORD's).
     pub method: Method,
-    /// Relative tolerance (> 0). Default: 1e-5 (FFJORD's toy experiments).
+    /// Relative tolerance (at least the machine epsilon of `T`). Default: 1e-5 (FFJORD's toy
+    /// experiments).
     pub rtol: T,
     /// Absolute tolerance (> 0). Default: 1e-5.
     pub atol: T,

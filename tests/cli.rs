@@ -247,6 +247,15 @@ fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
     ]);
     assert!(err.contains("rtol"), "{err}");
     keep();
+    // Tolerances below f64's precision (they ended in "non-finite state": the error norm
+    // overflowed).
+    let (inp, outp) = (s(&points), s(&lp));
+    let tiny = ["--rtol", "1e-300", "--atol", "1e-300"];
+    let err = fails(
+        &[&["logprob", "--model", &model, "--input", &inp, "--output", &outp], &tiny[..]].concat(),
+    );
+    assert!(err.contains("rtol = 1e-300 is below the precision of f64"), "{err}");
+    keep();
     let err = fails(&[
         "logprob",
         "--model",

@@ -46,7 +46,8 @@ pub enum InitialStepOrder {
 /// `SolveOptions { rtol: 1e-8, atol: 1e-8.into(), ..Default::default() }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SolveOptions<T> {
-    /// Relative tolerance; finite and > 0. Default `1e-6`.
+    /// Relative tolerance; finite and at least the machine epsilon of `T` (2.2e-16 for `f64`,
+    /// 1.2e-7 for `f32`). Default `1e-6`.
     pub rtol: T,
     /// Absolute tolerance(s); finite and > 0. Default `Scalar(1e-9)`.
     pub atol: Atol<T>,
@@ -103,30 +104,37 @@ impl<T: Real> SolveOptions<T> {
         if !pos(self.rtol) {
             // The atol beside it, as given (a per-component atol's first entry).
             let atol = match &self.atol {
-                Atol::Scalar(a) => a.to_f64c(),
-                Atol::PerComponent(v) => v.first().map_or(f64::NAN, |a| a.to_f64c()),
+                Atol::Scalar(a) => shown(*a),
+                Atol::PerComponent(v) => v.first().map_or(f64::NAN, |&a| shown(a)),
             };
-            return Err(SolveError::InvalidTolerance { rtol: self.rtol.to_f64c(), atol });
+            return Err(SolveError::InvalidTolerance { rtol: shown(self.rtol), atol });
+        }
+        if self.rtol < T::epsilon() {
+            return Err(SolveError::ToleranceBelowPrecision {
+                rtol: shown(self.rtol),
+                scalar: std::any::type_name::<T>(),
+                epsilon: T::epsilon().to_f64c(),
+            });
         }
         match &self.atol {
             Atol::Scalar(a) => {
                 if !pos(*a) {
                     return Err(SolveError::InvalidTolerance {
-                        rtol: self.rtol.to_f64c(),
-                        atol: a.to_f64c(),
+                        rtol: shown(self.rtol),
+                        atol: shown(*a),
                     });
                 }
             }
             Atol::PerComponent(v) => {
                 if let Some(a) = v.iter().copied().find(|a| !pos(*a)) {
                     return Err(SolveError::InvalidTolerance {
-                        rtol: self.rtol.to_f64c(),
-                        atol: a.to_f64c(),
+                        rtol: shown(self.rtol),
+                        atol: shown(a),
                     });
                 }
             }
         }
-        let bad = |name: &'static str, x: T| SolveError::InvalidOption { name, value: x.to_f64c() };
+        let bad = |name: &'static str, x: T| SolveError::InvalidOption { name, value: shown(x) };
         if let Some(h) = self.h0 {
             if !pos(h) {
                 return Err(bad("h0", h));
@@ -186,6 +194,12 @@ impl AddAssign for Stats {
     }
 }
 
+/// `x` as the `f64` nearest its shortest decimal form, for messages: an `f32` tolerance of
+/// `1e-8` then reads `1e-8`, not `9.99999993922529e-9` (its exact value widened).
+fn shown<T: Real>(x: T) -> f64 {
+    x.to_string().parse().unwrap_or_else(|_| x.to_f64c())
+}
+
 /// A number in an error message: as `Display` prints it where that is short (0, and
 /// magnitudes in `[1e-4, 1e15)`), else in scientific notation (`1e-300`, not 300 digits).
 struct Num(f64);
@@ -213,6 +227,23 @@ pub enum SolveError {
         rtol: f64,
         /// The offending absolute tolerance.
         atol: f64,
+    },
+    /// `rtol` is below the scalar type's machine epsilon: rounding alone errs by more, so no
+    /// solution is that accurate, and the steps would only shrink toward the round-off limit
+    /// (or, with an atol as small, the error norm overflow). MATLAB and SciPy raise such an
+    /// rtol to 100 ε with a warning; here it is an error, as other bad input.
+    #[error(
+        "rtol = {} is below the precision of {scalar} (machine epsilon {epsilon:.1e}): no \
+         solution is that accurate",
+        Num(*rtol)
+    )]
+    ToleranceBelowPrecision {
+        /// The relative tolerance.
+        rtol: f64,
+        /// The scalar type's name (`f64` or `f32`).
+        scalar: &'static str,
+        /// Its machine epsilon.
+        epsilon: f64,
     },
     /// Another option is out of range.
     #[error("invalid option {name} = {}", Num(*value))]

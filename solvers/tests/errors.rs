@@ -32,6 +32,24 @@ fn invalid_tolerances() {
     assert_eq!(o.validate(), Err(SolveError::InvalidTolerance { rtol: 0.0, atol: 1e-5 }));
     let msg = o.validate().unwrap_err().to_string();
     assert!(msg.contains("rtol = 0, atol = 1e-5"), "{msg}");
+    // An rtol below the scalar's machine epsilon asks for more than the precision (with an
+    // atol as small it ended in "non-finite state" from an error norm that overflowed); at
+    // epsilon and above it is taken.
+    for rtol in [1e-300, 1e-17, f64::EPSILON / 2.0] {
+        let e = SolveOptions::<f64>::tol(rtol, 1e-5).validate().unwrap_err();
+        let SolveError::ToleranceBelowPrecision { scalar, epsilon, .. } = e else {
+            panic!("rtol {rtol}: {e:?}")
+        };
+        assert_eq!((scalar, epsilon), ("f64", f64::EPSILON));
+    }
+    assert_eq!(SolveOptions::<f64>::tol(f64::EPSILON, 1e-5).validate(), Ok(()));
+    let e = SolveOptions::<f32>::tol(1e-8, 1e-5).validate().unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(
+        msg,
+        "rtol = 1e-8 is below the precision of f32 (machine epsilon 1.2e-7): no solution is that accurate"
+    );
+    assert_eq!(SolveOptions::<f32>::tol(1e-6, 1e-6).validate(), Ok(()));
 }
 
 #[test]

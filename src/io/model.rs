@@ -738,7 +738,7 @@ mod tests {
             })
             .collect();
         let config = CnfConfig {
-            rtol: 1e-7,
+            rtol: 1e-6,
             atol: 1e-7,
             trace: TraceEstimator::Hutchinson(Noise::Rademacher),
             ..Default::default()
@@ -770,6 +770,25 @@ mod tests {
                 (cnf.blocks()[1].field.params()[0] as f32).to_bits()
             );
         }
+        // Unless its rtol asks for more than f32's precision: then the loader says so.
+        let mut cnf = model(TimeConditioning::ConcatSquash);
+        cnf.set_config(CnfConfig { rtol: 1e-7, ..cnf.config().clone() }).unwrap();
+        let path = tmp("m-rtol-1e-7.safetensors");
+        save_cnf(&path, &cnf).unwrap();
+        let err = load_cnf::<f32>(&path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Solve {
+                    source: crate::solvers::SolveError::ToleranceBelowPrecision {
+                        scalar: "f32",
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     /// The step rules travel with the model: `peers` saved, `peers` loaded; a file without
