@@ -839,9 +839,20 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     v.extend(FLOW_SMALL);
     let o = s(&out);
     v.extend(["--out", o.as_str()]);
-    ok(&v);
+    let normal = odeflow(&v);
+    assert!(normal.status.success());
     let model = out.join("model.safetensors");
     assert_eq!(odeflow::io::load_flow::<f64>(&model).unwrap().0.kind.name(), "nice");
+    // A run that diverges ends with a warning that says so (the normal one above has none).
+    assert!(!String::from_utf8_lossy(&normal.stderr).contains("warning"));
+    let o = s(&dir.join("diverged"));
+    let mut w: Vec<&str> = vec!["train", "--flow", "realnvp", "--lr", "1e30", "--iterations", "4"];
+    w.extend(["--test-every", "2", "--quiet", "--no-plot", "--out", &o]);
+    w.extend(FLOW_SMALL);
+    let diverged = odeflow(&w);
+    let err = String::from_utf8_lossy(&diverged.stderr);
+    assert!(diverged.status.success(), "{err}");
+    assert!(err.contains("warning: the test NLL ended at") && err.contains("diverged"), "{err}");
     let err = fails(&["train", "--flow", "flowpp", "--out", &s(&dir.join("flowpp"))]);
     assert!(err.contains("unknown flow \"flowpp\"") && err.contains("realnvp+cnf"), "{err}");
     // The CNF block of a flow model takes the exact trace only.

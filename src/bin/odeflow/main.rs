@@ -1029,11 +1029,13 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
     );
     bar.set_position(start_iter);
     let mut last_test = None;
+    let mut first_loss = None;
     let result = trainer.run(|p| {
+        first_loss.get_or_insert(p.loss);
         if let Some(t) = p.test_nll {
             last_test = Some(t);
             if a.quiet {
-                println!("iteration {}: test NLL {t:.4}", p.iteration);
+                println!("iteration {}: test NLL {}", p.iteration, loss_text(t));
             }
         }
         let rate =
@@ -1082,6 +1084,16 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
         state_path.display(),
         log_path.display()
     );
+    if let (Some(start), Some((_, end))) = (first_loss, summary.last_test) {
+        if went_the_wrong_way(start, end) {
+            eprintln!(
+                "warning: the test NLL ended at {}, above this run's first loss ({}): the \
+                 training diverged; a smaller --lr may help",
+                loss_text(end),
+                loss_text(start)
+            );
+        }
+    }
     if summary.stopped || a.no_plot {
         return Ok(());
     }
@@ -1150,6 +1162,14 @@ impl Trainer {
             }
         }
     }
+}
+
+/// Whether a run whose first iteration's loss (the mean NLL of a batch) was `start` and
+/// whose last test NLL is `end` made its model worse: `end` above `start` by more than one nat
+/// per point, far beyond the two estimates' sampling noise, or not finite. Maximum likelihood
+/// training that works lowers the NLL; this is what a too-large learning rate does.
+fn went_the_wrong_way(start: f64, end: f64) -> bool {
+    end.is_nan() || end > start + 1.0
 }
 
 /// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
