@@ -1102,6 +1102,37 @@ fn runs_inputs_and_logs_are_protected() {
     w.push("--overwrite");
     ok(&w);
     assert!(!std::fs::read_to_string(&log).unwrap().is_empty());
+    // A data file whose points changed stops a resume; the same points written another
+    // way do not.
+    let data = dir.join("data.csv");
+    let rows: Vec<String> = (0..80).map(|i| format!("{},{}", i % 9, i % 7)).collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let on_file = s(&dir.join("on-file"));
+    let mut f: Vec<&str> = base.to_vec();
+    let data_arg = s(&data);
+    f.extend(["--batch", "16", "--data", &data_arg, "--out", &on_file]);
+    ok(&f);
+    let resume = |iters: &str| {
+        odeflow(&[
+            "train",
+            "--resume",
+            "--out",
+            &on_file,
+            "--iterations",
+            iters,
+            "--quiet",
+            "--no-plot",
+        ])
+    };
+    std::fs::write(&data, rows.join(" \r\n")).unwrap();
+    assert!(resume("3").status.success());
+    std::fs::write(&data, rows[1..].join("\n")).unwrap();
+    let out = resume("4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("its points changed since the run started"),
+        "{err}"
+    );
     // logprob does not write over its input.
     let pts = dir.join("pts.csv");
     std::fs::write(&pts, "0.1,0.2\n0.3,0.4\n").unwrap();

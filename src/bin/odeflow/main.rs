@@ -698,6 +698,11 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     quiet: bool,
+    /// Not an option: the CRC-32 of a data file's points when the run started, which
+    /// `--resume` compares with the file's now (runs saved before it have none).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_crc32: Option<u32>,
 }
 
 fn default_layers() -> usize {
@@ -823,6 +828,20 @@ fn train(mut a: TrainArgs, given: &[String]) -> CliResult {
                 }
             }
             let points = points_from(path, None)?;
+            let crc = points_crc32(points.cols, &points.data);
+            match a.data_crc32 {
+                Some(saved) if resume && saved != crc => {
+                    return Err(format!(
+                        "--data {}: its points changed since the run started (CRC-32 {crc:08x}, \
+                         {} says {saved:08x}); resume with the data the run was trained on, or \
+                         start a new run",
+                        path.display(),
+                        run_path.display()
+                    )
+                    .into())
+                }
+                _ => a.data_crc32 = Some(crc),
+            }
             let all = Dataset::new(points.cols, points.data).map_err(|e| with_path(path, e))?;
             let (tr, te) = all.split(a.test_fraction, a.seed).map_err(|e| with_path(path, e))?;
             (DataSource::Dataset { data: tr, seed: a.seed }, te)
@@ -1162,6 +1181,17 @@ impl Trainer {
             }
         }
     }
+}
+
+/// The CRC-32 of a data set: its column count and the bits of its values, so that the same
+/// points written another way (CSV or .npy, other spacing) give the same.
+fn points_crc32(cols: usize, data: &[f64]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(cols as u64).to_le_bytes());
+    for v in data {
+        h.update(&v.to_bits().to_le_bytes());
+    }
+    h.finalize()
 }
 
 /// Whether a run whose first iteration's loss (the mean NLL of a batch) was `start` and
