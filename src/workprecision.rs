@@ -305,15 +305,14 @@ mod tests {
             assert!(w[0].max_error > w[1].max_error && w[1].max_error > w[2].max_error, "{w:?}");
             assert!(w[0].stats.n_rhs < w[2].stats.n_rhs);
         }
-        let dir = std::env::temp_dir().join(format!("odeflow-wp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let paths = write_all(&dir, "harmonic", "harmonic oscillator", &rows).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-wp-").tempdir().unwrap();
+        let dir = tmp.path();
+        let paths = write_all(dir, "harmonic", "harmonic oscillator", &rows).unwrap();
         let csv = std::fs::read_to_string(&paths[0]).unwrap();
         assert_eq!(csv.lines().count(), 10);
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&paths[1]).unwrap()).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 9);
         assert!(std::fs::metadata(&paths[2]).unwrap().len() > 1000);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

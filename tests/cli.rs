@@ -1,11 +1,12 @@
 //! End-to-end tests of the `odeflow` command line, run as a user would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Mlp, MlpConfig};
 use odeflow::io::{read_csv, read_npy, save_cnf};
+use tempfile::TempDir;
 
 fn odeflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_odeflow")).args(args).output().expect("the binary runs")
@@ -26,14 +27,12 @@ fn fails(args: &[&str]) -> String {
     err
 }
 
-/// A fresh folder with a small 2-D model in it.
-fn setup(name: &str) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("odeflow-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A fresh folder with a small 2-D model in it, removed when the guard drops.
+fn setup(name: &str) -> (TempDir, String) {
+    let dir = tempfile::Builder::new().prefix(&format!("odeflow-cli-{name}-")).tempdir().unwrap();
     let cfg = MlpConfig { dim: 2, hidden: vec![16, 16], seed: 4, ..Default::default() };
     let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
-    let model = dir.join("model.safetensors");
+    let model = dir.path().join("model.safetensors");
     save_cnf(&model, &cnf).unwrap();
     (dir, model.to_string_lossy().into_owned())
 }
@@ -58,7 +57,8 @@ fn check_png(path: &Path, width: u32, height: u32) {
 
 #[test]
 fn logprob_and_sample_write_files_of_the_right_shape() {
-    let (dir, model) = setup("ls");
+    let (tmp, model) = setup("ls");
+    let dir = tmp.path();
     let points = dir.join("points.csv");
     std::fs::write(&points, "x,y\n0.5,0.1\n-1,2\n0,0\n").unwrap();
     let lp = dir.join("lp.csv");
@@ -117,7 +117,8 @@ fn logprob_and_sample_write_files_of_the_right_shape() {
 
 #[test]
 fn plot_writes_figures_that_are_not_blank() {
-    let (dir, model) = setup("plot");
+    let (tmp, model) = setup("plot");
+    let dir = tmp.path();
     let data = dir.join("data.csv");
     std::fs::write(&data, "1,1\n-1,-1\n2,0.5\n0.3,-2\n").unwrap();
     let out = dir.join("figs");
@@ -144,7 +145,8 @@ fn plot_writes_figures_that_are_not_blank() {
 
 #[test]
 fn bench_writes_a_work_precision_table() {
-    let (dir, model) = setup("bench");
+    let (tmp, model) = setup("bench");
+    let dir = tmp.path();
     let out = dir.join("wp");
     let msg = ok(&[
         "bench",
@@ -192,7 +194,8 @@ fn bench_writes_a_work_precision_table() {
 
 #[test]
 fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
-    let (dir, model) = setup("bad");
+    let (tmp, model) = setup("bad");
+    let dir = tmp.path();
     let lp = dir.join("lp.csv");
     std::fs::write(&lp, "precious\n").unwrap();
     let keep = || assert_eq!(std::fs::read_to_string(&lp).unwrap(), "precious\n");
@@ -269,7 +272,7 @@ fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
     assert!(err.contains("atol"), "{err}");
     keep();
 
-    let err = fails(&["bench", "--problem", "nope", "--out", &s(&dir)]);
+    let err = fails(&["bench", "--problem", "nope", "--out", &s(dir)]);
     assert!(err.contains("unknown problem"), "{err}");
     let err = fails(&["logprob", "--model", &model, "--input", &s(&points), "--method", "rk5"]);
     assert!(err.contains("rk5"), "{err}");
@@ -288,7 +291,8 @@ const SMALL: [&str; 8] =
 
 #[test]
 fn train_writes_model_state_log_and_figures_and_resumes_exactly() {
-    let (dir, _) = setup("train");
+    let (tmp, _) = setup("train");
+    let dir = tmp.path();
     let full = dir.join("full");
     let args = |out: &Path, iters: &str| -> Vec<String> {
         let mut v: Vec<String> =
@@ -349,7 +353,8 @@ fn train_writes_model_state_log_and_figures_and_resumes_exactly() {
 /// run.json for `--resume`, and is documented in `train --help`.
 #[test]
 fn train_with_rnode_regularizers() {
-    let (dir, _) = setup("trainrnode");
+    let (tmp, _) = setup("trainrnode");
+    let dir = tmp.path();
     let out = dir.join("run");
     let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
     args.extend(SMALL);
@@ -368,7 +373,8 @@ fn train_with_rnode_regularizers() {
 /// model file, and `--steps` on logprob overrides them; an unknown name is refused.
 #[test]
 fn train_with_the_peers_steps() {
-    let (dir, _) = setup("trainsteps");
+    let (tmp, _) = setup("trainsteps");
+    let dir = tmp.path();
     let out = dir.join("run");
     let mut args: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
     args.extend(SMALL);
@@ -422,10 +428,11 @@ fn train_small_log(dir: &Path, name: &str, extra: &[&str]) -> Vec<Vec<String>> {
 ///   file.
 #[test]
 fn train_with_the_adjoint_options() {
-    let (dir, _) = setup("trainadjopts");
+    let (tmp, _) = setup("trainadjopts");
+    let dir = tmp.path();
     // Per iteration: the loss, forward and backward NFE.
     let rows = |name: &str, extra: &[&str]| -> Vec<(f64, u64, u64)> {
-        let log = train_small_log(&dir, name, extra);
+        let log = train_small_log(dir, name, extra);
         let at = |c: &[String], i: usize| c[i].parse::<u64>().unwrap();
         log.iter().map(|c| (c[1].parse().unwrap(), at(c, 4), at(c, 5))).collect()
     };
@@ -481,7 +488,8 @@ fn train_with_the_adjoint_options() {
 
 #[test]
 fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
-    let (dir, _) = setup("trainbad");
+    let (tmp, _) = setup("trainbad");
+    let dir = tmp.path();
     let out = dir.join("run");
     let mut base: Vec<&str> = vec!["train", "--iterations", "2", "--quiet", "--no-plot"];
     base.extend(SMALL);
@@ -544,7 +552,8 @@ fn train_bad_input_fails_clearly_and_keeps_the_previous_model() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_the_state_and_exits_cleanly() {
-    let (dir, _) = setup("ctrlc");
+    let (tmp, _) = setup("ctrlc");
+    let dir = tmp.path();
     let out = dir.join("run");
     let state = interrupt_training(&out, &[], &SMALL);
     assert!(odeflow::io::load_cnf::<f64>(out.join("model.safetensors")).is_ok());
@@ -615,7 +624,8 @@ const FLOW_SMALL: [&str; 8] =
 #[test]
 fn train_flow_writes_model_state_log_and_figures_and_resumes_exactly() {
     for kind in ["realnvp", "maf"] {
-        let (dir, _) = setup(&format!("trainflow-{kind}"));
+        let (tmp, _) = setup(&format!("trainflow-{kind}"));
+        let dir = tmp.path();
         let args = |out: &Path, iters: &str| -> Vec<String> {
             let mut v: Vec<String> = [
                 "train",
@@ -736,7 +746,8 @@ fn train_flow_writes_model_state_log_and_figures_and_resumes_exactly() {
 /// the library bit for bit, the solver options override the block's, and plot reads it.
 #[test]
 fn train_new_flow_kinds_and_a_hybrid_end_to_end() {
-    let (dir, _) = setup("trainkinds");
+    let (tmp, _) = setup("trainkinds");
+    let dir = tmp.path();
     let pts = dir.join("pts.csv");
     std::fs::write(&pts, "x,y\n0,0\n1,1\n-0.5,2\n").unwrap();
     let lp = dir.join("lp.csv");
@@ -832,7 +843,8 @@ fn train_new_flow_kinds_and_a_hybrid_end_to_end() {
 
 #[test]
 fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
-    let (dir, _) = setup("flowbad");
+    let (tmp, _) = setup("flowbad");
+    let dir = tmp.path();
     let out = dir.join("run");
     let mut v: Vec<&str> =
         vec!["train", "--flow", "nice", "--iterations", "2", "--quiet", "--no-plot"];
@@ -907,7 +919,8 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_a_flow_run_and_exits_cleanly() {
-    let (dir, _) = setup("ctrlcflow");
+    let (tmp, _) = setup("ctrlcflow");
+    let dir = tmp.path();
     let out = dir.join("run");
     let state = interrupt_training(&out, &["--flow", "realnvp"], &FLOW_SMALL);
     assert!(state.iteration >= 2);
@@ -917,7 +930,8 @@ fn ctrl_c_saves_a_flow_run_and_exits_cleanly() {
 
 #[test]
 fn plot_writes_svg_and_the_training_curves_of_a_run() {
-    let (dir, _) = setup("plotsvg");
+    let (tmp, _) = setup("plotsvg");
+    let dir = tmp.path();
     let run = dir.join("run");
     let mut args: Vec<&str> = vec!["train", "--iterations", "3", "--quiet", "--no-plot", "--out"];
     let run_s = s(&run);
@@ -951,7 +965,8 @@ fn plot_writes_svg_and_the_training_curves_of_a_run() {
 /// clear error (no panic, no abort, no hang) or now works.
 #[test]
 fn counts_sizes_and_formats_are_checked() {
-    let (dir, m) = setup("sizes");
+    let (tmp, m) = setup("sizes");
+    let dir = tmp.path();
     let d = |name: &str| s(&dir.join(name));
     // Counts below their minimum are refused as the command line is parsed, naming the flag.
     for (args, flag) in [
@@ -1035,7 +1050,8 @@ fn counts_sizes_and_formats_are_checked() {
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
     use std::os::unix::process::ExitStatusExt;
-    let (dir, _) = setup("pipe");
+    let (tmp, _) = setup("pipe");
+    let dir = tmp.path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
         .args(["bench", "--methods", "dopri5", "--tols", "1e-3", "--repeats", "1", "--out"])
         .arg(dir.join("b"))
@@ -1058,7 +1074,8 @@ fn bits_of(v: &[f64]) -> Vec<u64> {
 /// inputs the command line cannot use are named before any work.
 #[test]
 fn runs_inputs_and_logs_are_protected() {
-    let (dir, m) = setup("protect");
+    let (tmp, m) = setup("protect");
+    let dir = tmp.path();
     let d = |name: &str| s(&dir.join(name));
     let run = dir.join("run");
     let o = s(&run);

@@ -6,21 +6,20 @@
 //! its path (the bug these tests guard against) fails inside `/proc` instead of replacing the
 //! machine's `/dev/stdout` when the tests run as root.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Mlp, MlpConfig};
 use odeflow::io::save_cnf;
+use tempfile::TempDir;
 
-/// A fresh folder with a small 2-D model in it.
-fn setup(name: &str) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("odeflow-io-edge-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A fresh folder with a small 2-D model in it, removed when the guard drops.
+fn setup(name: &str) -> (TempDir, String) {
+    let dir =
+        tempfile::Builder::new().prefix(&format!("odeflow-io-edge-{name}-")).tempdir().unwrap();
     let cfg = MlpConfig { dim: 2, hidden: vec![8], seed: 4, ..Default::default() };
     let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
-    let model = dir.join("model.safetensors");
+    let model = dir.path().join("model.safetensors");
     save_cnf(&model, &cnf).unwrap();
     (dir, model.to_string_lossy().into_owned())
 }
@@ -53,7 +52,8 @@ fn output_to_the_stdout_descriptor_goes_where_stdout_goes() {
         eprintln!("skipped: /dev/fd/1 is not a link to the descriptor here");
         return;
     }
-    let (dir, model) = setup("stdout");
+    let (tmp, model) = setup("stdout");
+    let dir = tmp.path();
     // A pipe.
     let out = sample_to(&model, "/dev/fd/1").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -75,12 +75,12 @@ fn output_to_the_stdout_descriptor_goes_where_stdout_goes() {
     let text = std::fs::read_to_string(&file).unwrap();
     let rest = text.strip_prefix("kept\n").unwrap_or_else(|| panic!("{text}"));
     assert_samples_then_report(rest);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_directory_as_output_is_an_error_naming_it() {
-    let (dir, model) = setup("dir");
+    let (tmp, model) = setup("dir");
+    let dir = tmp.path();
     let target = dir.join("out.csv");
     std::fs::create_dir(&target).unwrap();
     let out = sample_to(&model, &target.to_string_lossy()).output().unwrap();
@@ -88,5 +88,4 @@ fn a_directory_as_output_is_an_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot write {}", target.display())), "{err}");
     assert!(target.is_dir() && std::fs::read_dir(&target).unwrap().count() == 0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,7 @@
 //! Each command runs under a deadline and is killed past it, so a regression fails the test
 //! instead of hanging the suite.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,14 +15,11 @@ use odeflow::flows::{FlowKind, FlowSpec};
 use odeflow::io::{save_cnf, save_flow};
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
+use tempfile::TempDir;
 
-/// A fresh folder for one test.
-fn folder(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("odeflow-model-corrupt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder for one test, removed when the guard drops.
+fn folder(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("odeflow-model-corrupt-{name}-")).tempdir().unwrap()
 }
 
 /// Writes `src`'s tensors to `dst` with the architecture JSON changed by `edit`.
@@ -80,7 +77,8 @@ const HUGE: u64 = 1_000_000_000_000;
 
 #[test]
 fn a_cnf_with_an_absurd_width_or_count_is_refused() {
-    let dir = folder("cnf");
+    let tmp = folder("cnf");
+    let dir = tmp.path();
     let cfg = MlpConfig { dim: 2, hidden: vec![8, 8], seed: 4, ..Default::default() };
     let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
     let good = dir.join("good.safetensors");
@@ -97,7 +95,8 @@ fn a_cnf_with_an_absurd_width_or_count_is_refused() {
 
 #[test]
 fn a_flow_with_an_absurd_size_is_refused() {
-    let dir = folder("flow");
+    let tmp = folder("flow");
+    let dir = tmp.path();
     let spec = FlowSpec::new(FlowKind::RealNvp, 2, 2, vec![8, 8]);
     let good = dir.join("good.safetensors");
     save_flow(&good, &spec, &spec.build::<f64>(1).unwrap()).unwrap();
@@ -117,7 +116,8 @@ fn a_flow_with_an_absurd_size_is_refused() {
 
 #[test]
 fn a_hybrid_with_absurd_cnf_blocks_or_layers_is_refused() {
-    let dir = folder("hybrid");
+    let tmp = folder("hybrid");
+    let dir = tmp.path();
     let mut spec = FlowSpec::new(FlowKind::RealNvpCnf, 2, 2, vec![8, 8]);
     spec.cnf.as_mut().unwrap().hidden = vec![8, 8];
     let good = dir.join("good.safetensors");

@@ -42,9 +42,8 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 #[test]
 fn plot_finishes_beside_a_training_log_without_finite_values() {
-    let dir = std::env::temp_dir().join(format!("odeflow-plotlog-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("odeflow-plotlog-").tempdir().unwrap();
+    let dir = tmp.path();
     let cfg = MlpConfig { dim: 2, hidden: vec![8], seed: 4, ..Default::default() };
     let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, CnfConfig::default()).unwrap();
     let model = dir.join("model.safetensors");
@@ -78,5 +77,4 @@ fn plot_finishes_beside_a_training_log_without_finite_values() {
             std::fs::remove_file(&log_path).unwrap();
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,7 +7,7 @@
 #![cfg(unix)]
 
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,14 +15,11 @@ use odeflow::cnf::{Cnf, CnfConfig};
 use odeflow::field::{Mlp, MlpConfig};
 use odeflow::io::save_cnf;
 use odeflow::plot::{animate_points, render, PlotError, ScatterPanels};
+use tempfile::TempDir;
 
-/// A fresh, empty folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("odeflow-plot-links-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder for one test, removed when the guard drops.
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("odeflow-plot-links-{name}-")).tempdir().unwrap()
 }
 
 /// The names in `dir`, sorted (a temporary file left behind shows here).
@@ -77,7 +74,8 @@ fn assert_figure(file: &Path, ext: &str) {
 #[test]
 fn a_figure_through_a_link_replaces_the_file_it_points_to() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = scratch("link");
+    let tmp = scratch("link");
+    let dir = tmp.path();
     let (out, keep) = (dir.join("o"), dir.join("keep"));
     std::fs::create_dir(&out).unwrap();
     std::fs::create_dir(&keep).unwrap();
@@ -103,12 +101,12 @@ fn a_figure_through_a_link_replaces_the_file_it_points_to() {
     // No temporary file was left in either folder.
     assert_eq!(names_in(&out), ["density.gif", "density.png", "density.svg"]);
     assert_eq!(names_in(&keep), ["d.gif", "d.png", "d.svg"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_figure_through_a_chain_of_links_and_a_dangling_link() {
-    let dir = scratch("chain");
+    let tmp = scratch("chain");
+    let dir = tmp.path();
     let data = dir.join("data");
     std::fs::create_dir(&data).unwrap();
     for ext in ["png", "svg", "gif"] {
@@ -136,17 +134,17 @@ fn a_figure_through_a_chain_of_links_and_a_dangling_link() {
         .collect();
     want.push("data".into());
     want.sort();
-    assert_eq!(names_in(&dir), want);
+    assert_eq!(names_in(dir), want);
     assert_eq!(
         names_in(&data),
         ["new.gif", "new.png", "new.svg", "real.gif", "real.png", "real.svg"]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_directory_is_an_error_naming_it_and_is_left_alone() {
-    let dir = scratch("dir");
+    let tmp = scratch("dir");
+    let dir = tmp.path();
     for ext in ["png", "svg", "gif"] {
         // The directory itself, and a link to it.
         let target = dir.join(format!("fig.{ext}"));
@@ -170,16 +168,16 @@ fn a_directory_is_an_error_naming_it_and_is_left_alone() {
     }
     // Nothing was written beside them either.
     assert_eq!(
-        names_in(&dir),
+        names_in(dir),
         ["fig.gif", "fig.png", "fig.svg", "link.gif", "link.png", "link.svg"]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A loop of links is an error naming the figure, not a hang.
 #[test]
 fn a_loop_of_links_is_an_error() {
-    let dir = scratch("loop");
+    let tmp = scratch("loop");
+    let dir = tmp.path();
     let (a, b) = (dir.join("a.png"), dir.join("b.png"));
     symlink(&b, &a).unwrap();
     symlink(&a, &b).unwrap();
@@ -187,7 +185,6 @@ fn a_loop_of_links_is_an_error() {
     assert!(msg.starts_with(&format!("cannot write figure {}: ", a.display())), "{msg}");
     assert!(msg.contains("symbolic link"), "{msg}");
     assert!(is_link(&a) && is_link(&b));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A FIFO (made here, in a scratch folder) is written in place, directly and through a
@@ -195,7 +192,8 @@ fn a_loop_of_links_is_an_error() {
 #[test]
 fn a_fifo_gets_the_figure_in_place() {
     use std::os::unix::fs::FileTypeExt;
-    let dir = scratch("fifo");
+    let tmp = scratch("fifo");
+    let dir = tmp.path();
     let fifo = dir.join("pipe.png");
     match Command::new("mkfifo").arg(&fifo).status() {
         Ok(s) if s.success() => {}
@@ -219,15 +217,15 @@ fn a_fifo_gets_the_figure_in_place() {
         let img = image::load_from_memory(&bytes.unwrap()).unwrap();
         assert_eq!((img.width(), img.height()), SIZE);
     }
-    assert_eq!(names_in(&dir), ["link.png", "pipe.png"]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(names_in(dir), ["link.png", "pipe.png"]);
 }
 
 /// The reported case, end to end: `odeflow plot --out o` where o/density.png, o/flow.gif and
 /// o/training.png are links to files kept elsewhere.
 #[test]
 fn odeflow_plot_writes_through_links_in_its_output_folder() {
-    let dir = scratch("cli");
+    let tmp = scratch("cli");
+    let dir = tmp.path();
     let (out, keep) = (dir.join("o"), dir.join("keep"));
     std::fs::create_dir(&out).unwrap();
     std::fs::create_dir(&keep).unwrap();
@@ -266,5 +264,4 @@ fn odeflow_plot_writes_through_links_in_its_output_folder() {
         assert!(image::load_from_memory(&bytes).is_ok(), "{file} did not get the figure");
     }
     assert_eq!(names_in(&keep), ["d.png", "f.gif", "t.png"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,18 +1,18 @@
 //! Training: Adam against hand-worked steps, the toy sets against their definitions, data
 //! files, the state format, and (below) end-to-end training runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use odeflow::io::CsvError;
 use odeflow::train::{Adam, AdamConfig, DataSource, Dataset, LrSchedule, Toy, TrainState};
 use odeflow::Error;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use tempfile::TempDir;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("odeflow-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A fresh folder for one test, removed when the guard drops.
+fn scratch() -> TempDir {
+    tempfile::Builder::new().prefix("odeflow-train-").tempdir().unwrap()
 }
 
 // ---------------------------------------------------------------- Adam
@@ -360,7 +360,8 @@ fn toy_names_round_trip_and_seeds_fix_the_data() {
 
 #[test]
 fn csv_and_npy_data_and_split() {
-    let p = tmp("data.csv");
+    let dir = scratch();
+    let p = dir.path().join("data.csv");
     std::fs::write(&p, "x,y\n1.0, 2.0\n\n# a comment\n3,4\n-5e-1,6\n").unwrap();
     let d = Dataset::<f64>::from_csv(&p).unwrap();
     assert_eq!((d.len(), d.dim()), (3, 2));
@@ -381,11 +382,11 @@ fn csv_and_npy_data_and_split() {
         Err(Error::Csv(CsvError::NonFinite { line: 2, .. }))
     ));
     assert!(matches!(
-        Dataset::<f64>::from_csv(tmp("missing.csv")),
+        Dataset::<f64>::from_csv(dir.path().join("missing.csv")),
         Err(Error::Csv(CsvError::Io { .. }))
     ));
 
-    let q = tmp("data.npy");
+    let q = dir.path().join("data.npy");
     let vals: Vec<f64> = (0..20).map(f64::from).collect();
     odeflow::io::write_npy(&q, &[10, 2], &vals).unwrap();
     let d = Dataset::<f32>::from_npy(&q, 2).unwrap();
@@ -437,7 +438,8 @@ fn state_files_detect_damage() {
         adam_t: 3,
         rng: ChaCha8Rng::seed_from_u64(11),
     };
-    let p = tmp("state.bin");
+    let dir = scratch();
+    let p = dir.path().join("state.bin");
     s.save(&p).unwrap();
     assert_eq!(TrainState::<f64>::load(&p).unwrap(), s);
     let bytes = std::fs::read(&p).unwrap();
@@ -559,7 +561,8 @@ mod cnf_training {
 
         // The interrupted run checkpoints every 3 iterations (the file is what a Ctrl-C
         // leaves) and is stopped by its callback after iteration 4.
-        let path = super::tmp("resume.state");
+        let dir = super::scratch();
+        let path = dir.path().join("resume.state");
         let ck =
             CnfTrainConfig { checkpoint: Some(path.clone()), checkpoint_every: 3, ..cfg.clone() };
         let mut first = trainer(hutch, ck, 2);
@@ -727,7 +730,8 @@ mod cnf_training {
     /// infinite: iteration 1 stops with `NonFiniteLoss` and nothing changes.
     #[test]
     fn training_on_user_data_and_a_non_finite_loss() {
-        let path = super::tmp("moons.csv");
+        let dir = super::scratch();
+        let path = dir.path().join("moons.csv");
         let pts: Vec<f64> = Toy::Moons
             .sample(300, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2));
         let mut text = String::from("x,y\n");
@@ -968,7 +972,8 @@ fn spiral_fit_resumes_bit_for_bit() {
             }
         })
         .unwrap();
-    let path = tmp("node.state");
+    let dir = scratch();
+    let path = dir.path().join("node.state");
     first.state().save(&path).unwrap();
     let mut resumed = make();
     resumed.restore(TrainState::load(&path).unwrap()).unwrap();

@@ -226,12 +226,11 @@ mod tests {
         let p = parse("\u{feff}x,y\n3,4\n", None).unwrap();
         assert_eq!((p.rows, p.data), (1, vec![3.0, 4.0]));
         // Through a file, as `printf '\xef\xbb\xbf1,2\n3,4\n'` writes it.
-        let dir = std::env::temp_dir().join(format!("odeflow-csv-bom-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-csv-bom-").tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("bom.csv");
         std::fs::write(&path, b"\xef\xbb\xbf1,2\n3,4\n").unwrap();
         assert_eq!(read_csv(&path, Some(2)).unwrap().data, [1.0, 2.0, 3.0, 4.0]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The first line is a header only when none of its fields is a number: a typo in the
@@ -283,8 +282,8 @@ mod tests {
 
     #[test]
     fn round_trip_is_exact() {
-        let dir = std::env::temp_dir().join(format!("odeflow-csv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-csv-").tempdir().unwrap();
+        let dir = tmp.path();
         let p = dir.join("a.csv");
         let data = [0.1, -1.0 / 3.0, 1e-300, 12345.678];
         write_csv(&p, &["x", "y"], &data).unwrap();
@@ -293,6 +292,5 @@ mod tests {
             back.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

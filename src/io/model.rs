@@ -715,11 +715,29 @@ mod tests {
     use super::*;
     use crate::io::NpyError;
 
-    fn tmp(name: &str) -> PathBuf {
+    /// A file path in a fresh folder of its own; the folder and all in it go when this drops.
+    struct TmpPath {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for TmpPath {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl AsRef<Path> for TmpPath {
+        fn as_ref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    fn tmp(name: &str) -> TmpPath {
         // One folder per file: tests run concurrently in one process.
-        let dir = std::env::temp_dir().join(format!("odeflow-model-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+        let dir = tempfile::Builder::new().prefix("odeflow-model-").tempdir().unwrap();
+        TmpPath { path: dir.path().join(name), _dir: dir }
     }
 
     fn model(time: TimeConditioning) -> Cnf<f64, Mlp<f64>> {
@@ -1086,7 +1104,7 @@ mod tests {
         src: &Path,
         name: &str,
         edit: impl FnOnce(&mut serde_json::Value),
-    ) -> PathBuf {
+    ) -> TmpPath {
         let bytes = std::fs::read(src).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let mut info = meta.metadata().clone().unwrap();

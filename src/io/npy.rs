@@ -539,15 +539,13 @@ pub(crate) fn replace_via<E>(
 ///
 /// ```
 /// # use odeflow::io::write_atomically;
-/// let dir = std::env::temp_dir().join(format!("odeflow-doc-atomic-{}", std::process::id()));
-/// std::fs::create_dir_all(&dir)?;
-/// let path = dir.join("notes.txt");
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("notes.txt");
 /// write_atomically(&path, |w| std::io::Write::write_all(w, b"first"))?;
 /// write_atomically(&path, |w| std::io::Write::write_all(w, b"second"))?;
 /// assert_eq!(std::fs::read(&path)?, b"second");
-/// let err = write_atomically(&dir, |w| std::io::Write::write_all(w, b"x")).unwrap_err();
-/// assert!(err.to_string().starts_with(&format!("cannot write {}", dir.display())));
-/// # std::fs::remove_dir_all(&dir)?;
+/// let err = write_atomically(dir.path(), |w| std::io::Write::write_all(w, b"x")).unwrap_err();
+/// assert!(err.to_string().starts_with(&format!("cannot write {}", dir.path().display())));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn write_atomically(
@@ -602,8 +600,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_bad_files() {
-        let dir = std::env::temp_dir().join(format!("odeflow-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-npy-").tempdir().unwrap();
+        let dir = tmp.path();
         let p = dir.join("a.npy");
         let data = [1.0, -2.5, 3.25, f64::MIN_POSITIVE, 1e300, 0.0];
         write_npy(&p, &[3, 2], &data).unwrap();
@@ -622,15 +620,12 @@ mod tests {
         std::fs::write(&q, b"not an array").unwrap();
         assert!(matches!(read_npy(&q), Err(NpyError::Format { .. })));
         assert!(matches!(read_npy(dir.join("missing.npy")), Err(NpyError::Io { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A fresh folder for one test (tests run concurrently in one process).
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("odeflow-npy-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh folder for one test (tests run concurrently in one process), removed when
+    /// the guard drops.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("odeflow-npy-{name}-")).tempdir().unwrap()
     }
 
     /// The bytes of a version-1.0 `.npy` file with the header dict `dict` and `data` after it.
@@ -662,7 +657,8 @@ mod tests {
 
     #[test]
     fn a_shape_whose_size_overflows_is_a_clear_error() {
-        let dir = scratch("overflow");
+        let tmp = scratch("overflow");
+        let dir = tmp.path();
         // 2^62 · 4 = 2^64 wraps to 0 in u64 arithmetic; the file holds 4 values.
         let p = dir.join("overflow.npy");
         let data: Vec<u8> = [1.0f64, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -696,12 +692,12 @@ mod tests {
         }
         let msg = NpzReader::open(&npz).unwrap().array("a").unwrap_err().to_string();
         assert!(msg.contains("overflow.npz") && msg.contains("32 bytes of data"), "{msg}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn io_errors_name_the_path_and_what_failed() {
-        let dir = scratch("messages");
+        let tmp = scratch("messages");
+        let dir = tmp.path();
         let missing = dir.join("missing.npy");
         let msg = read_npy(&missing).unwrap_err().to_string();
         assert!(msg.starts_with(&format!("cannot read {}: ", missing.display())), "{msg}");
@@ -713,12 +709,12 @@ mod tests {
             msg.starts_with(&format!("cannot create a temporary file in {}: ", no_dir.display())),
             "{msg}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_directory_target_is_an_error_naming_it() {
-        let dir = scratch("dir-target");
+        let tmp = scratch("dir-target");
+        let dir = tmp.path();
         let target = dir.join("out.npy");
         std::fs::create_dir(&target).unwrap();
         std::fs::write(target.join("keep"), b"mine").unwrap();
@@ -732,14 +728,14 @@ mod tests {
         );
         // Nothing was touched, and no temporary file was left beside it.
         assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"mine");
-        assert_eq!(names_in(&dir), ["out.npy"]);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(names_in(dir), ["out.npy"]);
     }
 
     #[cfg(unix)]
     #[test]
     fn writing_through_a_symlink_replaces_the_file_it_points_to() {
-        let dir = scratch("symlink");
+        let tmp = scratch("symlink");
+        let dir = tmp.path();
         let sub = dir.join("data");
         std::fs::create_dir(&sub).unwrap();
         let real = sub.join("real.npy");
@@ -764,7 +760,7 @@ mod tests {
         assert_eq!(read_npy(sub.join("new.npy")).unwrap().data, [7.0]);
         assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
         // The temporary files went to the target's folder and are gone.
-        assert_eq!(names_in(&dir), ["chain.npy", "dangling.npy", "data", "link.npy"]);
+        assert_eq!(names_in(dir), ["chain.npy", "dangling.npy", "data", "link.npy"]);
         assert_eq!(names_in(&sub), ["new.npy", "real.npy"]);
         // A loop of links is an error, not a hang.
         let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
@@ -772,7 +768,6 @@ mod tests {
         std::os::unix::fs::symlink(&a, &b).unwrap();
         let msg = write_npy(&a, &[1], &[1.0]).unwrap_err().to_string();
         assert!(msg.contains("a.npy"), "{msg}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The resolution shared with the figures: the end of a chain of links, a dangling
@@ -781,7 +776,8 @@ mod tests {
     #[test]
     fn resolve_for_write_names_the_file_at_the_end_of_the_links() {
         use std::os::unix::fs::symlink;
-        let dir = scratch("resolve");
+        let tmp = scratch("resolve");
+        let dir = tmp.path();
         let real = dir.join("data").join("real.png");
         std::fs::create_dir(dir.join("data")).unwrap();
         std::fs::write(&real, b"old").unwrap();
@@ -812,28 +808,28 @@ mod tests {
         // Nothing was created or changed.
         assert_eq!(std::fs::read(&real).unwrap(), b"old");
         assert!(!dir.join("data").join("new.png").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
     #[test]
     fn replacing_a_file_keeps_its_permissions() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("permissions");
+        let tmp = scratch("permissions");
+        let dir = tmp.path();
         let p = dir.join("a.npy");
         write_npy(&p, &[1], &[1.0]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         write_npy(&p, &[1], &[2.0]).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read_npy(&p).unwrap().data, [2.0]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
     #[test]
     fn a_fifo_is_written_to_not_replaced() {
         use std::os::unix::fs::FileTypeExt;
-        let dir = scratch("fifo");
+        let tmp = scratch("fifo");
+        let dir = tmp.path();
         let fifo = dir.join("pipe.npy");
         match std::process::Command::new("mkfifo").arg(&fifo).status() {
             Ok(s) if s.success() => {}
@@ -849,12 +845,11 @@ mod tests {
         write_npy(&fifo, &[2], &[1.5, -2.5]).unwrap();
         assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
         let bytes = reader.join().unwrap().unwrap();
-        assert_eq!(names_in(&dir), ["pipe.npy"]);
+        assert_eq!(names_in(dir), ["pipe.npy"]);
         let copy = dir.join("copy.npy");
         std::fs::write(&copy, bytes).unwrap();
         let a = read_npy(&copy).unwrap();
         assert_eq!((a.shape, a.data), (vec![2], vec![1.5, -2.5]));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
@@ -874,15 +869,15 @@ mod tests {
         crate::io::write_csv(null, &["x"], &[1.0]).unwrap();
         assert!(is_char(null));
         // Through a link to it, too: the link stays a link.
-        let dir = scratch("dev-null");
+        let tmp = scratch("dev-null");
+        let dir = tmp.path();
         let link = dir.join("out.npy");
         std::os::unix::fs::symlink(null, &link).unwrap();
         assert_eq!(plan(&link).unwrap(), Plan::InPlace { descriptor: false });
         write_npy(&link, &[1], &[1.0]).unwrap();
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert!(is_char(null));
-        assert_eq!(names_in(&dir), ["out.npy"]);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(names_in(dir), ["out.npy"]);
     }
 
     /// /dev/full takes the open and refuses the write: the error is returned. It is only

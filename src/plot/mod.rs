@@ -701,8 +701,8 @@ mod tests {
 
     #[test]
     fn writes_png_and_svg_and_rejects_other_formats() {
-        let dir = std::env::temp_dir().join(format!("odeflow-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-plot-").tempdir().unwrap();
+        let dir = tmp.path();
         let pts = Grid2::centres((-2.0, 2.0), (-1.0, 1.0), 20, 10);
         let values: Vec<f64> = pts.chunks(2).map(|p| (-p[0] * p[0] - p[1] * p[1]).exp()).collect();
         let grid = Grid2 { x_range: (-2.0, 2.0), y_range: (-1.0, 1.0), nx: 20, ny: 10, values };
@@ -726,17 +726,13 @@ mod tests {
         assert_eq!(&std::fs::read(dir.join("a.gif")).unwrap()[..3], b"GIF");
         // No temporary files are left behind.
         let names: Vec<_> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A fresh, empty temporary folder for one test.
-    fn fresh_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("odeflow-plot-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh, empty temporary folder for one test, removed when the guard drops.
+    fn fresh_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("odeflow-plot-{name}-")).tempdir().unwrap()
     }
 
     fn assert_proper((lo, hi): (f64, f64), what: &str) {
@@ -827,7 +823,8 @@ mod tests {
 
     #[test]
     fn training_curves_without_finite_values_are_drawn_empty_and_finish() {
-        let dir = fresh_dir("curves");
+        let tmp = fresh_dir("curves");
+        let dir = tmp.path();
         let nan = f64::NAN;
         type Series = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
         let cases: Vec<(&str, Series)> = vec![
@@ -857,12 +854,12 @@ mod tests {
             .unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(!svg.contains("no finite values") && svg.contains("training loss"), "{svg}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn degenerate_ranges_grids_and_sizes_are_refused_before_writing() {
-        let dir = fresh_dir("refused");
+        let tmp = fresh_dir("refused");
+        let dir = tmp.path();
         let pts = [0.0, 0.0, 1.0, 1.0];
         let states = vec![pts.to_vec(), pts.to_vec()];
         for range in
@@ -921,8 +918,7 @@ mod tests {
             Err(PlotError::NoFrames { .. })
         ));
         // Nothing was written, not even a temporary file.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }
 
     #[test]
@@ -946,7 +942,8 @@ mod tests {
 
     #[test]
     fn unwritable_paths_are_reported_with_the_path_and_the_os_message() {
-        let dir = fresh_dir("missing");
+        let tmp = fresh_dir("missing");
+        let dir = tmp.path();
         let scatter =
             ScatterPanels { panels: vec![("a".into(), &[0.0, 0.0][..])], range: (-1.0, 1.0) };
         let frames = vec![("a".to_string(), &[0.0, 0.0][..])];
@@ -965,14 +962,14 @@ mod tests {
             assert!(msg.starts_with(&want) && msg.contains("(os error"), "{msg}");
             assert!(!msg.contains("Os {") && !msg.contains("IoError"), "{msg}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
     #[test]
     fn a_folder_without_write_permission_is_reported_in_plain_words() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = fresh_dir("readonly");
+        let tmp = fresh_dir("readonly");
+        let dir = tmp.path();
         let locked = dir.join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -989,7 +986,6 @@ mod tests {
             }
         }
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         if writable {
             eprintln!("skipped: this user can write into a read-only folder (root)");
             return;

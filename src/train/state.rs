@@ -150,15 +150,15 @@ impl<T: Real> TrainState<T> {
     ///     iteration: 7, params: vec![0.1, -2.0], tau: vec![0.7], adam_m: vec![0.0; 3],
     ///     adam_v: vec![1e-9; 3], adam_t: 7, rng,
     /// };
-    /// let path = std::env::temp_dir().join(format!("odeflow-doc-state-{}", std::process::id()));
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("train_state.bin");
     /// s.save(&path)?;
     /// let mut back = TrainState::<f32>::load(&path)?;
     /// assert_eq!(back, s);
     /// assert!(TrainState::<f64>::load(&path).is_err()); // saved as f32
     /// let (a, b): (u64, u64) = (back.rng.random(), s.rng.clone().random());
     /// assert_eq!(a, b);
-    /// # std::fs::remove_file(&path).unwrap();
-    /// # Ok::<(), odeflow::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();

@@ -249,8 +249,8 @@ mod tests {
         let e = with_path(Path::new("d/x.csv"), "non-finite value").to_string();
         assert_eq!(e, "d/x.csv: non-finite value");
         assert_eq!(with_path(Path::new("x.csv"), "x.csv: bad").to_string(), "x.csv: bad");
-        let dir = std::env::temp_dir().join(format!("odeflow-inputs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("odeflow-inputs-").tempdir().unwrap();
+        let dir = tmp.path();
         let file = dir.join("p.csv");
         std::fs::write(&file, "1,2\n").unwrap();
         let same = dir.join(".").join("p.csv");
@@ -258,6 +258,5 @@ mod tests {
         assert_eq!(distinct_output(&file, &dir.join("q.csv")), Ok(()));
         assert!(output_folder_exists(&dir.join("no/q.csv")).unwrap_err().contains("no"));
         assert_eq!(output_folder_exists(Path::new("q.csv")), Ok(()));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
