@@ -1104,9 +1104,16 @@ fn runs_inputs_and_logs_are_protected() {
     assert!(err.contains("in use by another odeflow train"), "{err}");
     assert_eq!(std::fs::read(run.join("train_state.bin")).unwrap(), state);
     drop(held);
-    // Nothing to do when the run is already there.
-    let text = ok(&["train", "--resume", "--out", &o, "--iterations", "2", "--no-plot"]);
-    assert!(text.contains("nothing to train"), "{text}");
+    // Nothing to do when the run is already there; but what a killed run left half-written
+    // (its temporary files; no process has this pid) is removed.
+    let stale = run.join(".model.safetensors.999999999.0.tmp");
+    std::fs::write(&stale, b"half a model").unwrap();
+    let out = odeflow(&["train", "--resume", "--out", &o, "--iterations", "2", "--no-plot"]);
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("nothing to train"), "{text}{err}");
+    if Path::new("/proc/self").exists() {
+        assert!(!stale.exists() && err.contains("left by a process that was killed"), "{err}");
+    }
     // An unreadable training log stops the resume instead of being dropped.
     let log = run.join("train_log.csv");
     let mut bytes = std::fs::read(&log).unwrap();

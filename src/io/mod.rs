@@ -9,7 +9,8 @@ pub use checkpoint::load_peer_checkpoint;
 pub use csv::{read_csv, write_csv, CsvError, Points};
 pub use model::{load_cnf, load_flow, load_model, save_cnf, save_flow, Model, ModelFileError};
 pub use npy::{
-    read_npy, read_npy_matrix, write_atomically, write_npy, Array, FileOp, NpyError, NpzReader,
+    read_npy, read_npy_matrix, remove_stale_temporaries, write_atomically, write_npy, Array,
+    FileOp, NpyError, NpzReader,
 };
 
 // The path resolution of `write_atomically`, shared with the figures (src/plot), which

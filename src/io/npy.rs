@@ -569,12 +569,97 @@ pub fn write_atomically(
     }
 }
 
+/// Removes the temporary files that [`write_atomically`] and the figure writers leave in
+/// `dir` when their process is killed between creating and renaming them
+/// (`.{name}.{pid}.{n}.tmp`, or `….tmp.{ext}` for a figure), where that process no longer
+/// runs. Returns the files removed. Housekeeping only: a file it cannot read or remove is
+/// left, and it removes nothing where it cannot tell whether a process runs (it asks Linux's
+/// `/proc`). `odeflow train` calls it on its run folder once it holds the folder's lock.
+pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_file_pid) else { continue };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !proc.join(pid.to_string()).exists() {
+            let path = entry.path();
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// The process id in a name [`create_temp`] makes (`.{name}.{pid}.{n}.tmp`, optionally
+/// followed by `.{ext}`), or `None` for any other name.
+fn temporary_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (head, tail) = rest.rsplit_once(".tmp")?;
+    let ext_ok = tail.is_empty()
+        || tail
+            .strip_prefix('.')
+            .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()));
+    let mut parts = head.rsplitn(3, '.');
+    let (n, pid, stem) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    (ext_ok && digits(n) && !stem.is_empty()).then_some(())?;
+    digits(pid).then(|| pid.parse().ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn peers(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("data/peers").join(name)
+    }
+
+    #[test]
+    fn temporary_file_names_are_recognised() {
+        assert_eq!(temporary_file_pid(".model.safetensors.4242.0.tmp"), Some(4242));
+        assert_eq!(temporary_file_pid(".density.png.17.3.tmp.png"), Some(17));
+        assert_eq!(temporary_file_pid(".a.b.c.1.22.tmp"), Some(1));
+        for other in [
+            "model.safetensors",
+            ".model.safetensors",
+            ".x.12.tmp",
+            ".x.a.1.tmp",
+            ".x.1.2.tmpx",
+            ".1.2.tmp",
+        ] {
+            assert_eq!(temporary_file_pid(other), None, "{other}");
+        }
+    }
+
+    /// A killed process's temporary files go; a running one's, and other files, stay.
+    #[test]
+    fn stale_temporaries_are_removed() {
+        let dir = tempfile::Builder::new().prefix("odeflow-stale-").tempdir().unwrap();
+        let dir = dir.path();
+        // Above Linux's largest pid (2²²), so never a running process.
+        let dead = dir.join(".model.safetensors.999999999.0.tmp");
+        let dead_figure = dir.join(".density.png.999999999.1.tmp.png");
+        let live = dir.join(format!(".train_state.bin.{}.0.tmp", std::process::id()));
+        let kept = [live.clone(), dir.join("model.safetensors"), dir.join(".hidden")];
+        for p in [&dead, &dead_figure].into_iter().chain(&kept) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::fs::create_dir(dir.join(".sub.999999999.2.tmp")).unwrap();
+        let removed = remove_stale_temporaries(dir);
+        if !Path::new("/proc/self").exists() {
+            assert!(removed.is_empty());
+            return;
+        }
+        assert_eq!(removed, vec![dead_figure.clone(), dead.clone()]);
+        assert!(!dead.exists() && !dead_figure.exists());
+        assert!(kept.iter().all(|p| p.exists()) && dir.join(".sub.999999999.2.tmp").is_dir());
     }
 
     #[test]

@@ -1240,7 +1240,8 @@ fn start_run(
 /// Takes the run folder `out` for this process: an exclusive advisory lock (`flock`) on the
 /// folder itself, which the system releases when the process ends, however it ends. Two
 /// `train` runs in one folder would otherwise mix its model, state and log; the second is
-/// refused instead. `None` where there is nothing to lock (no folder yet: a resume then
+/// refused instead. Once it holds the lock, it removes the temporary files a killed
+/// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is nothing to lock (no folder yet: a resume then
 /// fails on its missing run.json) or the file system has no locks (the run goes on
 /// unlocked, as before).
 #[cfg(unix)]
@@ -1253,7 +1254,13 @@ fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Err
         Err(e) => return Err(format!("cannot open the run folder {}: {e}", out.display()).into()),
     };
     match dir.try_lock() {
-        Ok(()) => Ok(Some(dir)),
+        Ok(()) => {
+            // No other train runs here now: what a killed one left half-written can go.
+            for path in odeflow::io::remove_stale_temporaries(out) {
+                eprintln!("removed {} (left by a process that was killed)", path.display());
+            }
+            Ok(Some(dir))
+        }
         Err(TryLockError::WouldBlock) => Err(format!(
             "{} is in use by another odeflow train (it holds the folder's lock): wait for it \
              to end, or choose another --out",
