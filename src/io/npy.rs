@@ -609,8 +609,10 @@ fn temporary_file_pid(name: &str) -> Option<u32> {
     let mut parts = head.rsplitn(3, '.');
     let (n, pid, stem) = (parts.next()?, parts.next()?, parts.next()?);
     let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
-    (ext_ok && digits(n) && !stem.is_empty()).then_some(())?;
-    digits(pid).then(|| pid.parse().ok()).flatten()
+    if !(ext_ok && digits(n) && digits(pid) && !stem.is_empty()) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 #[cfg(test)]

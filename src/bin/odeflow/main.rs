@@ -1195,11 +1195,12 @@ fn points_crc32(cols: usize, data: &[f64]) -> u32 {
 }
 
 /// Whether a run whose first iteration's loss (the mean NLL of a batch) was `start` and
-/// whose last test NLL is `end` made its model worse: `end` above `start` by more than one nat
-/// per point, far beyond the two estimates' sampling noise, or not finite. Maximum likelihood
+/// whose last test NLL is `end` made its model worse: `end` above `start` by more than
+/// 1 + 5% of |start| nats per point (beyond the two estimates' sampling noise, which grows
+/// with the spread of the NLL, and so with its size), or not a number. Maximum likelihood
 /// training that works lowers the NLL; this is what a too-large learning rate does.
 fn went_the_wrong_way(start: f64, end: f64) -> bool {
-    end.is_nan() || end > start + 1.0
+    end.is_nan() || end > start + 1.0 + 0.05 * start.abs()
 }
 
 /// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
@@ -1241,9 +1242,9 @@ fn start_run(
 /// folder itself, which the system releases when the process ends, however it ends. Two
 /// `train` runs in one folder would otherwise mix its model, state and log; the second is
 /// refused instead. Once it holds the lock, it removes the temporary files a killed
-/// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is nothing to lock (no folder yet: a resume then
-/// fails on its missing run.json) or the file system has no locks (the run goes on
-/// unlocked, as before).
+/// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is
+/// nothing to lock (no folder yet: a resume then fails on its missing run.json) or the file
+/// system has no locks (the run goes on unlocked, as before).
 #[cfg(unix)]
 fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
     use std::fs::TryLockError;
