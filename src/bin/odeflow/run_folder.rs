@@ -1,0 +1,105 @@
+//! The files of a training run in its `--out` folder: the run's settings (run.json) and
+//! the fingerprint of its data, the folder's lock, and the start of a new run there.
+
+use std::path::Path;
+
+use odeflow::io::write_atomically;
+
+use crate::inputs::create_dir;
+use crate::train_args::TrainArgs;
+
+/// The CRC-32 of a data set: its column count and the bits of its values, so that the same
+/// points written another way (CSV or .npy, other spacing) give the same.
+pub(crate) fn points_crc32(cols: usize, data: &[f64]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(cols as u64).to_le_bytes());
+    for v in data {
+        h.update(&v.to_bits().to_le_bytes());
+    }
+    h.finalize()
+}
+
+/// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
+/// `--overwrite` (then removes its state and log, so that a later `--resume` cannot pair
+/// them with the new settings), and writes the settings (for `--resume`). Called once the
+/// settings are known to be valid. Returns the folder's lock ([`lock_run`]), to be held for
+/// the whole run.
+pub(crate) fn start_run(
+    out: &Path,
+    a: &TrainArgs,
+) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+    create_dir(out)?;
+    let lock = lock_run(out)?;
+    let state = out.join("train_state.bin");
+    let run = out.join("run.json");
+    if state.exists() || run.exists() {
+        if !a.overwrite {
+            return Err(format!(
+                "{} holds a run (run.json, train_state.bin): continue it with --resume, or \
+                 pass --overwrite to start a new run there (replacing it)",
+                out.display()
+            )
+            .into());
+        }
+        for p in [state, out.join("train_log.csv")] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("cannot remove {}: {e}", p.display()).into())
+                }
+                _ => {}
+            }
+        }
+    }
+    write_run(&run, a)?;
+    Ok(lock)
+}
+
+/// Takes the run folder `out` for this process: an exclusive advisory lock (`flock`) on the
+/// folder itself, which the system releases when the process ends, however it ends. Two
+/// `train` runs in one folder would otherwise mix its model, state and log; the second is
+/// refused instead. Once it holds the lock, it removes the temporary files a killed
+/// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is
+/// nothing to lock (no folder yet: a resume then fails on its missing run.json) or the file
+/// system has no locks (the run goes on unlocked, as before).
+#[cfg(unix)]
+pub(crate) fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+    use std::fs::TryLockError;
+    use std::io::ErrorKind;
+    let dir = match std::fs::File::open(out) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open the run folder {}: {e}", out.display()).into()),
+    };
+    match dir.try_lock() {
+        Ok(()) => {
+            // No other train runs here now: what a killed one left half-written can go.
+            for path in odeflow::io::remove_stale_temporaries(out) {
+                eprintln!("removed {} (left by a process that was killed)", path.display());
+            }
+            Ok(Some(dir))
+        }
+        Err(TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by another odeflow train (it holds the folder's lock): wait for it \
+             to end, or choose another --out",
+            out.display()
+        )
+        .into()),
+        Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => Ok(None),
+        Err(TryLockError::Error(e)) => {
+            Err(format!("cannot lock the run folder {}: {e}", out.display()).into())
+        }
+    }
+}
+
+/// Elsewhere runs go unlocked.
+#[cfg(not(unix))]
+pub(crate) fn lock_run(_out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+    Ok(None)
+}
+
+/// Writes the run's settings (for `--resume`).
+fn write_run(path: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let json = serde_json::to_string_pretty(a)?;
+    write_atomically(path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
+    Ok(())
+}
