@@ -1,7 +1,9 @@
-//! The files of a training run in its `--out` folder: the run's settings (run.json) and
-//! the fingerprint of its data, the folder's lock, and the start of a new run there.
+//! The files of a training run in its `--out` folder: their paths, the folder's lock, the
+//! start of a new run there with its settings (run.json), and the fingerprint of its data
+//! that run.json keeps.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use odeflow::io::write_atomically;
 
@@ -19,39 +21,75 @@ pub(crate) fn points_crc32(cols: usize, data: &[f64]) -> u32 {
     h.finalize()
 }
 
-/// Starts a new run in `out`: creates the folder, refuses one that holds a run unless
-/// `--overwrite` (then removes its state and log, so that a later `--resume` cannot pair
-/// them with the new settings), and writes the settings (for `--resume`). Called once the
-/// settings are known to be valid. Returns the folder's lock ([`lock_run`]), to be held for
-/// the whole run.
-pub(crate) fn start_run(
-    out: &Path,
-    a: &TrainArgs,
-) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
-    create_dir(out)?;
-    let lock = lock_run(out)?;
-    let state = out.join("train_state.bin");
-    let run = out.join("run.json");
-    if state.exists() || run.exists() {
-        if !a.overwrite {
-            return Err(format!(
-                "{} holds a run (run.json, train_state.bin): continue it with --resume, or \
-                 pass --overwrite to start a new run there (replacing it)",
-                out.display()
-            )
-            .into());
-        }
-        for p in [state, out.join("train_log.csv")] {
-            match std::fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(format!("cannot remove {}: {e}", p.display()).into())
-                }
-                _ => {}
-            }
+/// A training run's folder (`--out`) and the paths of its files, with the folder's lock once
+/// this process holds it ([`lock_run`]): the lock is held for as long as this value lives,
+/// so the `train` command keeps it until the training ends.
+pub(crate) struct RunFolder {
+    /// The folder itself.
+    pub(crate) out: PathBuf,
+    /// run.json: the run's settings, for `--resume`.
+    pub(crate) settings_file: PathBuf,
+    /// train_state.bin: the training state, to resume from.
+    pub(crate) state_file: PathBuf,
+    /// model.safetensors: the trained model.
+    pub(crate) model_file: PathBuf,
+    /// train_log.csv: one row per iteration.
+    pub(crate) log_file: PathBuf,
+    /// The folder's lock: `None` until taken, and where there is nothing to lock.
+    _lock: Option<File>,
+}
+
+impl RunFolder {
+    /// The run folder `out`, not yet locked.
+    pub(crate) fn new(out: &Path) -> Self {
+        RunFolder {
+            out: out.to_path_buf(),
+            settings_file: out.join("run.json"),
+            state_file: out.join("train_state.bin"),
+            model_file: out.join("model.safetensors"),
+            log_file: out.join("train_log.csv"),
+            _lock: None,
         }
     }
-    write_run(&run, a)?;
-    Ok(lock)
+
+    /// Takes the folder's lock ([`lock_run`]) to resume the run in it, before its run.json
+    /// is read.
+    pub(crate) fn lock_to_resume(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self._lock = lock_run(&self.out)?;
+        Ok(())
+    }
+
+    /// Starts a new run here: creates the folder, takes its lock ([`lock_run`]), refuses
+    /// one that holds a run unless `--overwrite` (then removes its state and log, so that a
+    /// later `--resume` cannot pair them with the new settings), and writes the settings
+    /// (for `--resume`). Called once the settings are known to be valid: a refused command
+    /// leaves an earlier run's run.json as it was.
+    pub(crate) fn start_run(&mut self, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+        let out = &self.out;
+        create_dir(out)?;
+        let lock = lock_run(out)?;
+        if self.state_file.exists() || self.settings_file.exists() {
+            if !a.overwrite {
+                return Err(format!(
+                    "{} holds a run (run.json, train_state.bin): continue it with --resume, or \
+                     pass --overwrite to start a new run there (replacing it)",
+                    out.display()
+                )
+                .into());
+            }
+            for p in [&self.state_file, &self.log_file] {
+                match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(format!("cannot remove {}: {e}", p.display()).into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        write_run(&self.settings_file, a)?;
+        self._lock = lock;
+        Ok(())
+    }
 }
 
 /// Takes the run folder `out` for this process: an exclusive advisory lock (`flock`) on the
@@ -62,7 +100,7 @@ pub(crate) fn start_run(
 /// nothing to lock (no folder yet: a resume then fails on its missing run.json) or the file
 /// system has no locks (the run goes on unlocked, as before).
 #[cfg(unix)]
-pub(crate) fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+fn lock_run(out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
     use std::fs::TryLockError;
     use std::io::ErrorKind;
     let dir = match std::fs::File::open(out) {
@@ -93,7 +131,7 @@ pub(crate) fn lock_run(out: &Path) -> Result<Option<std::fs::File>, Box<dyn std:
 
 /// Elsewhere runs go unlocked.
 #[cfg(not(unix))]
-pub(crate) fn lock_run(_out: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
+fn lock_run(_out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
     Ok(None)
 }
 
