@@ -98,7 +98,8 @@ impl RunFolder {
 /// refused instead. Once it holds the lock, it removes the temporary files a killed
 /// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is
 /// nothing to lock (no folder yet: a resume then fails on its missing run.json) or the file
-/// system has no locks (the run goes on unlocked, as before).
+/// system cannot lock it (the run goes on unlocked, as before: the lock protects, it never
+/// stops a run that could go on).
 #[cfg(unix)]
 fn lock_run(out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
     use std::fs::TryLockError;
@@ -122,10 +123,9 @@ fn lock_run(out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
             out.display()
         )
         .into()),
-        Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => Ok(None),
-        Err(TryLockError::Error(e)) => {
-            Err(format!("cannot lock the run folder {}: {e}", out.display()).into())
-        }
+        // A file system that cannot lock the folder (no locks at all, or NFS, which
+        // emulates flock with a write lock a read-only handle may not take): unlocked.
+        Err(TryLockError::Error(_)) => Ok(None),
     }
 }
 
