@@ -1,5 +1,9 @@
 //! What `train` and `plot` both draw from: the plotted range around the data, and the
-//! curves of a training log.
+//! figure of a training log's curves.
+
+use std::path::{Path, PathBuf};
+
+use odeflow::plot::{render, TrainingCurves};
 
 /// A symmetric plot range around the data (10% margin), or ±4.
 pub(crate) fn plot_range(data: &[f64]) -> (f64, f64) {
@@ -11,12 +15,25 @@ pub(crate) fn plot_range(data: &[f64]) -> (f64, f64) {
     }
 }
 
+/// Draws the curves of the training log `log` (train_log.csv's text) into
+/// `folder/training.{format}` (`png` or `svg`); returns the file's path.
+pub(crate) fn write_training_curves(
+    log: &str,
+    folder: &Path,
+    format: &str,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let (loss, test_nll, nfe) = training_curves(log);
+    let path = folder.join(format!("training.{format}"));
+    render(&path, (1100, 420), &TrainingCurves { loss: &loss, test_nll: &test_nll, nfe: &nfe })?;
+    Ok(path)
+}
+
 /// A training log's curves: (iteration, loss), (iteration, test NLL) and (iteration,
 /// forward NFE, backward NFE).
-pub(crate) type Curves = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
+type Curves = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
 
 /// The loss, test NLL and NFE series of a training log.
-pub(crate) fn training_curves(log: &str) -> Curves {
+fn training_curves(log: &str) -> Curves {
     let (mut loss, mut test, mut nfe) = (Vec::new(), Vec::new(), Vec::new());
     for line in log.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();

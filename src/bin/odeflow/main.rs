@@ -14,7 +14,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use odeflow::cnf::{Cnf, CnfConfig, Steps};
 use odeflow::field::Mlp;
 use odeflow::io::{load_model, write_csv, write_npy, Model};
-use odeflow::plot::{render, ModelFigures, TrainingCurves};
+use odeflow::plot::ModelFigures;
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
 use odeflow::workprecision::{work_precision, write_all, Setting};
 use odeflow::Error;
@@ -27,7 +27,7 @@ mod train;
 mod train_args;
 mod trainer;
 
-use figures::{plot_range, training_curves};
+use figures::{plot_range, write_training_curves};
 use inputs::{
     adaptive_method, check_memory, count, count2, create_dir, distinct_output,
     output_folder_exists, points_from, positive, repeats, solve_bytes, status, table_format,
@@ -394,14 +394,7 @@ fn plot(a: PlotArgs) -> CliResult {
         Model::Flow(_, f) => figures.write_flow(f, &a.out)?,
     };
     if let Some(log) = log {
-        let curves = training_curves(&log);
-        let path = a.out.join(format!("training.{}", figures.format));
-        render(
-            &path,
-            (1100, 420),
-            &TrainingCurves { loss: &curves.0, test_nll: &curves.1, nfe: &curves.2 },
-        )?;
-        written.push(path);
+        written.push(write_training_curves(&log, &a.out, figures.format)?);
     }
     for p in written {
         println!("wrote {}", p.display());

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::io::write_atomically;
-use odeflow::plot::{render, ModelFigures, TrainingCurves};
+use odeflow::plot::ModelFigures;
 use odeflow::train::{DataSource, Dataset, Progress, RunSummary, Toy};
 use odeflow::Error;
 
-use crate::figures::{plot_range, training_curves};
+use crate::figures::{plot_range, write_training_curves};
 use crate::inputs::{check_memory, loss_text, points_from, solve_bytes, with_path};
 use crate::run_folder::{points_crc32, RunFolder};
 use crate::train_args::TrainArgs;
@@ -23,9 +23,9 @@ use crate::CliResult;
 const LOG_HEADER: &str =
     "iteration,loss,nll,test_nll,nfe_forward,nfe_backward,iter_seconds,elapsed_seconds,t_end\n";
 
-/// Trains a CNF (or, with `--flow`, a discrete flow) and writes the model, the state, the log
-/// and the figures. `given` names the options given on the command line, which `--resume`
-/// checks against the run's settings.
+/// Trains a CNF (or, with `--flow`, a flow: discrete, or RealNVP couplings with a CNF block)
+/// and writes the model, the state, the log and the figures. `given` names the options given
+/// on the command line, which `--resume` checks against the run's settings.
 pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
     // Holds the folder's lock until the training ends: a resumed run's from here, a new
     // run's from `start_run` on (once the trainer has accepted the settings).
@@ -335,13 +335,7 @@ fn write_figures(
             println!("wrote {}", p.display());
         }
     }
-    let curves = training_curves(log);
-    let path = out.join("training.png");
-    render(
-        &path,
-        (1100, 420),
-        &TrainingCurves { loss: &curves.0, test_nll: &curves.1, nfe: &curves.2 },
-    )?;
+    let path = write_training_curves(log, out, "png")?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::train_args::TrainArgs;
 pub(crate) enum Trainer {
     /// A CNF of MLP blocks.
     Cnf(Box<CnfTrainer<f64, Mlp<f64>>>),
-    /// A discrete flow and its spec (for the model file).
+    /// A flow (discrete, or with a CNF block) and its spec (for the model file).
     Flow(Box<FlowTrainer<f64>>, FlowSpec),
 }
 
