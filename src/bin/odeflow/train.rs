@@ -248,9 +248,9 @@ fn run_with_progress(
 fn progress_message(p: &Progress, last_test: Option<f64>) -> String {
     let rate = if p.iter_time.as_secs_f64() > 0.0 { 1.0 / p.iter_time.as_secs_f64() } else { 0.0 };
     format!(
-        "loss {:.4} | test NLL {} | NFE {}/{} | {rate:.1} it/s",
-        p.loss,
-        last_test.map_or("-".to_string(), |t: f64| format!("{t:.4}")),
+        "loss {} | test NLL {} | NFE {}/{} | {rate:.1} it/s",
+        loss_text(p.loss),
+        last_test.map_or("-".to_string(), loss_text),
         p.nfe_forward,
         p.nfe_backward
     )
