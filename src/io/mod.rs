@@ -15,7 +15,7 @@ pub use npy::{
 
 // The path resolution of `write_atomically`, shared with the figures (src/plot), which
 // write through a temporary file of their own.
-pub(crate) use npy::{create_temp, replace_via, resolve_for_write, WriteTarget};
+pub(crate) use npy::{create_temp, folder_of, replace_via, resolve_for_write, WriteTarget};
 
 /// Reads points from a `.npy` file (2-D, float) or otherwise a CSV file; with
 /// `cols = Some(d)` the points must have dimension d.

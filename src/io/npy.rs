@@ -328,13 +328,18 @@ fn is_a_directory(path: &Path) -> NpyError {
     io_err(FileOp::Write, path)(ErrorKind::IsADirectory.into())
 }
 
+/// The folder of `path`: its parent, or `.` for a bare file name (whose parent is empty).
+pub(crate) fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Whether the symbolic link `link` lives in procfs, whose links (`/proc/self/fd/1`, behind
 /// `/dev/stdout` and `/dev/fd/1`) stand for open files rather than paths.
 fn is_proc_link(link: &Path) -> bool {
-    let dir = match link.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(link);
     cfg!(target_os = "linux") && std::fs::canonicalize(dir).is_ok_and(|d| d.starts_with("/proc"))
 }
 
@@ -482,10 +487,7 @@ pub(crate) fn replace_via<E>(
     fill: impl FnOnce(&Path, File) -> Result<(), E>,
     map: impl Fn(NpyError) -> E,
 ) -> Result<(), E> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(target);
     let name = target.file_name().ok_or_else(|| {
         map(io_err(FileOp::Write, target)(std::io::Error::new(
             ErrorKind::InvalidInput,

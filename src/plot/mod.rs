@@ -18,7 +18,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::io::{
-    create_temp, replace_via, resolve_for_write, write_atomically, NpyError, WriteTarget,
+    create_temp, folder_of, replace_via, resolve_for_write, write_atomically, NpyError, WriteTarget,
 };
 
 mod model;
@@ -245,14 +245,6 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> PlotError + '_ {
     move |source| PlotError::Write { path: path.to_path_buf(), source }
 }
 
-/// The folder of `path` (`.` for a bare file name).
-fn folder(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
 /// The [`PlotError::Write`] for the figure `path` of an error of resolving or writing it.
 /// The operating system's error is kept as it is where the error was about `path` itself or
 /// its folder; one about another path (a link in the chain, the folder of the file at its
@@ -260,7 +252,7 @@ fn folder(path: &Path) -> &Path {
 fn resolve_err(path: &Path) -> impl Fn(NpyError) -> PlotError + '_ {
     move |e| {
         let source = match e {
-            NpyError::Io { path: p, source, .. } if p == path || p == folder(path) => source,
+            NpyError::Io { path: p, source, .. } if p == path || p == folder_of(path) => source,
             NpyError::Io { ref source, .. } => std::io::Error::new(source.kind(), e.to_string()),
             other => std::io::Error::other(other.to_string()),
         };
