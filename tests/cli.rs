@@ -257,7 +257,7 @@ fn bad_input_exits_nonzero_naming_the_problem_and_keeps_outputs() {
     let err = fails(
         &[&["logprob", "--model", &model, "--input", &inp, "--output", &outp], &tiny[..]].concat(),
     );
-    assert!(err.contains("rtol = 1e-300 is below the precision of f64"), "{err}");
+    assert!(err.contains("--rtol") && err.contains("below the precision of f64"), "{err}");
     keep();
     let err = fails(&[
         "logprob",
@@ -1014,9 +1014,13 @@ fn counts_sizes_and_formats_are_checked() {
     odeflow::io::write_npy(&none, &[0, 2], &[]).unwrap();
     let err = fails(&["bench", "--problem", "model", "--model", &m, "--points", &s(&none)]);
     assert!(err.contains("no points"), "{err}");
-    // A built-in problem's failure names the problem, not a CNF block.
-    let err = fails(&["bench", "--methods", "dopri5", "--tols", "1e-300", "--out", &d("b3")]);
+    // A built-in problem's failure names the problem, not a CNF block (Bogacki–Shampine at a
+    // tolerance near f64's precision runs out of steps); a tolerance below that precision is
+    // refused with the flag's name, before any work.
+    let err = fails(&["bench", "--methods", "bosh3", "--tols", "2.3e-16", "--out", &d("b3")]);
     assert!(err.contains("arenstorf") && !err.contains("block"), "{err}");
+    let err = fails(&["bench", "--methods", "dopri5", "--tols", "1e-3,1e-300", "--out", &d("b3")]);
+    assert!(err.contains("--tols") && err.contains("below the precision of f64"), "{err}");
     // Fixed steps beyond the step limit, and absurd repeats, are refused before any work.
     let err = fails(&["bench", "--methods", "euler", "--steps", "200000", "--out", &d("b4")]);
     assert!(err.contains("--steps 200000") && err.contains("100000"), "{err}");
@@ -1108,6 +1112,8 @@ fn runs_inputs_and_logs_are_protected() {
     // (its temporary files; no process has this pid) is removed.
     let stale = run.join(".model.safetensors.999999999.0.tmp");
     std::fs::write(&stale, b"half a model").unwrap();
+    let minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(minutes_ago).unwrap();
     let out = odeflow(&["train", "--resume", "--out", &o, "--iterations", "2", "--no-plot"]);
     let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("nothing to train"), "{text}{err}");
@@ -1150,7 +1156,10 @@ fn runs_inputs_and_logs_are_protected() {
     };
     std::fs::write(&data, rows.join(" \r\n")).unwrap();
     assert!(resume("3").status.success());
-    std::fs::write(&data, rows[1..].join("\n")).unwrap();
+    // The same count of points, one value changed.
+    let mut changed = rows.clone();
+    changed[5] = "5,5.5".into();
+    std::fs::write(&data, changed.join("\n")).unwrap();
     let out = resume("4");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -943,6 +943,21 @@ fn spiral_fit_reaches_the_stated_error() {
     assert!(s1 < 0.045, "segment error {s1}, constant prediction {constant}");
 }
 
+/// The fitter's default settings are valid in both precisions: torchdiffeq's rtol of 1e-7
+/// is below f32's machine epsilon, so f32 takes the epsilon (and says so in the docs).
+#[test]
+fn node_fit_defaults_are_valid_in_f32_and_f64() {
+    use odeflow::field::{Mlp, MlpConfig, TimeConditioning};
+    use odeflow::train::node::{spiral, NodeFitConfig, NodeFitter};
+    let cfg = MlpConfig { hidden: vec![8], time: TimeConditioning::Ignore, ..Default::default() };
+    let obs = spiral::<f32>(100, 5.0, 0.01, 3).unwrap();
+    NodeFitter::new(Mlp::<f32>::new(&cfg).unwrap(), obs, NodeFitConfig::default()).unwrap();
+    assert_eq!(NodeFitConfig::<f32>::default().rtol.to_bits(), f32::EPSILON.to_bits());
+    let obs = spiral::<f64>(100, 5.0, 0.01, 3).unwrap();
+    NodeFitter::new(Mlp::<f64>::new(&cfg).unwrap(), obs, NodeFitConfig::default()).unwrap();
+    assert_eq!(NodeFitConfig::<f64>::default().rtol.to_bits(), 1e-7f64.to_bits());
+}
+
 /// The neural-ODE fitter resumes exactly too.
 #[test]
 fn spiral_fit_resumes_bit_for_bit() {

@@ -112,7 +112,7 @@ impl<T: Real> SolveOptions<T> {
         if self.rtol < T::epsilon() {
             return Err(SolveError::ToleranceBelowPrecision {
                 rtol: shown(self.rtol),
-                scalar: std::any::type_name::<T>(),
+                scalar: T::NAME,
                 epsilon: T::epsilon().to_f64c(),
             });
         }
@@ -230,8 +230,9 @@ pub enum SolveError {
     },
     /// `rtol` is below the scalar type's machine epsilon: rounding alone errs by more, so no
     /// solution is that accurate, and the steps would only shrink toward the round-off limit
-    /// (or, with an atol as small, the error norm overflow). MATLAB and SciPy raise such an
-    /// rtol to 100 ε with a warning; here it is an error, as other bad input.
+    /// (or, with an atol as small, the error norm overflow). MATLAB and SciPy raise any rtol
+    /// below 100 ε to 100 ε, with a warning; the floor here is ε itself (f32 runs at 1e-5
+    /// and 1e-6 sit below f32's 100 ε), and below it is an error, as other bad input.
     #[error(
         "rtol = {} is below the precision of {scalar} (machine epsilon {epsilon:.1e}): no \
          solution is that accurate",

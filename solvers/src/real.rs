@@ -17,6 +17,8 @@ pub trait Real:
     + Sync
     + 'static
 {
+    /// The type's name (`"f32"`, `"f64"`), for messages.
+    const NAME: &'static str;
     /// Converts an `f64` constant to this type (rounding to nearest for `f32`).
     fn from_f64c(x: f64) -> Self;
     /// Converts to `f64` (exact for both implementations).
@@ -24,6 +26,7 @@ pub trait Real:
 }
 
 impl Real for f32 {
+    const NAME: &'static str = "f32";
     #[inline(always)]
     fn from_f64c(x: f64) -> Self {
         x as f32
@@ -35,6 +38,7 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    const NAME: &'static str = "f64";
     #[inline(always)]
     fn from_f64c(x: f64) -> Self {
         x

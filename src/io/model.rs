@@ -512,7 +512,10 @@ fn check_cnf_sizes(
 }
 
 /// Loads a CNF saved by [`save_cnf`] (or written by PyTorch in the same format), in
-/// precision `T` whatever the file's.
+/// precision `T` whatever the file's. Its solver settings come with it: a file whose rtol is
+/// below `T`'s machine epsilon (an f64 model at rtol 1e-7, loaded in f32) is refused with
+/// [`SolveError::ToleranceBelowPrecision`](crate::solvers::SolveError::ToleranceBelowPrecision)
+/// (load it in f64, or save it at another rtol).
 pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error> {
     let path = path.as_ref();
     let bytes = read_file(path)?;

@@ -572,23 +572,43 @@ pub fn write_atomically(
 }
 
 /// Removes the temporary files that [`write_atomically`] and the figure writers leave in
-/// `dir` when their process is killed between creating and renaming them
-/// (`.{name}.{pid}.{n}.tmp`, or `….tmp.{ext}` for a figure), where that process no longer
-/// runs. Returns the files removed. Housekeeping only: a file it cannot read or remove is
+/// `dir` when their process is killed between creating and renaming them:
+/// `.{name}.{pid}.{n}.tmp` (or `….tmp.{ext}` for a figure), where `name` is one of `names`
+/// or a file `dir` holds, the process `pid` no longer runs, and the file has not changed for
+/// a minute (a process this one cannot see, in another pid namespace, is then not writing it
+/// either). Returns the files removed. Housekeeping only: a file it cannot read or remove is
 /// left, and it removes nothing where it cannot tell whether a process runs (it asks Linux's
 /// `/proc`). `odeflow train` calls it on its run folder once it holds the folder's lock.
-pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+///
+/// ```
+/// # use odeflow::io::remove_stale_temporaries;
+/// let dir = tempfile::tempdir()?;
+/// // Another file's temporary name, and one of a process that runs (this one): both stay.
+/// let other = dir.path().join(".notes.1234.0.tmp");
+/// let live = dir.path().join(format!(".model.safetensors.{}.0.tmp", std::process::id()));
+/// for p in [&other, &live] {
+///     std::fs::write(p, b"x")?;
+/// }
+/// assert!(remove_stale_temporaries(dir.path(), &["model.safetensors"]).is_empty());
+/// assert!(other.exists() && live.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
     let proc = Path::new("/proc");
     if !proc.join("self").exists() {
         return Vec::new();
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let settled = |m: &std::fs::Metadata| {
+        m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60))
+    };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(temporary_file_pid) else { continue };
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && !proc.join(pid.to_string()).exists() {
+        let file_name = entry.file_name();
+        let Some((name, pid)) = file_name.to_str().and_then(temporary_file_of) else { continue };
+        let known = names.contains(&name) || dir.join(name).is_file();
+        let stale = entry.metadata().is_ok_and(|m| m.is_file() && settled(&m));
+        if known && stale && !proc.join(pid.to_string()).exists() {
             let path = entry.path();
             if std::fs::remove_file(&path).is_ok() {
                 removed.push(path);
@@ -599,22 +619,22 @@ pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// The process id in a name [`create_temp`] makes (`.{name}.{pid}.{n}.tmp`, optionally
-/// followed by `.{ext}`), or `None` for any other name.
-fn temporary_file_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
+/// The file and the process id in a name [`create_temp`] makes (`.{name}.{pid}.{n}.tmp`,
+/// optionally followed by `.{ext}`), or `None` for any other name.
+fn temporary_file_of(file_name: &str) -> Option<(&str, u32)> {
+    let rest = file_name.strip_prefix('.')?;
     let (head, tail) = rest.rsplit_once(".tmp")?;
     let ext_ok = tail.is_empty()
         || tail
             .strip_prefix('.')
             .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()));
     let mut parts = head.rsplitn(3, '.');
-    let (n, pid, stem) = (parts.next()?, parts.next()?, parts.next()?);
+    let (n, pid, name) = (parts.next()?, parts.next()?, parts.next()?);
     let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
-    if !(ext_ok && digits(n) && digits(pid) && !stem.is_empty()) {
+    if !(ext_ok && digits(n) && digits(pid) && !name.is_empty()) {
         return None;
     }
-    pid.parse().ok()
+    Some((name, pid.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -627,9 +647,10 @@ mod tests {
 
     #[test]
     fn temporary_file_names_are_recognised() {
-        assert_eq!(temporary_file_pid(".model.safetensors.4242.0.tmp"), Some(4242));
-        assert_eq!(temporary_file_pid(".density.png.17.3.tmp.png"), Some(17));
-        assert_eq!(temporary_file_pid(".a.b.c.1.22.tmp"), Some(1));
+        let of = temporary_file_of;
+        assert_eq!(of(".model.safetensors.4242.0.tmp"), Some(("model.safetensors", 4242)));
+        assert_eq!(of(".density.png.17.3.tmp.png"), Some(("density.png", 17)));
+        assert_eq!(of(".a.b.c.1.22.tmp"), Some(("a.b.c", 1)));
         for other in [
             "model.safetensors",
             ".model.safetensors",
@@ -638,32 +659,47 @@ mod tests {
             ".x.1.2.tmpx",
             ".1.2.tmp",
         ] {
-            assert_eq!(temporary_file_pid(other), None, "{other}");
+            assert_eq!(of(other), None, "{other}");
         }
     }
 
-    /// A killed process's temporary files go; a running one's, and other files, stay.
+    /// A killed process's temporary files of known names go once they have settled; a
+    /// running one's, a fresh one's, other names' and other files stay.
     #[test]
     fn stale_temporaries_are_removed() {
         let dir = tempfile::Builder::new().prefix("odeflow-stale-").tempdir().unwrap();
         let dir = dir.path();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        let write = |name: &str, settled: bool| {
+            let path = dir.join(name);
+            let file = File::create(&path).unwrap();
+            if settled {
+                file.set_modified(old).unwrap();
+            }
+            path
+        };
         // Above Linux's largest pid (2²²), so never a running process.
-        let dead = dir.join(".model.safetensors.999999999.0.tmp");
-        let dead_figure = dir.join(".density.png.999999999.1.tmp.png");
-        let live = dir.join(format!(".train_state.bin.{}.0.tmp", std::process::id()));
-        let kept = [live.clone(), dir.join("model.safetensors"), dir.join(".hidden")];
-        for p in [&dead, &dead_figure].into_iter().chain(&kept) {
-            std::fs::write(p, b"x").unwrap();
-        }
-        std::fs::create_dir(dir.join(".sub.999999999.2.tmp")).unwrap();
-        let removed = remove_stale_temporaries(dir);
+        let dead = write(".model.safetensors.999999999.0.tmp", true);
+        // A figure's, named after a file the folder holds.
+        write("density.png", true);
+        let dead_figure = write(".density.png.999999999.1.tmp.png", true);
+        let kept = [
+            write(&format!(".train_state.bin.{}.0.tmp", std::process::id()), true),
+            write(".train_log.csv.999999999.2.tmp", false),
+            write(".notes.999999999.3.tmp", true),
+            write("model.safetensors", true),
+            write(".hidden", true),
+        ];
+        std::fs::create_dir(dir.join(".run.json.999999999.4.tmp")).unwrap();
+        let names = ["model.safetensors", "train_state.bin", "train_log.csv", "run.json"];
+        let removed = remove_stale_temporaries(dir, &names);
         if !Path::new("/proc/self").exists() {
             assert!(removed.is_empty());
             return;
         }
         assert_eq!(removed, vec![dead_figure.clone(), dead.clone()]);
         assert!(!dead.exists() && !dead_figure.exists());
-        assert!(kept.iter().all(|p| p.exists()) && dir.join(".sub.999999999.2.tmp").is_dir());
+        assert!(kept.iter().all(|p| p.exists()) && dir.join(".run.json.999999999.4.tmp").is_dir());
     }
 
     #[test]

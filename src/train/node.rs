@@ -147,7 +147,9 @@ pub struct NodeFitConfig<T> {
     pub loss: NodeLoss,
     /// Forward method. Default dopri5.
     pub method: Method,
-    /// Forward tolerances (> 0). Default rtol 1e-7, atol 1e-9 (torchdiffeq's defaults).
+    /// Forward tolerances (rtol at least the machine epsilon of `T`, atol > 0). Default
+    /// rtol 1e-7, atol 1e-9 (torchdiffeq's defaults); in `f32`, whose epsilon is 1.19e-7,
+    /// rtol is that epsilon instead.
     pub rtol: T,
     /// See `rtol`.
     pub atol: T,
@@ -166,7 +168,7 @@ impl<T: Real> Default for NodeFitConfig<T> {
             adam: AdamConfig { weight_decay: 0.0, ..Default::default() },
             loss: NodeLoss::L1,
             method: Method::Dopri5,
-            rtol: T::from_f64c(1e-7),
+            rtol: T::from_f64c(1e-7).max(T::epsilon()),
             atol: T::from_f64c(1e-9),
             adjoint: AdjointConfig::default(),
             seed: 0,

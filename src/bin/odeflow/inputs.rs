@@ -47,6 +47,20 @@ pub(crate) fn positive(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A relative tolerance: a finite number no smaller than f64's machine epsilon (the solvers
+/// refuse a smaller one: no solution is that accurate), named in the parse error rather than
+/// after a model is loaded or a benchmark has run.
+pub(crate) fn relative_tolerance(s: &str) -> Result<f64, String> {
+    let x = positive(s)?;
+    if x < f64::EPSILON {
+        return Err(format!(
+            "below the precision of f64 (machine epsilon {:.1e}): no solution is that accurate",
+            f64::EPSILON
+        ));
+    }
+    Ok(x)
+}
+
 /// A method with an error estimate: the command line's solves choose their own steps, and
 /// it has no option for a fixed step size.
 pub(crate) fn adaptive_method(s: &str) -> Result<Method, String> {

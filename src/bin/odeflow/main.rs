@@ -30,8 +30,8 @@ mod trainer;
 use figures::{plot_range, write_training_curves};
 use inputs::{
     adaptive_method, check_memory, count, count2, create_dir, distinct_output,
-    output_folder_exists, points_from, positive, repeats, solve_bytes, status, table_format,
-    training_log, with_path, TableFormat,
+    output_folder_exists, points_from, positive, relative_tolerance, repeats, solve_bytes, status,
+    table_format, training_log, with_path, TableFormat,
 };
 use train::train;
 use train_args::TrainArgs;
@@ -71,8 +71,8 @@ struct SolverArgs {
     /// blocks only, like --rtol and --atol.
     #[arg(long, value_parser = adaptive_method)]
     method: Option<Method>,
-    /// Relative tolerance (finite, > 0).
-    #[arg(long, value_parser = positive)]
+    /// Relative tolerance (finite, at least 2.2e-16: the machine epsilon of f64).
+    #[arg(long, value_parser = relative_tolerance)]
     rtol: Option<f64>,
     /// Absolute tolerance (finite, > 0).
     #[arg(long, value_parser = positive)]
@@ -167,12 +167,13 @@ struct BenchArgs {
     /// Methods, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "bosh3,dopri5,tsit5,dop853")]
     methods: Vec<Method>,
-    /// Tolerances (rtol = atol) for adaptive methods, comma-separated.
+    /// Tolerances (rtol = atol) for adaptive methods, comma-separated (each at least
+    /// 2.2e-16, the machine epsilon of f64).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "1e-3,1e-4,1e-5,1e-6,1e-7,1e-8,1e-9,1e-10",
-        value_parser = positive
+        value_parser = relative_tolerance
     )]
     tols: Vec<f64>,
     /// Step counts for fixed-step methods, comma-separated.

@@ -53,10 +53,26 @@ impl RunFolder {
     }
 
     /// Takes the folder's lock ([`lock_run`]) to resume the run in it, before its run.json
-    /// is read.
+    /// is read, and removes what a killed process left half-written there
+    /// ([`remove_stale_temporaries`](RunFolder::remove_stale_temporaries)).
     pub(crate) fn lock_to_resume(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         self._lock = lock_run(&self.out)?;
+        self.remove_stale_temporaries();
         Ok(())
+    }
+
+    /// Once this process holds the folder's lock, no other train writes here: removes the
+    /// temporary files of the run's files and figures that a killed process left
+    /// ([`odeflow::io::remove_stale_temporaries`]), naming each on stderr. Without the lock
+    /// it removes nothing.
+    fn remove_stale_temporaries(&self) {
+        if self._lock.is_none() {
+            return;
+        }
+        let names = ["model.safetensors", "train_state.bin", "train_log.csv", "run.json"];
+        for path in odeflow::io::remove_stale_temporaries(&self.out, &names) {
+            eprintln!("removed {} (left by a process that was killed)", path.display());
+        }
     }
 
     /// Starts a new run here: creates the folder, takes its lock ([`lock_run`]), refuses
@@ -67,7 +83,7 @@ impl RunFolder {
     pub(crate) fn start_run(&mut self, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         let out = &self.out;
         create_dir(out)?;
-        let lock = lock_run(out)?;
+        self._lock = lock_run(out)?;
         if self.state_file.exists() || self.settings_file.exists() {
             if !a.overwrite {
                 return Err(format!(
@@ -86,37 +102,36 @@ impl RunFolder {
                 }
             }
         }
-        write_run(&self.settings_file, a)?;
-        self._lock = lock;
-        Ok(())
+        self.remove_stale_temporaries();
+        write_run(&self.settings_file, a)
     }
 }
 
 /// Takes the run folder `out` for this process: an exclusive advisory lock (`flock`) on the
 /// folder itself, which the system releases when the process ends, however it ends. Two
 /// `train` runs in one folder would otherwise mix its model, state and log; the second is
-/// refused instead. Once it holds the lock, it removes the temporary files a killed
-/// process left there ([`odeflow::io::remove_stale_temporaries`]). `None` where there is
-/// nothing to lock (no folder yet: a resume then fails on its missing run.json) or the file
-/// system cannot lock it (the run goes on unlocked, as before: the lock protects, it never
-/// stops a run that could go on).
+/// refused instead. `None` where there is nothing to lock (no folder yet: a resume then
+/// fails on its missing run.json) or the folder cannot be locked (the run goes on unlocked,
+/// as before, with a warning: the lock protects, it never stops a run that could go on).
 #[cfg(unix)]
 fn lock_run(out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
     use std::fs::TryLockError;
     use std::io::ErrorKind;
+    let unlocked = |e: std::io::Error| {
+        eprintln!(
+            "odeflow: warning: cannot lock the run folder {} ({e}): another train could write there at \
+             the same time",
+            out.display()
+        );
+        Ok(None)
+    };
     let dir = match std::fs::File::open(out) {
         Ok(dir) => dir,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open the run folder {}: {e}", out.display()).into()),
+        Err(e) => return unlocked(e),
     };
     match dir.try_lock() {
-        Ok(()) => {
-            // No other train runs here now: what a killed one left half-written can go.
-            for path in odeflow::io::remove_stale_temporaries(out) {
-                eprintln!("removed {} (left by a process that was killed)", path.display());
-            }
-            Ok(Some(dir))
-        }
+        Ok(()) => Ok(Some(dir)),
         Err(TryLockError::WouldBlock) => Err(format!(
             "{} is in use by another odeflow train (it holds the folder's lock): wait for it \
              to end, or choose another --out",
@@ -124,8 +139,8 @@ fn lock_run(out: &Path) -> Result<Option<File>, Box<dyn std::error::Error>> {
         )
         .into()),
         // A file system that cannot lock the folder (no locks at all, or NFS, which
-        // emulates flock with a write lock a read-only handle may not take): unlocked.
-        Err(TryLockError::Error(_)) => Ok(None),
+        // emulates flock with a write lock a read-only handle may not take).
+        Err(TryLockError::Error(e)) => unlocked(e),
     }
 }
 
@@ -140,4 +155,23 @@ fn write_run(path: &Path, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error
     let json = serde_json::to_string_pretty(a)?;
     write_atomically(path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_checksum_sees_values_and_shape_not_layout() {
+        let points = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let crc = points_crc32(2, &points);
+        // The same values as 3 points in 2-D and as 2 points in 3-D are different data.
+        assert_ne!(crc, points_crc32(3, &points));
+        // One value changed, in its last bit.
+        let mut nudged = points;
+        nudged[4] = f64::from_bits(5f64.to_bits() + 1);
+        assert_ne!(crc, points_crc32(2, &nudged));
+        // -0 and 0 are different bits.
+        assert_ne!(points_crc32(1, &[0.0]), points_crc32(1, &[-0.0]));
+    }
 }

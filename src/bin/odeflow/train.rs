@@ -42,7 +42,12 @@ pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
     check_memory("--batch", a.batch, solve_bytes(dim))?;
     // An empty test set (a tiny file, --test-fraction 0, --test-points 0) means none.
     let test = (!test.is_empty()).then_some(test);
-    let mut trainer = build_trainer(&a, &choices, source, test.clone(), &mut folder)?;
+    let mut trainer = build_trainer(&a, &choices, source, test.clone(), &folder)?;
+    if !a.resume {
+        // Only now that the trainer has accepted the settings: a refused command leaves an
+        // earlier run's run.json as it was, and writes nothing into --out.
+        folder.start_run(&a)?;
+    }
     let log = log_so_far(a.resume, &folder.log_file)?;
     let start_iter = trainer.iteration();
     if a.resume && start_iter >= a.iterations {
@@ -55,12 +60,12 @@ pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
         return Ok(());
     }
     let mut log = log_up_to(&log, start_iter);
-    let (result, first_loss) = run_with_progress(&mut trainer, &a, &mut log);
+    let (result, first_nll) = run_with_progress(&mut trainer, &a, &mut log);
     // Whatever happened, keep what was trained: the last good state, model and log.
     write_atomically(&folder.log_file, |w| std::io::Write::write_all(w, log.as_bytes()))?;
     trainer.save(&folder.state_file, &folder.model_file)?;
     let summary = result?;
-    report(&summary, first_loss, &folder);
+    report(&summary, first_nll, &folder);
     if summary.stopped || a.no_plot {
         return Ok(());
     }
@@ -160,6 +165,12 @@ fn load_data(
             )
             .into())
         }
+        None if a.resume => eprintln!(
+            "odeflow: note: {} keeps no checksum of the data (a run started by an older \
+             odeflow): {} is resumed unchecked",
+            settings_file.display(),
+            path.display()
+        ),
         _ => a.data_crc32 = Some(crc),
     }
     let all = Dataset::new(points.cols, points.data).map_err(|e| with_path(path, e))?;
@@ -200,7 +211,7 @@ fn log_up_to(log: &str, iteration: u64) -> String {
 /// Trains to `--iterations`, showing a progress bar (with `--quiet`, a line per test NLL
 /// instead) and appending a row per iteration to `log`. Ctrl-C stops the training after the
 /// iteration at hand (a second one exits at once). Returns what the trainer returned, and
-/// the loss of this run's first iteration, if it trained one.
+/// the NLL of this run's first batch (its loss without regularizers), if it trained one.
 fn run_with_progress(
     trainer: &mut Trainer,
     a: &TrainArgs,
@@ -221,9 +232,9 @@ fn run_with_progress(
     );
     bar.set_position(trainer.iteration());
     let mut last_test = None;
-    let mut first_loss = None;
+    let mut first_nll = None;
     let result = trainer.run(|p| {
-        first_loss.get_or_insert(p.loss);
+        first_nll.get_or_insert(p.nll);
         if let Some(t) = p.test_nll {
             last_test = Some(t);
             if a.quiet {
@@ -240,7 +251,7 @@ fn run_with_progress(
         }
     });
     bar.finish();
-    (result, first_loss)
+    (result, first_nll)
 }
 
 /// The progress bar's message after an iteration: its loss, the last test NLL (`-` before
@@ -275,9 +286,9 @@ fn log_row(p: &Progress) -> String {
 }
 
 /// Prints the summary line of a run (trained or stopped, its last test NLL, the files
-/// written), and a warning if the test NLL ended above the run's first loss
+/// written), and a warning if the test NLL ended above the NLL of the run's first batch
 /// ([`went_the_wrong_way`]).
-fn report(summary: &RunSummary, first_loss: Option<f64>, folder: &RunFolder) {
+fn report(summary: &RunSummary, first_nll: Option<f64>, folder: &RunFolder) {
     println!(
         "{} at iteration {} in {:.1} s{}; wrote {}, {}, {}",
         if summary.stopped { "stopped (state saved; continue with --resume)" } else { "trained" },
@@ -290,11 +301,11 @@ fn report(summary: &RunSummary, first_loss: Option<f64>, folder: &RunFolder) {
         folder.state_file.display(),
         folder.log_file.display()
     );
-    if let (Some(start), Some((_, end))) = (first_loss, summary.last_test) {
+    if let (Some(start), Some((_, end))) = (first_nll, summary.last_test) {
         if went_the_wrong_way(start, end) {
             eprintln!(
-                "warning: the test NLL ended at {}, above this run's first loss ({}): the \
-                 training diverged; a smaller --lr may help",
+                "odeflow: warning: the test NLL ended at {}, above the NLL of this run's first \
+                 batch ({}): the training diverged; a new run with a smaller --lr may help",
                 loss_text(end),
                 loss_text(start)
             );
@@ -302,7 +313,7 @@ fn report(summary: &RunSummary, first_loss: Option<f64>, folder: &RunFolder) {
     }
 }
 
-/// Whether a run whose first iteration's loss (the mean NLL of a batch) was `start` and
+/// Whether a run whose first batch's NLL (its mean, without regularizers) was `start` and
 /// whose last test NLL is `end` made its model worse: `end` above `start` by more than
 /// 1 + 5% of |start| nats per point (beyond the two estimates' sampling noise, which grows
 /// with the spread of the NLL, and so with its size), or not a number. Maximum likelihood
@@ -338,4 +349,21 @@ fn write_figures(
     let path = write_training_curves(log, out, "png")?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_went_the_wrong_way_when_its_test_nll_ends_well_above_its_start() {
+        assert!(!went_the_wrong_way(6.0, 3.1)); // trained
+        assert!(!went_the_wrong_way(6.0, 7.2)); // within 1 + 5% of 6 (sampling noise)
+        assert!(went_the_wrong_way(6.0, 7.4));
+        assert!(went_the_wrong_way(6.0, 1e66) && went_the_wrong_way(6.0, f64::NAN));
+        assert!(went_the_wrong_way(6.0, f64::INFINITY));
+        // The margin follows the NLL's size, negative NLLs (densities above 1) included.
+        assert!(!went_the_wrong_way(-100.0, -95.5) && went_the_wrong_way(-100.0, -93.0));
+        assert!(!went_the_wrong_way(91.0, 96.0) && went_the_wrong_way(91.0, 97.0));
+    }
 }

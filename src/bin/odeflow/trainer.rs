@@ -133,15 +133,15 @@ fn parse_or<T>(
 }
 
 /// Builds the run's trainer: a flow model's with `--flow`, else a CNF's. A resumed run's
-/// trainer starts from the state in `folder`. A new run's is built first, and the run is
-/// started in `folder` ([`RunFolder::start_run`]: its lock, its run.json) only once the
-/// trainer has accepted the settings, so that a refused command writes nothing there.
+/// trainer starts from the state in `folder`; a new run's is only built (its caller then
+/// starts the run in `folder`, once the trainer has accepted the settings, so that a
+/// refused command writes nothing there).
 pub(crate) fn build_trainer(
     a: &TrainArgs,
     choices: &ModelChoices,
     source: DataSource<f64>,
     test: Option<Dataset<f64>>,
-    folder: &mut RunFolder,
+    folder: &RunFolder,
 ) -> Result<Trainer, Box<dyn std::error::Error>> {
     match &a.flow {
         Some(name) => flow_trainer(name, a, choices, source, test, folder),
@@ -156,7 +156,7 @@ fn flow_trainer(
     choices: &ModelChoices,
     source: DataSource<f64>,
     test: Option<Dataset<f64>>,
-    folder: &mut RunFolder,
+    folder: &RunFolder,
 ) -> Result<Trainer, Box<dyn std::error::Error>> {
     let spec = flow_spec(name, a, choices, source.dim())?;
     let model = spec.build::<f64>(a.seed)?;
@@ -175,9 +175,7 @@ fn flow_trainer(
         FlowTrainer::resume(model, source, test, cfg, state)
             .map_err(|e| state_error(&folder.state_file, e))?
     } else {
-        let tr = FlowTrainer::new(model, source, test, cfg)?;
-        folder.start_run(a)?;
-        tr
+        FlowTrainer::new(model, source, test, cfg)?
     };
     Ok(Trainer::Flow(Box::new(tr), spec))
 }
@@ -269,7 +267,7 @@ fn cnf_trainer(
     choices: &ModelChoices,
     source: DataSource<f64>,
     test: Option<Dataset<f64>>,
-    folder: &mut RunFolder,
+    folder: &RunFolder,
 ) -> Result<Trainer, Box<dyn std::error::Error>> {
     let blocks = cnf_blocks(a, choices, source.dim())?;
     let mut solver = CnfConfig {
@@ -301,11 +299,7 @@ fn cnf_trainer(
         CnfTrainer::resume(cnf, source, test, cfg, state)
             .map_err(|e| state_error(&folder.state_file, e))?
     } else {
-        // Written once the settings are known to be valid: a refused command leaves an
-        // earlier run's run.json as it was.
-        let tr = CnfTrainer::new(cnf, source, test, cfg)?;
-        folder.start_run(a)?;
-        tr
+        CnfTrainer::new(cnf, source, test, cfg)?
     };
     Ok(Trainer::Cnf(Box::new(tr)))
 }
