@@ -1213,3 +1213,85 @@ fn runs_inputs_and_logs_are_protected() {
     assert!(out.status.success() && err.contains("warning: no training curves"), "{err}");
     assert!(figs.join("density.png").exists() && !figs.join("training.png").exists());
 }
+
+/// Runs `args` with `input` on standard input; returns its output.
+fn odeflow_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // A command that fails early may close its input before reading it all.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+/// `-` is standard input for `--input` and `--data`, standard output for `--output`, as
+/// command-line tools have it: the same bytes as a file output, the status line on stderr,
+/// CSV or .npy read from a pipe, errors that name standard input, and a `--data -` run that
+/// resumes from the same points piped again (and refuses others).
+#[test]
+fn dash_reads_standard_input_and_writes_standard_output() {
+    let (tmp, model) = setup("dash");
+    let dir = tmp.path();
+    let file = dir.join("s.csv");
+    let args = ["sample", "--model", &model, "-n", "30", "--seed", "2", "--with-log-prob"];
+    ok(&[&args[..], &["--output", &s(&file)]].concat());
+    let out = odeflow(&[&args[..], &["--output", "-"]].concat());
+    assert!(out.status.success());
+    assert_eq!(out.stdout, std::fs::read(&file).unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sampled 30 points") && err.contains("wrote standard output"), "{err}");
+    assert!(!dir.join("-").exists());
+
+    // The samples piped back in: the log-densities the library gives, bit for bit.
+    let sp = read_csv(&file, Some(3)).unwrap();
+    let xs: Vec<f64> = sp.data.chunks(3).flat_map(|r| [r[0], r[1]]).collect();
+    let cnf = odeflow::io::load_cnf::<f64>(&model).unwrap();
+    let (want, _) = cnf.log_prob(&xs).unwrap();
+    let mut points = Vec::new();
+    odeflow::io::write_csv_to(&mut points, &["x", "y"], &xs).unwrap();
+    let lp = ["logprob", "--model", &model, "--input", "-", "--output", "-"];
+    let got = odeflow_with_stdin(&lp, &points);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let text = String::from_utf8(got.stdout).unwrap();
+    let values: Vec<f64> = text.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    assert_eq!(bits_of(&values), bits_of(&want));
+    // The same points as .npy bytes on standard input.
+    let npy = dir.join("x.npy");
+    odeflow::io::write_npy(&npy, &[30, 2], &xs).unwrap();
+    let got = odeflow_with_stdin(&lp, &std::fs::read(&npy).unwrap());
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(String::from_utf8(got.stdout).unwrap(), text);
+
+    // Bad input on standard input is named as such.
+    for (input, want) in [
+        (&b"x,y\n1,nan\n"[..], "standard input:2: column 2"),
+        (b"", "standard input: no data rows"),
+        (b"1,2,3\n", "standard input:1: 3 columns, expected 2"),
+        (b"\x93NUMPY\x01\x00", "standard input"),
+        (b"\xff\xfe1,2\n", "cannot read standard input: neither a .npy array nor UTF-8 CSV text"),
+    ] {
+        let got = odeflow_with_stdin(&lp, input);
+        let err = String::from_utf8_lossy(&got.stderr);
+        assert!(!got.status.success() && err.contains(want), "{input:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    // A run trained on piped points resumes from the same points piped again.
+    let run = s(&dir.join("run"));
+    let mut train: Vec<&str> = vec!["train", "--data", "-", "--quiet", "--no-plot"];
+    train.extend(SMALL);
+    train.extend(["--out", run.as_str()]);
+    let first = odeflow_with_stdin(&[&train[..], &["--iterations", "2"]].concat(), &points);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let resume = [&train[..], &["--iterations", "3", "--resume"]].concat();
+    let again = odeflow_with_stdin(&resume, &points);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let other = odeflow_with_stdin(&resume, &points[..points.len() - 2]); // one digit less
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("changed since the run started"), "{err}");
+}

@@ -8,6 +8,7 @@
 //! file gives an error naming the line and column (and, for a field holding a tab or a
 //! semicolon, a reminder that fields are separated by commas).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::io::{write_atomically, NpyError};
@@ -105,7 +106,7 @@ pub fn read_csv(path: impl AsRef<Path>, cols: Option<usize>) -> Result<Points, C
     parse_csv(path, &text, cols)
 }
 
-fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, CsvError> {
+pub(crate) fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, CsvError> {
     let mut data = Vec::new();
     let mut width = cols;
     let mut rows = 0;
@@ -162,15 +163,30 @@ fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<Points, Csv
 /// Writes `data` (`rows × header.len()`, row-major) as CSV with a header line, atomically.
 /// Values are written in Rust's shortest round-trip form, so reading gives them back exactly.
 pub fn write_csv(path: impl AsRef<Path>, header: &[&str], data: &[f64]) -> Result<(), NpyError> {
+    write_atomically(path.as_ref(), |w| write_csv_to(w, header, data))
+}
+
+/// Writes `data` as [`write_csv`] does, to any writer (standard output, a buffer).
+///
+/// ```
+/// let mut out = Vec::new();
+/// odeflow::io::write_csv_to(&mut out, &["x", "y"], &[1.0, 0.1, -2.5, 3e-20])?;
+/// assert_eq!(String::from_utf8(out).unwrap(), "x,y\n1,0.1\n-2.5,0.00000000000000000003\n");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn write_csv_to(w: &mut impl Write, header: &[&str], data: &[f64]) -> std::io::Result<()> {
     let cols = header.len().max(1);
-    let mut text = header.join(",");
-    text.push('\n');
+    writeln!(w, "{}", header.join(","))?;
     for row in data.chunks(cols) {
-        let line: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-        text += &line.join(",");
-        text.push('\n');
+        for (j, v) in row.iter().enumerate() {
+            if j > 0 {
+                w.write_all(b",")?;
+            }
+            write!(w, "{v}")?;
+        }
+        w.write_all(b"\n")?;
     }
-    write_atomically(path.as_ref(), |w| std::io::Write::write_all(w, text.as_bytes()))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ pub mod model;
 mod npy;
 
 pub use checkpoint::load_peer_checkpoint;
-pub use csv::{read_csv, write_csv, CsvError, Points};
+pub use csv::{read_csv, write_csv, write_csv_to, CsvError, Points};
 pub use model::{load_cnf, load_flow, load_model, save_cnf, save_flow, Model, ModelFileError};
 pub use npy::{
     read_npy, read_npy_matrix, remove_stale_temporaries, write_atomically, write_npy, Array,
@@ -25,29 +25,68 @@ pub fn read_points(
 ) -> Result<Points, crate::Error> {
     let path = path.as_ref();
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
-        let a = read_npy(path)?;
-        let (rows, c) = match a.shape.as_slice() {
-            [r, c] => (*r, *c),
-            s => {
-                return Err(NpyError::Format {
-                    path: path.into(),
-                    reason: format!("shape {s:?}, expected [n, d]"),
-                }
-                .into())
-            }
-        };
-        if let Some(d) = cols.filter(|&d| d != c) {
-            return Err(NpyError::Format {
-                path: path.into(),
-                reason: format!("{c} columns, expected {d}"),
-            }
-            .into());
-        }
-        if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
-            return Err(crate::Error::NonFiniteInput { index: i, point: i / c.max(1) });
-        }
-        Ok(Points { rows, cols: c, data: a.data })
+        npy_points(path, read_npy(path)?, cols)
     } else {
         Ok(read_csv(path, cols)?)
     }
+}
+
+/// The first bytes of every `.npy` file (NumPy's format: `\x93NUMPY`).
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Points from the bytes of a file or stream: a `.npy` array (2-D, float) if they begin
+/// with NumPy's magic string, otherwise CSV text (as [`read_points`] reads it). `source`
+/// names the bytes in errors (the command line reads standard input through this).
+///
+/// ```
+/// # use std::path::Path;
+/// let p = odeflow::io::parse_points(b"x,y\n1,2\n3,4\n", Path::new("stdin"), Some(2))?;
+/// assert_eq!((p.rows, p.cols, p.data), (2, 2, vec![1.0, 2.0, 3.0, 4.0]));
+/// # Ok::<(), odeflow::Error>(())
+/// ```
+pub fn parse_points(
+    bytes: &[u8],
+    source: &std::path::Path,
+    cols: Option<usize>,
+) -> Result<Points, crate::Error> {
+    if bytes.starts_with(NPY_MAGIC) {
+        return npy_points(source, npy::decode_named(source, bytes)?, cols);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| CsvError::Io {
+        path: source.into(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("neither a .npy array nor UTF-8 CSV text ({e})"),
+        ),
+    })?;
+    Ok(csv::parse_csv(source, text, cols)?)
+}
+
+/// The points of a decoded `.npy` array: 2-D, `cols` columns if given, finite.
+fn npy_points(
+    path: &std::path::Path,
+    a: Array,
+    cols: Option<usize>,
+) -> Result<Points, crate::Error> {
+    let (rows, c) = match a.shape.as_slice() {
+        [r, c] => (*r, *c),
+        s => {
+            return Err(NpyError::Format {
+                path: path.into(),
+                reason: format!("shape {s:?}, expected [n, d]"),
+            }
+            .into())
+        }
+    };
+    if let Some(d) = cols.filter(|&d| d != c) {
+        return Err(NpyError::Format {
+            path: path.into(),
+            reason: format!("{c} columns, expected {d}"),
+        }
+        .into());
+    }
+    if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
+        return Err(crate::Error::NonFiniteInput { index: i, point: i / c.max(1) });
+    }
+    Ok(Points { rows, cols: c, data: a.data })
 }

@@ -221,7 +221,12 @@ fn decode(bytes: &[u8]) -> Result<Array, String> {
 /// or its shape does not match the bytes of data it holds ([`NpyError::Format`]).
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Array, NpyError> {
     let path = path.as_ref();
-    decode(&read_file(path)?).map_err(|reason| format_err(path, reason))
+    decode_named(path, &read_file(path)?)
+}
+
+/// The array in the `.npy` bytes `bytes`, an error naming `path`.
+pub(crate) fn decode_named(path: &Path, bytes: &[u8]) -> Result<Array, NpyError> {
+    decode(bytes).map_err(|reason| format_err(path, reason))
 }
 
 /// Reads a `.npy` file that must hold a 2-D array of `cols` columns; returns the rows flat.

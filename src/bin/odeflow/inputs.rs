@@ -2,9 +2,10 @@
 //! checks of its inputs and outputs (paths, formats, sizes), each with a message naming the
 //! flag or the file.
 
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
-use odeflow::io::{read_points, Points};
+use odeflow::io::{parse_points, read_points, write_csv, write_csv_to, write_npy, Points};
 use odeflow::solvers::Method;
 
 /// A count of at least 1 (`-n`, `--samples`, `--blocks`, `--hidden`, …), checked as the
@@ -76,12 +77,22 @@ pub(crate) fn adaptive_method(s: &str) -> Result<Method, String> {
     }
 }
 
+/// Whether `path` is `-`, standard input for an input and standard output for an output
+/// (the usual convention of command-line tools).
+pub(crate) fn is_std_stream(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Points read from `path` (CSV or .npy), with the path in any error that lacks it (a
-/// non-finite value, a wrong number of columns).
+/// non-finite value, a wrong number of columns). `-` reads standard input, CSV or .npy (told
+/// apart by NumPy's magic bytes); a terminal there is refused rather than waited on.
 pub(crate) fn points_from(
     path: &Path,
     cols: Option<usize>,
 ) -> Result<Points, Box<dyn std::error::Error>> {
+    if is_std_stream(path) {
+        return points_from_stdin(cols);
+    }
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
         return Err(format!(
             "{}: an .npz archive; give the points as one .npy array [n, d] or a CSV file",
@@ -98,6 +109,46 @@ pub(crate) fn points_from(
     Ok(points)
 }
 
+/// The points piped into standard input (see [`points_from`]).
+fn points_from_stdin(cols: Option<usize>) -> Result<Points, Box<dyn std::error::Error>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err("-: standard input is a terminal; pipe or redirect the points into it \
+                    (`… < points.csv`), or give a file"
+            .into());
+    }
+    let mut bytes = Vec::new();
+    stdin.lock().read_to_end(&mut bytes).map_err(|e| format!("cannot read standard input: {e}"))?;
+    let name = Path::new("standard input");
+    let points = parse_points(&bytes, name, cols).map_err(|e| with_path(name, e))?;
+    if points.rows == 0 || points.cols == 0 {
+        return Err(format!("standard input: no points ({} × {})", points.rows, points.cols).into());
+    }
+    Ok(points)
+}
+
+/// Writes a table of results to `output` (`rows × header.len()`, or `shape` for `.npy`) in
+/// the format of [`table_format`], atomically; `-` writes CSV to standard output.
+pub(crate) fn write_table(
+    output: &Path,
+    header: &[&str],
+    shape: &[usize],
+    data: &[f64],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if is_std_stream(output) {
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        write_csv_to(&mut w, header, data)
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("cannot write to standard output: {e}"))?;
+        return Ok(());
+    }
+    match table_format(output)? {
+        TableFormat::Npy => write_npy(output, shape, data)?,
+        TableFormat::Csv => write_csv(output, header, data)?,
+    }
+    Ok(())
+}
+
 /// `e` with `path` in front, unless its message already names it.
 pub(crate) fn with_path(path: &Path, e: impl std::fmt::Display) -> Box<dyn std::error::Error> {
     let text = e.to_string();
@@ -111,6 +162,9 @@ pub(crate) fn with_path(path: &Path, e: impl std::fmt::Display) -> Box<dyn std::
 
 /// Refuses an output path that is the input (it would be overwritten by the results).
 pub(crate) fn distinct_output(input: &Path, output: &Path) -> Result<(), String> {
+    if is_std_stream(input) || is_std_stream(output) {
+        return Ok(()); // standard input and output are streams, not the other's file
+    }
     let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -193,6 +247,10 @@ pub(crate) fn training_log(path: &Path) -> Result<String, String> {
 /// stderr where the results went to stdout (`--output /dev/stdout`), so that they stay the
 /// only thing there.
 pub(crate) fn status(output: &Path, what: &str) {
+    if is_std_stream(output) {
+        eprintln!("{what}; wrote standard output");
+        return;
+    }
     let line = format!("{what}; wrote {}", output.display());
     if matches!(output.to_str(), Some("/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")) {
         eprintln!("{line}");
@@ -212,7 +270,7 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), String> {
 pub(crate) enum TableFormat {
     /// `.npy`.
     Npy,
-    /// CSV: `.csv`, `.txt` or no extension (`/dev/stdout`).
+    /// CSV: `.csv`, `.txt` or no extension (`-`, `/dev/stdout`).
     Csv,
 }
 

@@ -13,7 +13,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use odeflow::cnf::{Cnf, CnfConfig, Steps};
 use odeflow::field::Mlp;
-use odeflow::io::{load_model, write_csv, write_npy, Model};
+use odeflow::io::{load_model, Model};
 use odeflow::plot::ModelFigures;
 use odeflow::solvers::{problems, Method, OdeSystem, SolveOptions, Stats};
 use odeflow::workprecision::{work_precision, write_all, Setting};
@@ -31,7 +31,7 @@ use figures::{plot_range, write_training_curves};
 use inputs::{
     adaptive_method, check_memory, count, count2, create_dir, distinct_output,
     output_folder_exists, points_from, positive, relative_tolerance, repeats, solve_bytes, status,
-    table_format, training_log, with_path, TableFormat,
+    table_format, training_log, with_path, write_table,
 };
 use train::train;
 use train_args::TrainArgs;
@@ -87,10 +87,12 @@ struct LogprobArgs {
     /// Model file (safetensors, from `odeflow train`: a CNF or a discrete flow).
     #[arg(long)]
     model: PathBuf,
-    /// Points: CSV (one point per line, optional header) or .npy [n, d].
+    /// Points: CSV (one point per line, optional header) or .npy [n, d]; `-` reads them from
+    /// standard input.
     #[arg(long)]
     input: PathBuf,
-    /// Output: CSV (column `log_prob`; .csv, .txt or no extension) or .npy (shape [n]).
+    /// Output: CSV (column `log_prob`; .csv, .txt or no extension) or .npy (shape [n]); `-`
+    /// writes CSV to standard output.
     #[arg(long, default_value = "logprob.csv")]
     output: PathBuf,
     #[command(flatten)]
@@ -105,7 +107,7 @@ struct SampleArgs {
     /// Number of points.
     #[arg(short, long, default_value_t = 1000, value_parser = count)]
     n: usize,
-    /// Output file: .csv (or .txt, or no extension) or .npy.
+    /// Output file: .csv (or .txt, or no extension) or .npy; `-` writes CSV to standard output.
     #[arg(long, default_value = "samples.csv")]
     output: PathBuf,
     /// Seed of the base draws.
@@ -123,7 +125,7 @@ struct PlotArgs {
     /// Model file (a CNF or a discrete flow).
     #[arg(long)]
     model: PathBuf,
-    /// Data to show beside the model (CSV or .npy).
+    /// Data to show beside the model (CSV or .npy; `-`: standard input).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Output folder.
@@ -300,22 +302,19 @@ fn stats_line(what: &str, n: usize, s: Option<&Stats>, label: &str) -> String {
 }
 
 fn logprob(a: LogprobArgs) -> CliResult {
-    let format = table_format(&a.output)?;
+    table_format(&a.output)?;
     distinct_output(&a.input, &a.output)?;
     output_folder_exists(&a.output)?;
     let m = model(&a.model, &a.solver)?;
     let points = points_from(&a.input, Some(m.dim()))?;
     let (logp, stats) = m.log_prob(&points.data)?;
-    match format {
-        TableFormat::Npy => write_npy(&a.output, &[logp.len()], &logp)?,
-        TableFormat::Csv => write_csv(&a.output, &["log_prob"], &logp)?,
-    }
+    write_table(&a.output, &["log_prob"], &[logp.len()], &logp)?;
     status(&a.output, &stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)));
     Ok(())
 }
 
 fn sample(a: SampleArgs) -> CliResult {
-    let format = table_format(&a.output)?;
+    table_format(&a.output)?;
     output_folder_exists(&a.output)?;
     let cnf = model(&a.model, &a.solver)?;
     let d = cnf.dim();
@@ -330,16 +329,12 @@ fn sample(a: SampleArgs) -> CliResult {
         let (x, stats) = cnf.sample(a.n, &mut rng)?;
         (x, d, stats)
     };
-    if format == TableFormat::Npy {
-        write_npy(&a.output, &[a.n, cols], &data)?;
-    } else {
-        let mut names: Vec<String> = (0..d).map(|i| format!("x{i}")).collect();
-        if a.with_log_prob {
-            names.push("log_prob".into());
-        }
-        let header: Vec<&str> = names.iter().map(String::as_str).collect();
-        write_csv(&a.output, &header, &data)?;
+    let mut names: Vec<String> = (0..d).map(|i| format!("x{i}")).collect();
+    if a.with_log_prob {
+        names.push("log_prob".into());
     }
+    let header: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_table(&a.output, &header, &[a.n, cols], &data)?;
     status(&a.output, &stats_line("sampled", a.n, stats.as_ref(), flow_label(&cnf)));
     Ok(())
 }

@@ -13,7 +13,7 @@ use odeflow::train::{DataSource, Dataset, Progress, RunSummary, Toy};
 use odeflow::Error;
 
 use crate::figures::{plot_range, write_training_curves};
-use crate::inputs::{check_memory, loss_text, points_from, solve_bytes, with_path};
+use crate::inputs::{check_memory, is_std_stream, loss_text, points_from, solve_bytes, with_path};
 use crate::run_folder::{points_crc32, RunFolder};
 use crate::train_args::TrainArgs;
 use crate::trainer::{build_trainer, ModelChoices, Trainer};
@@ -138,7 +138,7 @@ fn load_data(
     }
     let path = PathBuf::from(&a.data);
     let path = path.as_path();
-    if !path.exists() {
+    if !path.exists() && !is_std_stream(path) {
         return Err(format!(
             "--data {:?}: no such file, nor a toy set ({})",
             a.data,

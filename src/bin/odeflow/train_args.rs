@@ -13,7 +13,8 @@ use crate::inputs::count;
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TrainArgs {
     /// Data: a toy set (8gaussians, swissroll, pinwheel, circles, moons, 2spirals,
-    /// checkerboard, rings) or a file of points (CSV or .npy).
+    /// checkerboard, rings) or a file of points (CSV or .npy; `-` reads them from standard
+    /// input, and a resumed run reads them there again).
     #[arg(long, default_value = "8gaussians")]
     pub(crate) data: String,
     /// Fraction of a data file held out for the test NLL.
