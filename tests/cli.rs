@@ -865,6 +865,12 @@ fn flow_bad_input_and_corrupt_flow_files_fail_clearly() {
     let err = String::from_utf8_lossy(&diverged.stderr);
     assert!(diverged.status.success(), "{err}");
     assert!(err.contains("warning: the test NLL ended at") && err.contains("diverged"), "{err}");
+    // Resumed, it warns again: it compares with the run's first batch (from the log), not
+    // with the first batch of the resumed process, already diverged.
+    let resumed = odeflow(&["train", "--resume", "--iterations", "6", "--quiet", "--out", &o]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+    assert!(err.contains("warning: the test NLL ended at") && err.contains("diverged"), "{err}");
     let err = fails(&["train", "--flow", "flowpp", "--out", &s(&dir.join("flowpp"))]);
     assert!(err.contains("unknown flow \"flowpp\"") && err.contains("realnvp+cnf"), "{err}");
     // The CNF block of a flow model takes the exact trace only.

@@ -60,7 +60,10 @@ pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
         return Ok(());
     }
     let mut log = log_up_to(&log, start_iter);
+    let run_start_nll = first_logged_nll(&log);
     let (result, first_nll) = run_with_progress(&mut trainer, &a, &mut log);
+    // A resumed run compares with the run's first batch, in its log.
+    let first_nll = run_start_nll.or(first_nll);
     // Whatever happened, keep what was trained: the last good state, model and log.
     write_atomically(&folder.log_file, |w| std::io::Write::write_all(w, log.as_bytes()))?;
     trainer.save(&folder.state_file, &folder.model_file)?;
@@ -208,6 +211,12 @@ fn log_up_to(log: &str, iteration: u64) -> String {
         .collect()
 }
 
+/// The NLL of the first batch in a training log (its first row's `nll`), if it has one.
+fn first_logged_nll(log: &str) -> Option<f64> {
+    let row = log.lines().nth(1)?;
+    row.split(',').nth(2)?.parse().ok()
+}
+
 /// Trains to `--iterations`, showing a progress bar (with `--quiet`, a line per test NLL
 /// instead) and appending a row per iteration to `log`. Ctrl-C stops the training after the
 /// iteration at hand (a second one exits at once). Returns what the trainer returned, and
@@ -270,6 +279,7 @@ fn progress_message(p: &Progress, last_test: Option<f64>) -> String {
 /// An iteration's row of train_log.csv, in the columns of [`LOG_HEADER`] (the test NLL empty
 /// where none was evaluated, the blocks' integration times separated by `;`).
 fn log_row(p: &Progress) -> String {
+    // first_logged_nll reads the nll column back.
     let t_end: Vec<String> = p.t_end.iter().map(|t| t.to_string()).collect();
     format!(
         "{},{},{},{},{},{},{},{},{}\n",
@@ -354,6 +364,15 @@ fn write_figures(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_logged_nll_is_the_first_rows() {
+        let log =
+            format!("{LOG_HEADER}1,6.5,6.25,,14,14,0.1,0.1,0.5\n2,1e66,1e66,,14,14,0.1,0.2,0.5\n");
+        assert_eq!(first_logged_nll(&log), Some(6.25));
+        assert_eq!(first_logged_nll(LOG_HEADER), None);
+        assert_eq!(first_logged_nll(""), None);
+    }
 
     #[test]
     fn a_run_went_the_wrong_way_when_its_test_nll_ends_well_above_its_start() {
