@@ -1301,3 +1301,63 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(!other.status.success() && err.contains("changed since the run started"), "{err}");
 }
+
+/// `train` keeps the model of the lowest test NLL in best.safetensors: the model a run
+/// stopped at that iteration ends with (bit for bit), also across a resume; `--overwrite`
+/// removes it with the old run, and a flow run keeps one too.
+#[test]
+fn train_keeps_the_model_of_the_best_test_nll() {
+    let (tmp, _) = setup("best");
+    let dir = tmp.path();
+    let run = |name: &str, extra: &[&str]| {
+        let out = s(&dir.join(name));
+        let mut args: Vec<&str> = vec!["train", "--quiet", "--no-plot", "--out", &out];
+        args.extend(SMALL);
+        args.extend(["--lr", "0.05", "--test-every", "5"]);
+        args.extend(extra);
+        ok(&args)
+    };
+    let msg = run("a", &["--iterations", "40"]);
+    let log = std::fs::read_to_string(dir.join("a/train_log.csv")).unwrap();
+    let tests: Vec<(u64, f64)> = log
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f[0].parse().ok()?, f[3].parse().ok()?))
+        })
+        .collect();
+    assert_eq!(tests.len(), 8);
+    let (j, v) =
+        tests.iter().copied().fold((0, f64::INFINITY), |b, t| if t.1 < b.1 { t } else { b });
+    // The settings are chosen so that the test NLL rises at the end (the check is then not
+    // just of the last model).
+    assert!(j < 40, "best at iteration {j}: {tests:?}");
+    assert!(msg.contains(&format!("best test NLL {v:.4} at iteration {j}")), "{msg}");
+    // (Compared by parameters: the files' metadata order is the hash map's, not fixed.)
+    let best = load_params(&dir.join("a/best.safetensors"));
+    assert!(best != load_params(&dir.join("a/model.safetensors")));
+    run("b", &["--iterations", &j.to_string()]);
+    assert!(best == load_params(&dir.join("b/model.safetensors")));
+    // Resumed before its best iteration and after it: the same best model.
+    run("c", &["--iterations", "30"]);
+    run("c", &["--iterations", "40", "--resume"]);
+    assert!(best == load_params(&dir.join("c/best.safetensors")));
+    run("d", &["--iterations", &(j + 1).to_string()]);
+    run("d", &["--iterations", "40", "--resume"]);
+    assert!(best == load_params(&dir.join("d/best.safetensors")));
+    // A new run over the old one starts without the old best model.
+    let out = s(&dir.join("a"));
+    let mut args = vec!["train", "--iterations", "3", "--test-every", "0", "--overwrite"];
+    args.extend(["--quiet", "--no-plot", "--out", &out]);
+    args.extend(SMALL);
+    ok(&args);
+    assert!(!dir.join("a/best.safetensors").exists());
+    // A flow run's best model is a flow model file.
+    let out = s(&dir.join("flow"));
+    let mut args = vec!["train", "--flow", "realnvp", "--iterations", "4", "--test-every", "2"];
+    args.extend(["--quiet", "--no-plot", "--out", &out]);
+    args.extend(FLOW_SMALL);
+    ok(&args);
+    odeflow::io::load_flow::<f64>(dir.join("flow/best.safetensors")).unwrap();
+}

@@ -297,6 +297,15 @@ impl<T: Real> FlowTrainer<T> {
         &mut self,
         mut callback: impl FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<RunSummary, Error> {
+        self.run_inspecting(|p, _| callback(p))
+    }
+
+    /// [`run`](Self::run) with a callback that also sees the trainer after each iteration
+    /// (its `model()`, `state()`): to keep the model of the best test NLL, say.
+    pub fn run_inspecting(
+        &mut self,
+        mut callback: impl FnMut(&Progress, &Self) -> ControlFlow<()>,
+    ) -> Result<RunSummary, Error> {
         let start = Instant::now();
         let mut last_test = None;
         while self.iteration < self.cfg.iterations {
@@ -319,7 +328,7 @@ impl<T: Real> FlowTrainer<T> {
                 }
             }
             p.elapsed = start.elapsed();
-            if callback(&p).is_break() {
+            if callback(&p, self).is_break() {
                 return Ok(RunSummary {
                     iteration: it,
                     stopped: !last,

@@ -33,6 +33,8 @@ pub(crate) struct RunFolder {
     pub(crate) state_file: PathBuf,
     /// model.safetensors: the trained model.
     pub(crate) model_file: PathBuf,
+    /// best.safetensors: the model of the lowest test NLL so far.
+    pub(crate) best_model_file: PathBuf,
     /// train_log.csv: one row per iteration.
     pub(crate) log_file: PathBuf,
     /// The folder's lock: `None` until taken, and where there is nothing to lock.
@@ -47,6 +49,7 @@ impl RunFolder {
             settings_file: out.join("run.json"),
             state_file: out.join("train_state.bin"),
             model_file: out.join("model.safetensors"),
+            best_model_file: out.join("best.safetensors"),
             log_file: out.join("train_log.csv"),
             _lock: None,
         }
@@ -69,15 +72,21 @@ impl RunFolder {
         if self._lock.is_none() {
             return;
         }
-        let names = ["model.safetensors", "train_state.bin", "train_log.csv", "run.json"];
+        let names = [
+            "model.safetensors",
+            "best.safetensors",
+            "train_state.bin",
+            "train_log.csv",
+            "run.json",
+        ];
         for path in odeflow::io::remove_stale_temporaries(&self.out, &names) {
             eprintln!("removed {} (left by a process that was killed)", path.display());
         }
     }
 
     /// Starts a new run here: creates the folder, takes its lock ([`lock_run`]), refuses
-    /// one that holds a run unless `--overwrite` (then removes its state and log, so that a
-    /// later `--resume` cannot pair them with the new settings), and writes the settings
+    /// one that holds a run unless `--overwrite` (then removes its state, log and best model,
+    /// so that a later `--resume` cannot pair them with the new settings), and writes the settings
     /// (for `--resume`). Called once the settings are known to be valid: a refused command
     /// leaves an earlier run's run.json as it was.
     pub(crate) fn start_run(&mut self, a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -93,7 +102,7 @@ impl RunFolder {
                 )
                 .into());
             }
-            for p in [&self.state_file, &self.log_file] {
+            for p in [&self.state_file, &self.log_file, &self.best_model_file] {
                 match std::fs::remove_file(p) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(format!("cannot remove {}: {e}", p.display()).into())

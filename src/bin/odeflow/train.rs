@@ -16,7 +16,7 @@ use crate::figures::{plot_range, write_training_curves};
 use crate::inputs::{check_memory, is_std_stream, loss_text, points_from, solve_bytes, with_path};
 use crate::run_folder::{points_crc32, RunFolder};
 use crate::train_args::TrainArgs;
-use crate::trainer::{build_trainer, ModelChoices, Trainer};
+use crate::trainer::{build_trainer, ModelChoices, ModelView, Trainer};
 use crate::CliResult;
 
 /// The first line of train_log.csv: the columns of [`log_row`].
@@ -61,14 +61,15 @@ pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
     }
     let mut log = log_up_to(&log, start_iter);
     let run_start_nll = first_logged_nll(&log);
-    let (result, first_nll) = run_with_progress(&mut trainer, &a, &mut log);
+    let mut best = BestModel::new(&folder.best_model_file, a.resume, &log);
+    let (result, first_nll) = run_with_progress(&mut trainer, &a, &mut log, &mut best);
     // A resumed run compares with the run's first batch, in its log.
     let first_nll = run_start_nll.or(first_nll);
     // Whatever happened, keep what was trained: the last good state, model and log.
     write_atomically(&folder.log_file, |w| std::io::Write::write_all(w, log.as_bytes()))?;
     trainer.save(&folder.state_file, &folder.model_file)?;
     let summary = result?;
-    report(&summary, first_nll, &folder);
+    report(&summary, first_nll, &best, &folder);
     if summary.stopped || a.no_plot {
         return Ok(());
     }
@@ -211,6 +212,55 @@ fn log_up_to(log: &str, iteration: u64) -> String {
         .collect()
 }
 
+/// The model of the lowest test NLL so far, kept in best.safetensors: a model that overfits,
+/// or a run whose learning rate carries it past its optimum, ends worse than it was.
+struct BestModel {
+    /// Where the model is kept.
+    file: PathBuf,
+    /// The iteration and test NLL of the model in `file`, if any.
+    best: Option<(u64, f64)>,
+    /// The first error writing `file` (training goes on without it).
+    failed: Option<String>,
+}
+
+impl BestModel {
+    /// Keeps the best model in `file`. A resumed run whose `file` exists starts from the
+    /// best test NLL of its `log` (the rows up to its state), the model's in `file`.
+    fn new(file: &Path, resume: bool, log: &str) -> Self {
+        let best = if resume && file.exists() { best_logged_test_nll(log) } else { None };
+        BestModel { file: file.to_path_buf(), best, failed: None }
+    }
+
+    /// After an evaluation of the test NLL `nll` at `iteration`: writes `model` if `nll` is
+    /// finite and below the best so far (the earliest model keeps a tie).
+    fn offer(&mut self, iteration: u64, nll: f64, model: ModelView<'_>) {
+        if !nll.is_finite() || self.best.is_some_and(|(_, b)| nll >= b) || self.failed.is_some() {
+            return;
+        }
+        match model.save(&self.file) {
+            Ok(()) => self.best = Some((iteration, nll)),
+            Err(e) => self.failed = Some(e.to_string()),
+        }
+    }
+}
+
+/// The iteration and value of the lowest finite test NLL in a training log (the earliest
+/// of equal ones), if it has one.
+fn best_logged_test_nll(log: &str) -> Option<(u64, f64)> {
+    let mut best: Option<(u64, f64)> = None;
+    for row in log.lines().skip(1) {
+        let mut fields = row.split(',');
+        let it = fields.next().and_then(|f| f.parse::<u64>().ok());
+        let nll = fields.nth(2).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(it), Some(v)) = (it, nll) {
+            if v.is_finite() && best.is_none_or(|(_, b)| v < b) {
+                best = Some((it, v));
+            }
+        }
+    }
+    best
+}
+
 /// The NLL of the first batch in a training log (its first row's `nll`), if it has one.
 fn first_logged_nll(log: &str) -> Option<f64> {
     let row = log.lines().nth(1)?;
@@ -225,6 +275,7 @@ fn run_with_progress(
     trainer: &mut Trainer,
     a: &TrainArgs,
     log: &mut String,
+    best: &mut BestModel,
 ) -> (Result<RunSummary, Error>, Option<f64>) {
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -242,10 +293,11 @@ fn run_with_progress(
     bar.set_position(trainer.iteration());
     let mut last_test = None;
     let mut first_nll = None;
-    let result = trainer.run(|p| {
+    let result = trainer.run(|p, model| {
         first_nll.get_or_insert(p.nll);
         if let Some(t) = p.test_nll {
             last_test = Some(t);
+            best.offer(p.iteration, t, model);
             if a.quiet {
                 println!("iteration {}: test NLL {}", p.iteration, loss_text(t));
             }
@@ -298,7 +350,7 @@ fn log_row(p: &Progress) -> String {
 /// Prints the summary line of a run (trained or stopped, its last test NLL, the files
 /// written), and a warning if the test NLL ended above the NLL of the run's first batch
 /// ([`went_the_wrong_way`]).
-fn report(summary: &RunSummary, first_nll: Option<f64>, folder: &RunFolder) {
+fn report(summary: &RunSummary, first_nll: Option<f64>, best: &BestModel, folder: &RunFolder) {
     println!(
         "{} at iteration {} in {:.1} s{}; wrote {}, {}, {}",
         if summary.stopped { "stopped (state saved; continue with --resume)" } else { "trained" },
@@ -311,6 +363,12 @@ fn report(summary: &RunSummary, first_nll: Option<f64>, folder: &RunFolder) {
         folder.state_file.display(),
         folder.log_file.display()
     );
+    if let Some((it, nll)) = best.best {
+        println!("best test NLL {} at iteration {it}: {}", loss_text(nll), best.file.display());
+    }
+    if let Some(e) = &best.failed {
+        eprintln!("odeflow: warning: the best model was not kept: {e}");
+    }
     if let (Some(start), Some((_, end))) = (first_nll, summary.last_test) {
         if went_the_wrong_way(start, end) {
             eprintln!(
@@ -372,6 +430,16 @@ mod tests {
         assert_eq!(first_logged_nll(&log), Some(6.25));
         assert_eq!(first_logged_nll(LOG_HEADER), None);
         assert_eq!(first_logged_nll(""), None);
+    }
+
+    #[test]
+    fn the_best_logged_test_nll_is_the_lowest_finite_and_earliest() {
+        let row = |i: u64, t: &str| format!("{i},3,3,{t},14,14,0.1,0.1,0.5\n");
+        let log = [row(1, ""), row(2, "3.5"), row(3, "NaN"), row(4, "3.25"), row(5, "3.25")];
+        let log = format!("{LOG_HEADER}{}", log.concat());
+        assert_eq!(best_logged_test_nll(&log), Some((4, 3.25)));
+        assert_eq!(best_logged_test_nll(&format!("{LOG_HEADER}{}", row(1, "inf"))), None);
+        assert_eq!(best_logged_test_nll(LOG_HEADER), None);
     }
 
     #[test]

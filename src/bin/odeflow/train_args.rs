@@ -144,7 +144,8 @@ pub(crate) struct TrainArgs {
     /// Checkpoint (state + model) every this many iterations (0: only at the end).
     #[arg(long, default_value_t = 100)]
     pub(crate) checkpoint_every: u64,
-    /// Output folder: model.safetensors, train_state.bin, train_log.csv, run.json, figures.
+    /// Output folder: model.safetensors, best.safetensors (the model of the lowest test NLL),
+    /// train_state.bin, train_log.csv, run.json, figures.
     #[arg(long, default_value = "out")]
     #[serde(skip)]
     pub(crate) out: PathBuf,

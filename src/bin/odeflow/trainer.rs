@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
 use odeflow::field::{Activation, Mlp, MlpConfig, TimeConditioning};
-use odeflow::flows::{CnfBlockSpec, FlowKind, FlowSpec};
+use odeflow::flows::{CnfBlockSpec, FlowKind, FlowModel, FlowSpec};
 use odeflow::io::{save_cnf, save_flow};
 use odeflow::solvers::Method;
 use odeflow::trace::TraceEstimator;
@@ -39,28 +39,51 @@ impl Trainer {
     }
 
     /// Trains until the configured iterations are done or `callback` (called after each
-    /// iteration) returns `Break`.
+    /// iteration, with the model as it is then) returns `Break`.
     pub(crate) fn run(
         &mut self,
-        callback: impl FnMut(&Progress) -> ControlFlow<()>,
+        mut callback: impl FnMut(&Progress, ModelView<'_>) -> ControlFlow<()>,
     ) -> Result<RunSummary, Error> {
         match self {
-            Trainer::Cnf(t) => t.run(callback),
-            Trainer::Flow(t, _) => t.run(callback),
+            Trainer::Cnf(t) => t.run_inspecting(|p, t| callback(p, ModelView::Cnf(t.cnf()))),
+            Trainer::Flow(t, spec) => {
+                t.run_inspecting(|p, t| callback(p, ModelView::Flow(t.model(), spec)))
+            }
         }
     }
 
     /// Saves the training state and the model file.
     pub(crate) fn save(&self, state: &Path, model: &Path) -> Result<(), Error> {
         match self {
-            Trainer::Cnf(t) => {
-                t.save_state(state)?;
-                save_cnf(model, t.cnf())
-            }
-            Trainer::Flow(t, spec) => {
-                t.state().save(state)?;
-                save_flow(model, spec, t.model())
-            }
+            Trainer::Cnf(t) => t.save_state(state)?,
+            Trainer::Flow(t, _) => t.state().save(state)?,
+        }
+        self.model().save(model)
+    }
+
+    /// The model as it is now.
+    fn model(&self) -> ModelView<'_> {
+        match self {
+            Trainer::Cnf(t) => ModelView::Cnf(t.cnf()),
+            Trainer::Flow(t, spec) => ModelView::Flow(t.model(), spec),
+        }
+    }
+}
+
+/// A trainer's model, to be saved.
+pub(crate) enum ModelView<'a> {
+    /// A CNF of MLP blocks.
+    Cnf(&'a Cnf<f64, Mlp<f64>>),
+    /// A flow model and its spec.
+    Flow(&'a FlowModel<f64>, &'a FlowSpec),
+}
+
+impl ModelView<'_> {
+    /// Writes the model file `path` (atomically).
+    pub(crate) fn save(&self, path: &Path) -> Result<(), Error> {
+        match self {
+            ModelView::Cnf(cnf) => save_cnf(path, cnf),
+            ModelView::Flow(model, spec) => save_flow(path, spec, model),
         }
     }
 }
