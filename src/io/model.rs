@@ -297,15 +297,41 @@ pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(path, e))?;
+    let arch = serde_json::to_string(&arch).unwrap_or_default();
+    let bytes = serialize_model(views, "cnf", arch).map_err(|e| corrupt(path, e))?;
+    write_atomically(path, |w| std::io::Write::write_all(w, &bytes))?;
+    Ok(())
+}
+
+/// The bytes of a model file: `views` and the metadata (`format`, `format_version`,
+/// `model`, `architecture`), with the JSON header's keys in sorted order, so that the same
+/// model always gives the same bytes (safetensors writes the metadata in a hash map's
+/// order, which changes from one map to the next). The header stays padded to a multiple
+/// of 8 bytes with spaces, as safetensors pads it.
+fn serialize_model<'a>(
+    views: impl IntoIterator<Item = (&'a str, TensorView<'a>)>,
+    model: &str,
+    architecture: String,
+) -> Result<Vec<u8>, String> {
     let metadata = HashMap::from([
         ("format".to_string(), "odeflow".to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("model".to_string(), "cnf".to_string()),
-        ("architecture".to_string(), serde_json::to_string(&arch).unwrap_or_default()),
+        ("model".to_string(), model.to_string()),
+        ("architecture".to_string(), architecture),
     ]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(path, e))?;
-    write_atomically(path, |w| std::io::Write::write_all(w, &bytes))?;
-    Ok(())
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no header")?;
+    let n = usize::try_from(u64::from_le_bytes(len)).map_err(|e| e.to_string())?;
+    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
+    // serde_json's maps are ordered by key (its `preserve_order` feature is off).
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> ModelFileError {
@@ -598,14 +624,8 @@ pub fn save_flow<T: Real>(
     };
     let view =
         TensorView::new(dtype, vec![model.n_params()], &bytes).map_err(|e| corrupt(path, e))?;
-    let metadata = HashMap::from([
-        ("format".to_string(), "odeflow".to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("model".to_string(), "flow".to_string()),
-        ("architecture".to_string(), serde_json::to_string(spec).unwrap_or_default()),
-    ]);
-    let out =
-        safetensors::serialize([("params", view)], Some(metadata)).map_err(|e| corrupt(path, e))?;
+    let arch = serde_json::to_string(spec).unwrap_or_default();
+    let out = serialize_model([("params", view)], "flow", arch).map_err(|e| corrupt(path, e))?;
     write_atomically(path, |w| std::io::Write::write_all(w, &out))?;
     Ok(())
 }
@@ -883,6 +903,36 @@ mod tests {
             *p = 0.2 * ((i as f64) * 0.37).sin();
         }
         (spec, model)
+    }
+
+    /// The same model gives the same bytes, whatever order the hash map of safetensors'
+    /// metadata takes (it changes from map to map, so ten saves would differ without the
+    /// sorted header); the header is sorted, padded to 8 bytes, and loads back.
+    #[test]
+    fn the_same_model_saves_to_the_same_bytes() {
+        let cnf = model(TimeConditioning::ConcatSquash);
+        let (spec, flow) = trained_flow(crate::flows::FlowKind::RealNvp);
+        let (a, b) = (tmp("a.safetensors"), tmp("b.safetensors"));
+        save_cnf(&a, &cnf).unwrap();
+        save_flow(&b, &spec, &flow).unwrap();
+        let (first_cnf, first_flow) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        for _ in 0..10 {
+            save_cnf(&a, &cnf).unwrap();
+            save_flow(&b, &spec, &flow).unwrap();
+            assert!(std::fs::read(&a).unwrap() == first_cnf);
+            assert!(std::fs::read(&b).unwrap() == first_flow);
+        }
+        let n = u64::from_le_bytes(first_cnf[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header = std::str::from_utf8(&first_cnf[8..8 + n]).unwrap();
+        let meta = header.find("\"__metadata__\"").unwrap();
+        let keys: Vec<usize> = ["architecture", "format", "format_version", "model"]
+            .iter()
+            .map(|k| meta + header[meta..].find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{header}");
+        let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&a).unwrap();
+        assert_eq!(loaded.config(), cnf.config());
     }
 
     #[test]
