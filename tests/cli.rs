@@ -73,6 +73,10 @@ fn logprob_and_sample_write_files_of_the_right_shape() {
         logp.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
+    // The status line gives their mean and its standard error.
+    let mean = want.iter().sum::<f64>() / 3.0;
+    let se = (want.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 2.0 / 3.0).sqrt();
+    assert!(msg.contains(&format!("mean log p {mean:.4} (standard error {se:.4})")), "{msg}");
 
     let samples = dir.join("s.csv");
     ok(&[

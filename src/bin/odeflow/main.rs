@@ -309,8 +309,21 @@ fn logprob(a: LogprobArgs) -> CliResult {
     let points = points_from(&a.input, Some(m.dim()))?;
     let (logp, stats) = m.log_prob(&points.data)?;
     write_table(&a.output, &["log_prob"], &[logp.len()], &logp)?;
-    status(&a.output, &stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m)));
+    let line = stats_line("log-density of", points.rows, stats.as_ref(), flow_label(&m));
+    status(&a.output, &format!("{line}; {}", mean_text(&logp)));
     Ok(())
+}
+
+/// The mean of the log-densities and its standard error (`s/√n`, `s` the sample standard
+/// deviation): the test NLL of a data file is minus the mean.
+fn mean_text(logp: &[f64]) -> String {
+    let n = logp.len() as f64;
+    let mean = logp.iter().sum::<f64>() / n;
+    if logp.len() < 2 {
+        return format!("mean log p {mean:.4}");
+    }
+    let var = logp.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+    format!("mean log p {mean:.4} (standard error {:.4})", (var / n).sqrt())
 }
 
 fn sample(a: SampleArgs) -> CliResult {
