@@ -108,8 +108,16 @@ fn check(len: usize, rows: usize, cols: usize, s: (usize, usize), what: &str) {
     if rows == 0 || cols == 0 {
         return;
     }
-    let last = (rows - 1) * s.0 + (cols - 1) * s.1;
-    assert!(last < len, "gemm: {what} ({rows}×{cols}, strides {s:?}) exceeds its buffer of {len}");
+    // Checked: a wrapped product could pass the comparison and let the kernel read or
+    // write outside the slice.
+    let last = (rows - 1)
+        .checked_mul(s.0)
+        .zip((cols - 1).checked_mul(s.1))
+        .and_then(|(r, c)| r.checked_add(c));
+    assert!(
+        last.is_some_and(|last| last < len),
+        "gemm: {what} ({rows}×{cols}, strides {s:?}) exceeds its buffer of {len}"
+    );
 }
 
 macro_rules! impl_gemm {
@@ -185,6 +193,24 @@ mod tests {
         let a = [1.0f32; 5];
         let mut c = [0.0f32; 4];
         f32::gemm(2, 3, 2, 1.0, &a, (3, 1), &a, (1, 3), 0.0, &mut c, (2, 1));
+    }
+
+    /// A stride whose address arithmetic wraps around (3 · s ≡ 1 mod 2⁶⁴) is caught, on A
+    /// and on C, before the kernel dereferences anything (it read out of bounds).
+    #[test]
+    fn gemm_wrapping_strides_panic() {
+        let wrap = 0xAAAA_AAAA_AAAA_AAAB_usize;
+        assert_eq!(3usize.wrapping_mul(wrap), 1);
+        for on_c in [false, true] {
+            let caught = std::panic::catch_unwind(|| {
+                let (a, b, mut c) = ([1.0f64; 2], [1.0f64; 1], [0.0f64; 4]);
+                let (sa, sc) = if on_c { ((1, 1), (wrap, 1)) } else { ((wrap, 1), (1, 1)) };
+                f64::gemm(4, 1, 1, 1.0, &a, sa, &b, (1, 1), 0.0, &mut c, sc);
+            });
+            let msg = caught.unwrap_err();
+            let msg = msg.downcast_ref::<String>().unwrap();
+            assert!(msg.contains("exceeds its buffer"), "{msg}");
+        }
     }
 
     /// Same input, same bits: repeated calls and calls on other threads agree exactly.
