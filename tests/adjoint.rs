@@ -1010,30 +1010,56 @@ fn trajectory_backward_in_time_and_repeated_times() {
         assert!(worst < 1e-5, "{strategy:?} backward in time: {worst:.2e}");
     }
     // t_obs[0] = t0 and a repeat: z(t0) is observed directly; the zero-length intervals
-    // take no steps. (Only the θ, y0 gradients: a time derivative at a repeated time is
-    // one-sided.)
+    // take no steps. A time derivative at a repeated time is one-sided (the times must stay
+    // in order): t0 and t_obs[1] may move earlier, t_obs[0] and t_obs[2] later.
     let spec = OdeSpec { t0: 0.1, t_obs: vec![0.1, 0.5, 0.5], ..prob.spec.clone() };
     let states_loss = |s: &[f64], c: &mut [f64]| {
         c.copy_from_slice(s);
         0.5 * s.iter().map(|v| v * v).sum::<f64>()
     };
+    let loss = |spec: &OdeSpec<f64>, y0: &[f64]| {
+        let tape = ode_forward(&prob.field, spec, y0, &AdjointConfig::default()).unwrap();
+        0.5 * tape.states().iter().map(|v| v * v).sum::<f64>()
+    };
+    // Second-order one-sided difference [−3L(0) + 4L(δ) − L(2δ)] / 2δ in direction `sign`.
+    let one_sided = |moved: &dyn Fn(f64) -> OdeSpec<f64>, sign: f64| {
+        let d = 1e-4 * sign;
+        let l = |s: f64| loss(&moved(s), &prob.y0);
+        (-3.0 * l(0.0) + 4.0 * l(d) - l(2.0 * d)) / (2.0 * d)
+    };
+    let fd_t0 = one_sided(&|s| OdeSpec { t0: spec.t0 + s, ..spec.clone() }, -1.0);
+    let fd_obs: Vec<f64> = [1.0, -1.0, 1.0]
+        .iter()
+        .enumerate()
+        .map(|(k, &sign)| {
+            let moved = |s: f64| {
+                let mut m = spec.clone();
+                m.t_obs[k] += s;
+                m
+            };
+            one_sided(&moved, sign)
+        })
+        .collect();
     for strategy in STRATEGIES {
         let adj = AdjointConfig::with_strategy(strategy);
         let (_, g) = ode_grad(&prob.field, &spec, &prob.y0, &adj, states_loss).unwrap();
-        let loss = |y0: &[f64]| {
-            let tape = ode_forward(&prob.field, &spec, y0, &AdjointConfig::default()).unwrap();
-            0.5 * tape.states().iter().map(|v| v * v).sum::<f64>()
-        };
         for i in 0..prob.y0.len() {
             let fd = fd4(
                 |s| {
                     let mut y0 = prob.y0.clone();
                     y0[i] += s;
-                    loss(&y0)
+                    loss(&spec, &y0)
                 },
                 1e-3,
             );
             assert!(rel(g.y0[i], fd) < 1e-6, "{strategy:?} y0[{i}]: {} vs {fd}", g.y0[i]);
+        }
+        // (The discrete strategy gave t0 = 0 and t_obs = [0.350, −0.454, 0] for 0.552 and
+        // [−0.201, −0.227, −0.227] here: its zero-length segments contributed nothing.)
+        assert!(rel(g.t0, fd_t0) < 1e-5, "{strategy:?} t0: {} vs {fd_t0}", g.t0);
+        for (k, &fd) in fd_obs.iter().enumerate() {
+            let got = g.t_obs[k];
+            assert!(rel(got, fd) < 1e-5, "{strategy:?} t_obs[{k}]: {got} vs {fd}");
         }
     }
 }

@@ -313,6 +313,17 @@ pub(crate) fn backward_segment<T: Real, F: VectorField<T>>(
 ) -> Result<BackOut<T>, Fail> {
     let mut out = BackOut::default();
     if tape.t_a.partial_cmp(&tape.t_b) == Some(std::cmp::Ordering::Equal) {
+        if adj.strategy == Strategy::Discrete {
+            // The discrete solution over an empty segment is its start; stretched to length
+            // h, its first step moves the end by h·[f | −q] + O(h²) whatever the method, so
+            // ∂L/∂t_b = a_zᵀ f − a_ℓᵀ q = −∂L/∂t_a (the other strategies take the rates at
+            // the observations themselves).
+            let known = tape.f_end.as_deref();
+            let (rate, evaluated) = end_rate(seg, tape.t_b, &tape.z_end, known, a_z, a_l)?;
+            out.dt_b = rate;
+            out.dt_a = -rate;
+            out.extra_evals += usize::from(evaluated);
+        }
         return Ok(out);
     }
     let n = seg.n();
