@@ -266,6 +266,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
             }
             check_t_end(b.t_end)?;
         }
+        check_total_time(blocks.iter().fold(T::zero(), |s, b| s + b.t_end))?;
         config.solve_options().validate().map_err(|source| Error::Solve { block: 0, source })?;
         if !config.method.is_adaptive() && config.options.h_fixed.is_none() {
             return Err(Error::Solve {
@@ -418,9 +419,7 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     /// Only the state is integrated (no divergence), a third of the work of
     /// [`Cnf::sample_with_log_prob`] for the exact 2-D trace.
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<(Vec<T>, Stats), Error> {
-        let d = self.dim();
-        let z: Vec<T> =
-            (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
+        let z = normal_draws(n, self.dim(), rng)?;
         self.inverse_state(&z)
     }
 
@@ -431,10 +430,9 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         rng: &mut R,
     ) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
         let d = self.dim();
-        let z: Vec<T> =
-            (0..n * d).map(|_| T::from_f64c(StandardNormal.sample(&mut *rng))).collect();
-        let mut x = vec![T::zero(); n * d];
-        let mut logp = vec![T::zero(); n];
+        let z = normal_draws(n, d, rng)?;
+        let mut x = zeros(z.len(), n)?;
+        let mut logp = zeros(n, n)?;
         let stats =
             self.transform_into(self.total_time(), T::zero(), &z, &mut x, &mut logp, rng)?;
         for (lp, zb) in logp.iter_mut().zip(z.chunks_exact(d)) {
@@ -542,13 +540,24 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
         state[..b * d].copy_from_slice(x);
         let mut out = vec![T::zero(); times.len() * n];
         let stats = self.run(t_start, t_last, &mut state, true, &eps, times, &mut out)?;
-        let (states, delta_logp) =
-            out.chunks_exact(n).map(|s| (s[..b * d].to_vec(), s[b * d..].to_vec())).unzip();
+        // (Not `chunks_exact(n)`: an empty batch has n = 0.)
+        let (states, delta_logp) = (0..times.len())
+            .map(|k| {
+                let s = &out[k * n..(k + 1) * n];
+                (s[..b * d].to_vec(), s[b * d..].to_vec())
+            })
+            .unzip();
         Ok(Trajectory { times: times.to_vec(), states, delta_logp, stats })
     }
 
+    /// Checks `t ∈ [0, total_time()]`, after the blocks' times themselves (which
+    /// [`Cnf::blocks_mut`] may have changed since [`Cnf::chain`] checked them).
     fn check_span(&self, t: T) -> Result<(), Error> {
+        for b in &self.blocks {
+            check_t_end(b.t_end)?;
+        }
         let total = self.total_time();
+        check_total_time(total)?;
         if t.is_finite() && t >= T::zero() && t <= total {
             Ok(())
         } else {
@@ -754,6 +763,47 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
                 s1 += s2;
                 Ok(s1)
             })
+    }
+}
+
+/// `n` points of `d` standard normal draws from `rng`; an error rather than an abort when
+/// they cannot be held (`n·d` overflows, or the allocation fails).
+fn normal_draws<T: Real, R: Rng + ?Sized>(
+    n: usize,
+    d: usize,
+    rng: &mut R,
+) -> Result<Vec<T>, Error> {
+    let mut z = zeros(n.checked_mul(d).ok_or_else(|| too_many_points(n))?, n)?;
+    z.iter_mut().for_each(|v| *v = T::from_f64c(StandardNormal.sample(&mut *rng)));
+    Ok(z)
+}
+
+/// `len` zeros for a batch of `n` points, or an error if they cannot be allocated.
+fn zeros<T: Real>(len: usize, n: usize) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| too_many_points(n))?;
+    v.resize(len, T::zero());
+    Ok(v)
+}
+
+fn too_many_points(n: usize) -> Error {
+    Error::InvalidConfig {
+        name: "n",
+        value: n as f64,
+        expected: "a number of points whose values fit in memory",
+    }
+}
+
+/// The blocks' times must add up to a finite total (two blocks of 1e308 do not).
+fn check_total_time<T: Real>(total: T) -> Result<(), Error> {
+    if total.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            name: "total time",
+            value: total.to_f64c(),
+            expected: "the blocks' t_end summing to a finite number",
+        })
     }
 }
 

@@ -748,6 +748,19 @@ impl ScalarField<f64> for NanJacobian {
     }
 }
 
+/// The mean NLL of an empty batch is not a number: an error, not `Ok(NaN)`.
+#[test]
+fn an_empty_batch_has_no_nll_gradient() {
+    let cnf =
+        Cnf::new(small_mlp(3, Activation::Tanh), 0.5, tight(1e-6, TraceEstimator::Exact)).unwrap();
+    for strategy in STRATEGIES {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let adj = AdjointConfig::with_strategy(strategy);
+        let err = cnf_nll_grad(&cnf, &[], &mut rng, &adj).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { name: "batch", .. }), "{err}");
+    }
+}
+
 #[test]
 fn nan_gradient_is_an_error() {
     let field = AutoDiffField::new(NanJacobian);

@@ -419,6 +419,33 @@ fn bad_input_gives_errors() {
         ),
         Err(Error::BlockDimension { block: 1, expected: 2, found: 3 })
     ));
+    // Block times changed after construction are checked before the span they make, and
+    // the blocks' times must add up to a finite total.
+    let mut changed = Cnf::new(field(), 1.0, CnfConfig::default()).unwrap();
+    for t in [f64::NAN, -1.0] {
+        changed.blocks_mut()[0].t_end = t;
+        assert!(matches!(
+            changed.log_prob(&[0.0, 0.0]),
+            Err(Error::InvalidConfig { name: "t_end", .. })
+        ));
+    }
+    let huge = || CnfBlock { field: field(), t_end: 1e308 };
+    assert!(matches!(
+        Cnf::chain(vec![huge(), huge()], CnfConfig::default()),
+        Err(Error::InvalidConfig { name: "total time", .. })
+    ));
+    // An empty batch has an empty trajectory (it panicked); a sample whose size overflows,
+    // or cannot be allocated, is an error (it wrapped around to no samples, or aborted).
+    let tr = cnf.trajectory(0.0, &[], &[0.5, 1.0]).unwrap();
+    assert_eq!(tr.states, vec![Vec::<f64>::new(); 2]);
+    assert_eq!(tr.delta_logp, vec![Vec::<f64>::new(); 2]);
+    for n in [usize::MAX / 2 + 1, 1 << 60] {
+        assert!(matches!(cnf.sample(n, &mut rng), Err(Error::InvalidConfig { name: "n", .. })));
+        assert!(matches!(
+            cnf.sample_with_log_prob(n, &mut rng),
+            Err(Error::InvalidConfig { name: "n", .. })
+        ));
+    }
     // A solver failure comes back with its t: a blow-up field and too few steps.
     let stiff = LinearField::new(&[50.0, 0.0, 0.0, 50.0], &[0.0, 0.0]).unwrap();
     let few = CnfConfig::<f64> {

@@ -564,6 +564,14 @@ pub fn cnf_nll_grad<T: Real, F: VectorField<T>, R: Rng + ?Sized>(
     rng: &mut R,
     adj: &AdjointConfig<T>,
 ) -> Result<(T, CnfGradient<T>), Error> {
+    if x.is_empty() {
+        // The mean over no points is not a number.
+        return Err(Error::InvalidConfig {
+            name: "batch",
+            value: 0.0,
+            expected: "at least one point (the loss is a mean over the batch)",
+        });
+    }
     let tape = cnf_forward(cnf, x, rng, adj)?;
     let bf = T::from_usize(tape.b).unwrap_or_else(T::one);
     let nll = -tape.log_prob().iter().fold(T::zero(), |s, &v| s + v) / bf;

@@ -930,6 +930,9 @@ mod tests {
         }
         let err = ModelFigures { format: "jpg", ..Default::default() }.validate(dir).unwrap_err();
         assert!(err.to_string().contains("density.jpg"), "{err}");
+        // No samples to draw (it panicked in the trajectory of an empty batch).
+        let err = ModelFigures { samples: 0, ..Default::default() }.validate(dir).unwrap_err();
+        assert!(matches!(err, crate::Error::InvalidConfig { name: "samples", .. }), "{err}");
     }
 
     #[test]

@@ -56,7 +56,8 @@ impl ModelFigures<'_> {
     /// Checks the settings before any solve: `range` finite with `lo < hi`
     /// ([`PlotError::InvalidRange`]), `grid` from 2 to [`MAX_GRID`] ([`Error::InvalidConfig`]),
     /// `format` `"png"` or `"svg"` ([`PlotError::UnsupportedFormat`], naming the density
-    /// figure in `dir`). [`ModelFigures::write`] and [`ModelFigures::write_flow`] call it.
+    /// figure in `dir`), at least one sample ([`Error::InvalidConfig`]).
+    /// [`ModelFigures::write`] and [`ModelFigures::write_flow`] call it.
     pub fn validate(&self, dir: &Path) -> Result<(), Error> {
         if !matches!(self.format, "png" | "svg") {
             let path = dir.join(format!("density.{}", self.format));
@@ -68,6 +69,13 @@ impl ModelFigures<'_> {
                 name: "grid",
                 value: self.grid as f64,
                 expected: "from 2 to 4096 points per axis",
+            });
+        }
+        if self.samples == 0 {
+            return Err(Error::InvalidConfig {
+                name: "samples",
+                value: 0.0,
+                expected: "at least 1 (the samples, their paths and the animation)",
             });
         }
         Ok(())
