@@ -8,7 +8,7 @@ use approx::assert_relative_eq;
 use common::*;
 use odeflow::field::{
     Activation, AugmentedVjp, AutoDiffField, Divergence, DualScalar, FieldError, JacobianTerm,
-    LinearField, Mlp, MlpConfig, ScalarField, TimeConditioning, VectorField,
+    LinearField, Mlp, MlpConfig, ScalarField, TimeConditioning, VectorField, MAX_CHUNK_SIZE,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -470,6 +470,21 @@ fn bad_input_is_an_error_not_a_panic() {
         Mlp::<f64>::new(&MlpConfig { chunk_size: 0, ..Default::default() }),
         Err(FieldError::InvalidConfig { field: "chunk_size", .. })
     ));
+    // Sizes too large to hold are errors (they panicked on wrapped offsets or a capacity
+    // overflow, or aborted the process on a workspace of a billion rows).
+    for chunk_size in [MAX_CHUNK_SIZE + 1, 1_000_000_000, usize::MAX] {
+        assert!(matches!(
+            Mlp::<f64>::new(&MlpConfig { chunk_size, ..Default::default() }),
+            Err(FieldError::TooLarge { field: "chunk_size", .. })
+        ));
+    }
+    assert!(
+        Mlp::<f64>::new(&MlpConfig { chunk_size: MAX_CHUNK_SIZE, ..Default::default() }).is_ok()
+    );
+    for hidden in [vec![usize::MAX / 2], vec![1 << 62, 4], vec![1 << 31, 1 << 31]] {
+        let err = Mlp::<f64>::new(&MlpConfig { hidden: hidden.clone(), ..Default::default() });
+        assert!(matches!(err, Err(FieldError::TooLarge { field: "hidden", .. })), "{hidden:?}");
+    }
     assert_eq!(
         Mlp::<f64>::from_params(&toy(0), vec![0.0; 3]).unwrap_err(),
         FieldError::ParamLength { expected: 9_224, found: 3 }

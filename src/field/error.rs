@@ -38,6 +38,16 @@ pub enum FieldError {
         /// The smallest valid value.
         min: usize,
     },
+    /// A configuration value is above its valid range: a chunk size beyond
+    /// [`MAX_CHUNK_SIZE`](super::MAX_CHUNK_SIZE), or widths whose parameter vector cannot be
+    /// held (its count overflows, or its bytes cannot be allocated).
+    #[error("invalid configuration: `{field}` {reason}")]
+    TooLarge {
+        /// The configuration field's name.
+        field: &'static str,
+        /// What is too large about it.
+        reason: String,
+    },
     /// A workspace made by a field of another architecture (widths or chunk size) was passed;
     /// make one with that field's `workspace`.
     #[error("workspace was made for a field of another architecture")]

@@ -81,8 +81,15 @@ impl Default for MlpConfig {
     }
 }
 
+/// The largest [`MlpConfig::chunk_size`]: a chunk is the unit of work of one worker, and
+/// every workspace holds a chunk's rows whatever the batch (beyond a few hundred rows a
+/// chunk only costs memory).
+pub const MAX_CHUNK_SIZE: usize = 1 << 16;
+
 impl MlpConfig {
-    /// Checks every field's range: `dim ≥ 1`, each hidden width `≥ 1`, `chunk_size ≥ 1`.
+    /// Checks every field's range: `dim ≥ 1`, each hidden width `≥ 1`, `chunk_size` from 1
+    /// to [`MAX_CHUNK_SIZE`], and a parameter count whose f64 bytes fit in `isize::MAX` (the
+    /// largest allocation there can be).
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.dim == 0 {
             return Err(FieldError::InvalidConfig { field: "dim", value: 0, min: 1 });
@@ -92,6 +99,23 @@ impl MlpConfig {
         }
         if self.chunk_size == 0 {
             return Err(FieldError::InvalidConfig { field: "chunk_size", value: 0, min: 1 });
+        }
+        if self.chunk_size > MAX_CHUNK_SIZE {
+            return Err(FieldError::TooLarge {
+                field: "chunk_size",
+                reason: format!("= {} (must be at most {MAX_CHUNK_SIZE})", self.chunk_size),
+            });
+        }
+        let bytes = self.checked_n_params().and_then(|n| n.checked_mul(8));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(FieldError::TooLarge {
+                field: "hidden",
+                reason: format!(
+                    "= {:?}: more parameters than memory can address ({})",
+                    self.hidden,
+                    self.checked_n_params().map_or("overflows usize".into(), |n| n.to_string())
+                ),
+            });
         }
         Ok(())
     }
@@ -311,7 +335,12 @@ impl<T: Real> Mlp<T> {
         cfg.validate()?;
         let (layers, blocks, _, _) = layout(cfg);
         let n: usize = blocks.iter().map(ParamBlock::len).sum();
-        let mut params = vec![T::zero(); n];
+        let mut params = Vec::new();
+        params.try_reserve_exact(n).map_err(|e| FieldError::TooLarge {
+            field: "hidden",
+            reason: format!("= {:?}: its {n} parameters cannot be allocated ({e})", cfg.hidden),
+        })?;
+        params.resize(n, T::zero());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         for blk in &blocks {
             // The nn.Linear a block belongs to: `layers.{i}._layer.*` has fan_in = weight

@@ -80,7 +80,7 @@ pub use linear::LinearField;
 pub(crate) use mlp::checked_net_params;
 #[doc(hidden)]
 pub use mlp::set_simd_dispatch;
-pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning};
+pub use mlp::{Mlp, MlpConfig, MlpWorkspace, ParamBlock, TimeConditioning, MAX_CHUNK_SIZE};
 
 /// Which divergence term `q_b` a call computes for each sample `b`.
 ///
