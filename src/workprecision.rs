@@ -56,7 +56,8 @@ pub struct Row {
 
 /// Runs `solve(method, setting)` for every method (adaptive ones with `tolerances`, fixed
 /// ones with `steps`), `repeats` times each (at least once), and compares its output with
-/// `reference` (same length).
+/// `reference` (same length). A non-finite value in `reference` or in a solution is an error
+/// (a NaN difference would otherwise drop out of the maximum and plot as exact).
 pub fn work_precision(
     methods: &[Method],
     tolerances: &[f64],
@@ -65,6 +66,7 @@ pub fn work_precision(
     reference: &[f64],
     mut solve: impl FnMut(Method, Setting) -> Result<(Vec<f64>, Stats), Error>,
 ) -> Result<Vec<Row>, Error> {
+    crate::error::check_finite(reference, 1)?;
     let mut rows = Vec::new();
     for &method in methods {
         let settings: Vec<Setting> = if method.is_adaptive() {
@@ -87,6 +89,13 @@ pub fn work_precision(
                     buffer: "solution",
                     expected: reference.len(),
                     found: y.len(),
+                });
+            }
+            if y.iter().any(|v| !v.is_finite()) {
+                return Err(Error::InvalidConfig {
+                    name: "solution",
+                    value: y.iter().copied().find(|v| !v.is_finite()).unwrap_or(f64::NAN),
+                    expected: "finite values: the solve returned NaN or ∞",
                 });
             }
             let diffs = y.iter().zip(reference).map(|(a, b)| (a - b).abs());
@@ -275,6 +284,27 @@ mod tests {
 
     /// On the harmonic oscillator the error falls as the tolerance (or step) shrinks, and
     /// the cost rises; the files are written.
+    /// A NaN in a solution or in the reference is an error: it dropped out of the maximum
+    /// (`max_error` 0, a failed solve plotted as exact).
+    #[test]
+    fn non_finite_solutions_and_references_are_errors() {
+        let run = |reference: &[f64], y: Vec<f64>| {
+            work_precision(&[Method::Dopri5], &[1e-6], &[], 1, reference, |_, _| {
+                Ok((y.clone(), Stats::default()))
+            })
+        };
+        for y in [vec![f64::NAN, f64::NAN], vec![1.0, f64::NAN], vec![f64::INFINITY, 2.0]] {
+            let err = run(&[1.0, 2.0], y).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { name: "solution", .. }), "{err}");
+        }
+        let err = run(&[f64::NAN, 2.0], vec![1.0, 2.0]).unwrap_err();
+        assert!(matches!(err, Error::NonFiniteInput { index: 0, .. }), "{err}");
+        assert_eq!(
+            run(&[1.0, 2.0], vec![1.0, 2.5]).unwrap()[0].max_error.to_bits(),
+            0.5f64.to_bits()
+        );
+    }
+
     #[test]
     fn diagram_of_the_harmonic_oscillator() {
         let t1 = 10.0;
