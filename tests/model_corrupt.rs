@@ -131,3 +131,42 @@ fn a_hybrid_with_absurd_cnf_blocks_or_layers_is_refused() {
     edit_architecture(&good, &layers, |a| a["layers"] = json!(HUGE));
     refused(&layers, "layers");
 }
+
+/// A fixed-step CNF keeps its step size in its model file (it was lost, so the file could
+/// not be solved); a file of a fixed-step method without a valid `h_fixed`, and one whose
+/// MLP settings are invalid, are refused with the file's name (the second was not named).
+#[test]
+fn fixed_steps_and_invalid_settings_in_a_cnf_file() {
+    use odeflow::io::load_cnf;
+    use odeflow::solvers::{Method, SolveOptions};
+    let tmp = folder("fixed");
+    let dir = tmp.path();
+    let cfg = MlpConfig { dim: 2, hidden: vec![8, 8], seed: 4, ..Default::default() };
+    let config = CnfConfig::<f64> {
+        method: Method::Rk4,
+        options: SolveOptions { h_fixed: Some(0.05), ..Default::default() },
+        ..Default::default()
+    };
+    let cnf = Cnf::new(Mlp::<f64>::new(&cfg).unwrap(), 0.5, config).unwrap();
+    let rk4 = dir.join("rk4.safetensors");
+    save_cnf(&rk4, &cnf).unwrap();
+    let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&rk4).unwrap();
+    assert_eq!(loaded.config().method, Method::Rk4);
+    assert_eq!(loaded.config().options.h_fixed, Some(0.05));
+    let x = [0.3, -0.2, 1.0, 0.5];
+    let bits = |v: Vec<f64>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(loaded.log_prob(&x).unwrap().0), bits(cnf.log_prob(&x).unwrap().0));
+
+    let cases = [
+        ("no-h.safetensors", "h_fixed", Value::Null, "h_fixed is missing"),
+        ("zero-h.safetensors", "h_fixed", json!(0.0), "h_fixed is 0"),
+        ("dim0.safetensors", "dim", json!(0), "`dim` = 0"),
+        ("width0.safetensors", "hidden", json!([8, 0]), "`hidden` = 0"),
+    ];
+    for (name, key, value, want) in cases {
+        let path = dir.join(name);
+        edit_architecture(&rk4, &path, |a| a[key] = value);
+        let err = load_cnf::<f64>(&path).err().unwrap().to_string();
+        assert!(err.contains(name) && err.contains(want), "{name}: {err}");
+    }
+}

@@ -177,6 +177,10 @@ pub struct Architecture {
     /// `hairer`. A config with other controller settings is saved as `hairer`.
     #[serde(default)]
     pub steps: Steps,
+    /// The step size of a fixed-step method (`euler`, `midpoint`, `heun`, `rk4`); absent for
+    /// an adaptive one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h_fixed: Option<f64>,
 }
 
 /// The name of an activation in model files and on the command line.
@@ -268,6 +272,7 @@ pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result
         trace: trace_name(cfg.trace).into(),
         end_times: cnf.blocks().iter().map(|b| b.t_end.to_f64c()).collect(),
         steps: Steps::of(cfg).unwrap_or_default(),
+        h_fixed: cfg.options.h_fixed.filter(|_| !cfg.method.is_adaptive()).map(|h| h.to_f64c()),
     };
     let is_f64 = std::mem::size_of::<T>() == 8;
     let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
@@ -559,7 +564,23 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
         .ok_or_else(|| bad("architecture", format!("unknown time {:?}", arch.time)))?;
     let trace = parse_trace(&arch.trace)
         .ok_or_else(|| bad("architecture", format!("unknown trace {:?}", arch.trace)))?;
-    let method = arch.method.parse().map_err(|e| bad("architecture", format!("{e}")))?;
+    let method: crate::solvers::Method =
+        arch.method.parse().map_err(|e| bad("architecture", format!("{e}")))?;
+    let h_fixed = match arch.h_fixed {
+        _ if method.is_adaptive() => None,
+        Some(h) if h.is_finite() && h > 0.0 => Some(T::from_f64c(h)),
+        h => {
+            return Err(bad(
+                "architecture",
+                format!(
+                    "method {} takes fixed steps, and h_fixed is {} (a finite step > 0 is needed)",
+                    method.name(),
+                    h.map_or("missing".into(), |h| h.to_string())
+                ),
+            )
+            .into())
+        }
+    };
     if arch.blocks == 0 {
         return Err(bad("architecture", "zero blocks".into()).into());
     }
@@ -573,7 +594,7 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
     };
     let mut blocks = Vec::with_capacity(arch.blocks);
     for k in 0..arch.blocks {
-        let mut mlp = Mlp::<T>::new(&cfg)?;
+        let mut mlp = Mlp::<T>::new(&cfg).map_err(|e| bad("architecture", e.to_string()))?;
         for pb in mlp.blocks().to_vec() {
             let values = read(&format!("chain.{k}.{PREFIX}{}", pb.name), &pb.shape)?;
             mlp.params_mut()[pb.range()].copy_from_slice(&values);
@@ -593,6 +614,7 @@ pub fn load_cnf<T: Real>(path: impl AsRef<Path>) -> Result<Cnf<T, Mlp<T>>, Error
         ..Default::default()
     };
     arch.steps.apply(&mut config);
+    config.options.h_fixed = h_fixed;
     Cnf::chain(blocks, config)
 }
 
