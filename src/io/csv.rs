@@ -162,11 +162,14 @@ pub(crate) fn parse_csv(path: &Path, text: &str, cols: Option<usize>) -> Result<
 
 /// Writes `data` (`rows × header.len()`, row-major) as CSV with a header line, atomically.
 /// Values are written in Rust's shortest round-trip form, so reading gives them back exactly.
+/// Data that is not a whole number of rows is an error, and the file is left as it was.
 pub fn write_csv(path: impl AsRef<Path>, header: &[&str], data: &[f64]) -> Result<(), NpyError> {
     write_atomically(path.as_ref(), |w| write_csv_to(w, header, data))
 }
 
-/// Writes `data` as [`write_csv`] does, to any writer (standard output, a buffer).
+/// Writes `data` as [`write_csv`] does, to any writer (standard output, a buffer). Data that
+/// is not a whole number of rows is an error ([`std::io::ErrorKind::InvalidInput`]), before
+/// anything is written.
 ///
 /// ```
 /// let mut out = Vec::new();
@@ -176,6 +179,12 @@ pub fn write_csv(path: impl AsRef<Path>, header: &[&str], data: &[f64]) -> Resul
 /// ```
 pub fn write_csv_to(w: &mut impl Write, header: &[&str], data: &[f64]) -> std::io::Result<()> {
     let cols = header.len().max(1);
+    if !data.len().is_multiple_of(cols) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} values are not whole rows of {cols} columns", data.len()),
+        ));
+    }
     writeln!(w, "{}", header.join(","))?;
     for row in data.chunks(cols) {
         for (j, v) in row.iter().enumerate() {
@@ -195,6 +204,20 @@ mod tests {
 
     fn parse(text: &str, cols: Option<usize>) -> Result<Points, CsvError> {
         parse_csv(Path::new("t.csv"), text, cols)
+    }
+
+    #[test]
+    fn ragged_data_is_not_written() {
+        let mut out = Vec::new();
+        let err = write_csv_to(&mut out, &["x", "y"], &[1.0, 2.0, 3.0]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("3 values are not whole rows of 2 columns"), "{err}");
+        assert!(out.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "x,y\n1,2\n").unwrap();
+        assert!(write_csv(&path, &["x", "y"], &[1.0, 2.0, 3.0]).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "x,y\n1,2\n");
     }
 
     #[test]
