@@ -38,6 +38,19 @@ pub enum Error {
         /// The point (row) it belongs to.
         point: usize,
     },
+    /// A parameter is NaN or infinite: one of the θ a flow or model was called with
+    /// (refused before anything is evaluated), or one an optimizer step would produce (the
+    /// step is then not taken). `index` is into that parameter vector.
+    #[error("non-finite parameter {index} = {value} ({what})")]
+    NonFiniteParameter {
+        /// Where: `"in the layer's θ"`, `"in the model's parameters"`, `"would result from
+        /// the Adam step, which was not taken"`.
+        what: &'static str,
+        /// Index into the parameter vector.
+        index: usize,
+        /// Its value (as f64).
+        value: f64,
+    },
     /// A configuration value is out of range.
     #[error("invalid {name} = {value}: {expected}")]
     InvalidConfig {

@@ -120,6 +120,62 @@ fn adam_refuses_bad_input_without_changing_anything() {
     }
 }
 
+/// Settings that are valid in f64 but not in f32 (eps rounds to 0, lr to infinity) are
+/// refused for f32; a step that would make a parameter non-finite is refused and leaves
+/// everything as it was; a saved state with bad moments or a step count with no successor
+/// is refused.
+#[test]
+fn adam_refuses_non_finite_steps_and_bad_states() {
+    let bad_name = |r: Result<Adam<f32>, Error>| match r {
+        Err(Error::InvalidConfig { name, .. }) => name,
+        other => panic!("{other:?}"),
+    };
+    let eps = AdamConfig { eps: 1e-50, ..Default::default() };
+    assert_eq!(bad_name(Adam::<f32>::new(eps.clone(), 2)), "eps");
+    assert!(Adam::<f64>::new(eps, 2).is_ok());
+    let lr = AdamConfig { lr: 1e300, ..Default::default() };
+    assert_eq!(bad_name(Adam::<f32>::new(lr.clone(), 2)), "lr");
+    let wd = AdamConfig { weight_decay: 1e300, ..Default::default() };
+    assert_eq!(bad_name(Adam::<f32>::new(wd, 2)), "weight_decay");
+    assert_eq!(bad_name(Adam::<f32>::from_state(lr, vec![0.0], vec![0.0], 0)), "lr");
+    // lr/(1 − β₁) overflows f32 at the first step (θ would be −inf, or NaN for m = 0).
+    let mut adam = Adam::<f32>::new(AdamConfig { lr: 1e38, ..Default::default() }, 2).unwrap();
+    let mut th = vec![1.0f32, -1.0];
+    for g in [[0.0f32, 0.0], [0.5, -0.5]] {
+        let r = adam.step(&mut th, &g);
+        assert!(matches!(r, Err(Error::NonFiniteParameter { index: 0, .. })), "{r:?}");
+        assert_eq!((th.as_slice(), adam.t()), ([1.0f32, -1.0].as_slice(), 0));
+        assert_eq!(adam.moments(), ([0.0f32; 2].as_slice(), [0.0f32; 2].as_slice()));
+    }
+    // f64, lr 1e308 with weight decay: refused, the state of before the step kept.
+    let cfg = AdamConfig { lr: 1e308, weight_decay: 0.1, ..Default::default() };
+    let mut adam = Adam::<f64>::new(cfg, 2).unwrap();
+    let mut th = vec![0.5, -1.0];
+    let r = adam.step(&mut th, &[0.2, 0.3]);
+    assert!(matches!(r, Err(Error::NonFiniteParameter { .. })), "{r:?}");
+    assert_eq!((th.as_slice(), adam.t()), ([0.5, -1.0].as_slice(), 0));
+    // from_state: non-finite m, negative or non-finite v, t = u64::MAX.
+    let cfg = AdamConfig::default();
+    for (m, v, t, name) in [
+        (vec![f64::NAN], vec![0.0], 1, "adam m"),
+        (vec![0.0], vec![-1e-3], 1, "adam v"),
+        (vec![0.0], vec![f64::INFINITY], 1, "adam v"),
+        (vec![0.0], vec![0.0], u64::MAX, "adam t"),
+    ] {
+        let r = Adam::<f64>::from_state(cfg.clone(), m, v, t);
+        assert!(matches!(r, Err(Error::InvalidConfig { name: n, .. }) if n == name), "{r:?}");
+    }
+    // The last step count that has a successor: one step, then no more (t used to wrap to
+    // 0 and the bias correction to divide by zero).
+    let mut adam = Adam::<f64>::from_state(cfg, vec![0.0], vec![0.0], u64::MAX - 1).unwrap();
+    let mut th = vec![1.0];
+    adam.step(&mut th, &[0.5]).unwrap();
+    assert_eq!(adam.t(), u64::MAX);
+    assert!(th[0].is_finite() && th[0] < 1.0);
+    let r = adam.step(&mut th, &[0.5]);
+    assert!(matches!(r, Err(Error::InvalidConfig { name: "adam t", .. })), "{r:?}");
+}
+
 #[test]
 fn schedules_follow_their_formulas() {
     let lr = 1e-2;

@@ -186,19 +186,56 @@ pub struct Adam<T> {
 }
 
 impl<T: Real> Adam<T> {
-    /// A fresh optimizer for `n` parameters (moments zero, step 0). Validates `cfg`.
+    /// A fresh optimizer for `n` parameters (moments zero, step 0). Validates `cfg`, also
+    /// for the scalar type: `lr`, `eps` and `weight_decay` must stay finite in T, and `lr`
+    /// and `eps` positive (an f32 `eps` of 1e-50 rounds to 0), else [`Error::InvalidConfig`].
     pub fn new(cfg: AdamConfig, n: usize) -> Result<Self, Error> {
-        cfg.validate()?;
+        Self::validate_for_t(&cfg)?;
         Ok(Adam { cfg, m: vec![T::zero(); n], v: vec![T::zero(); n], t: 0 })
     }
 
     /// An optimizer resumed from saved moments and step count (see [`Adam::moments`]).
+    /// Errors: `cfg` as in [`Adam::new`]; `m` and `v` of different lengths
+    /// ([`Error::BufferLength`]); a non-finite `m`, a non-finite or negative `v`, or
+    /// `t = u64::MAX` (no next step) ([`Error::InvalidConfig`]).
     pub fn from_state(cfg: AdamConfig, m: Vec<T>, v: Vec<T>, t: u64) -> Result<Self, Error> {
-        cfg.validate()?;
+        Self::validate_for_t(&cfg)?;
         if m.len() != v.len() {
             return Err(Error::BufferLength { buffer: "v", expected: m.len(), found: v.len() });
         }
+        let bad = |name, value: f64, expected| Err(Error::InvalidConfig { name, value, expected });
+        if let Some(x) = m.iter().find(|x| !x.is_finite()) {
+            return bad("adam m", x.to_f64c(), "finite first moments");
+        }
+        if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x >= T::zero())) {
+            return bad("adam v", x.to_f64c(), "finite second moments ≥ 0");
+        }
+        if t == u64::MAX {
+            return bad("adam t", t as f64, "a step count below u64::MAX");
+        }
         Ok(Adam { cfg, m, v, t })
+    }
+
+    /// [`AdamConfig::validate`], and the values the step casts to T finite (and `lr`, `eps`
+    /// positive) in T.
+    fn validate_for_t(cfg: &AdamConfig) -> Result<(), Error> {
+        cfg.validate()?;
+        for (name, v, positive) in [
+            ("lr", cfg.lr, true),
+            ("eps", cfg.eps, true),
+            ("weight_decay", cfg.weight_decay, false),
+        ] {
+            let t = T::from_f64c(v);
+            if !t.is_finite() || (positive && t <= T::zero()) {
+                let expected = if positive {
+                    "finite and > 0 in the parameters' float type"
+                } else {
+                    "finite in the parameters' float type"
+                };
+                return Err(Error::InvalidConfig { name, value: v, expected });
+            }
+        }
+        Ok(())
     }
 
     /// The settings.
@@ -232,13 +269,16 @@ impl<T: Real> Adam<T> {
     }
 
     /// One step on the flat vector `params` with gradient `grad` (same length as the
-    /// optimizer). A non-finite gradient is refused before anything changes.
+    /// optimizer). A non-finite gradient is refused before anything changes, and so is a
+    /// step that would make a parameter non-finite ([`Error::NonFiniteParameter`], e.g. a
+    /// huge learning rate): parameters, moments and `t` are then as before the call.
     pub fn step(&mut self, params: &mut [T], grad: &[T]) -> Result<(), Error> {
         self.step_slices(&mut [params], &[grad])
     }
 
     /// One step on several parameter slices laid end to end (e.g. each block's θ, then the
     /// times), with their gradients in the same order; total length as the optimizer's.
+    /// Errors as [`Adam::step`].
     pub fn step_slices(&mut self, params: &mut [&mut [T]], grads: &[&[T]]) -> Result<(), Error> {
         let n: usize = params.iter().map(|p| p.len()).sum();
         if n != self.m.len() {
@@ -255,10 +295,13 @@ impl<T: Real> Adam<T> {
             let value = g.to_f64c();
             return Err(Error::NonFiniteGradient { what: "params", segment: 0, index, value });
         }
-        self.t += 1;
+        let Some(step) = self.t.checked_add(1) else {
+            let value = self.t as f64;
+            return Err(Error::InvalidConfig { name: "adam t", value, expected: "< u64::MAX" });
+        };
         let c = &self.cfg;
-        let t = self.t as f64;
-        let lr = c.schedule.lr(c.lr, self.t);
+        let t = step as f64;
+        let lr = c.schedule.lr(c.lr, step);
         // Scalars as PyTorch computes them (Python floats, i.e. f64), then cast.
         let bias1 = 1.0 - c.beta1.powf(t);
         let bias2_sqrt = (1.0 - c.beta2.powf(t)).sqrt();
@@ -267,21 +310,40 @@ impl<T: Real> Adam<T> {
         let (b2, one_m_b2) = (T::from_f64c(c.beta2), T::from_f64c(1.0 - c.beta2));
         let (b2s, eps) = (T::from_f64c(bias2_sqrt), T::from_f64c(c.eps));
         let decay = c.weight_decay != 0.0;
+        // (m, v, θ) after the step from (m, v, θ) and the gradient.
+        let update = |m: T, v: T, th: T, gr: T| {
+            let gr = if decay { gr + th * wd } else { gr };
+            // torch.lerp(m, g, w) for w < 0.5: m + w (g − m).
+            let m = m + one_m_b1 * (gr - m);
+            let v = v * b2 + one_m_b2 * gr * gr;
+            let denom = v.sqrt() / b2s + eps;
+            // torch.addcdiv(θ, m, denom, value = −step): θ + (−step · m) / denom.
+            (m, v, th + (-step_size * m) / denom)
+        };
+        // First pass: check that every updated parameter is finite, changing nothing (no
+        // copy to roll back to); second pass: the same arithmetic, stored.
         let mut i = 0;
-        for (p, g) in params.iter_mut().zip(grads) {
-            for (th, &gr) in p.iter_mut().zip(g.iter()) {
-                let gr = if decay { gr + *th * wd } else { gr };
-                let m = &mut self.m[i];
-                // torch.lerp(m, g, w) for w < 0.5: m + w (g − m).
-                *m = *m + one_m_b1 * (gr - *m);
-                let v = &mut self.v[i];
-                *v = *v * b2 + one_m_b2 * gr * gr;
-                let denom = v.sqrt() / b2s + eps;
-                // torch.addcdiv(θ, m, denom, value = −step): θ + (−step · m) / denom.
-                *th += (-step_size * *m) / denom;
+        for (p, g) in params.iter().zip(grads) {
+            for (&th, &gr) in p.iter().zip(g.iter()) {
+                let (_, _, th) = update(self.m[i], self.v[i], th, gr);
+                if !th.is_finite() {
+                    return Err(Error::NonFiniteParameter {
+                        what: "would result from the Adam step, which was not taken",
+                        index: i,
+                        value: th.to_f64c(),
+                    });
+                }
                 i += 1;
             }
         }
+        let mut i = 0;
+        for (p, g) in params.iter_mut().zip(grads) {
+            for (th, &gr) in p.iter_mut().zip(g.iter()) {
+                (self.m[i], self.v[i], *th) = update(self.m[i], self.v[i], *th, gr);
+                i += 1;
+            }
+        }
+        self.t = step;
         Ok(())
     }
 }
