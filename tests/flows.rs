@@ -564,6 +564,25 @@ mod training {
         assert!(matches!(bad, Err(Error::InvalidConfig { name: "test", .. })));
     }
 
+    fn small_cfg() -> FlowTrainConfig {
+        FlowTrainConfig { iterations: 2, batch_size: 4, test_every: 0, ..Default::default() }
+    }
+
+    /// An empty training set is refused up front (its first step used to divide by zero);
+    /// an empty test set counts as none.
+    #[test]
+    fn an_empty_training_set_is_refused() {
+        let empty = Dataset::<f64>::toy(Toy::Moons, 0, 0);
+        assert!(empty.is_empty());
+        let src = DataSource::Dataset { data: empty.clone(), seed: 0 };
+        let r = FlowTrainer::new(realnvp(2, &[4]), src, None, small_cfg());
+        assert!(matches!(r, Err(Error::InvalidConfig { name: "data", .. })), "{r:?}");
+        let src = DataSource::Toy(Toy::Moons);
+        let mut tr = FlowTrainer::new(realnvp(2, &[4]), src, Some(empty), small_cfg()).unwrap();
+        assert!(matches!(tr.test_nll(), Err(Error::InvalidConfig { name: "test", .. })));
+        tr.step().unwrap();
+    }
+
     #[test]
     fn realnvp_learns_8gaussians() {
         let (before, after) = train(realnvp(6, &[32, 32]), Toy::EightGaussians, 500);

@@ -472,7 +472,7 @@ fn dataset_batches_cover_each_epoch_once() {
     let mut seen = Vec::new();
     let mut b = Vec::new();
     for it in 0..5 {
-        src.batch(it, 4, &mut rng, &mut b); // 20 positions = 2 epochs
+        src.batch(it, 4, &mut rng, &mut b).unwrap(); // 20 positions = 2 epochs
         seen.extend_from_slice(&b);
     }
     for epoch in seen.chunks(10) {
@@ -481,6 +481,42 @@ fn dataset_batches_cover_each_epoch_once() {
         assert_eq!(e, (0..10).map(f64::from).collect::<Vec<_>>());
     }
     assert_ne!(seen[..10], seen[10..], "epochs are reshuffled");
+}
+
+/// An empty data set yields no batches (it used to divide by zero), a batch whose
+/// positions pass u64::MAX is an error (the range used to wrap to an empty batch), and
+/// `row` is `None` past the end.
+#[test]
+fn batches_from_empty_sets_and_past_u64_are_errors() {
+    let name = |r: Result<(), Error>| match r {
+        Err(Error::InvalidConfig { name, .. }) => name,
+        other => panic!("{other:?}"),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut out = vec![7.0];
+    let empty = Dataset::<f64>::toy(Toy::Moons, 0, 0);
+    assert!(empty.is_empty() && empty.row(0).is_none());
+    let src = DataSource::Dataset { data: empty, seed: 0 };
+    assert_eq!(name(src.batch(0, 4, &mut rng, &mut out)), "data");
+    assert_eq!(out, [7.0], "out is left as it was");
+    // The empty test side of a split is legitimate (the CLI's "no test set").
+    let three = Dataset::<f64>::new(1, vec![1.0, 2.0, 3.0]).unwrap();
+    let (train, test) = three.split(0.1, 0).unwrap();
+    assert_eq!((train.len(), test.len(), test.is_empty()), (3, 0, true));
+    assert_eq!(three.row(2), Some(&[3.0][..]));
+    assert_eq!(three.row(3), None);
+    let src = DataSource::Dataset { data: three, seed: 0 };
+    assert_eq!(name(src.batch(u64::MAX, 2, &mut rng, &mut out)), "iteration");
+    assert_eq!(name(src.batch(u64::MAX / 2 + 1, 2, &mut rng, &mut out)), "iteration");
+    assert_eq!(name(src.batch(0, usize::MAX, &mut rng, &mut out)), "batch");
+    assert_eq!(
+        name(DataSource::Toy(Toy::Moons).batch(0, usize::MAX / 2 + 1, &mut rng, &mut out)),
+        "batch"
+    );
+    // Far-out iterations that fit are fine: a whole batch of the set's points.
+    src.batch(u64::MAX / 2 - 1, 2, &mut rng, &mut out).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|v| [1.0, 2.0, 3.0].contains(v)));
 }
 
 #[test]
@@ -557,6 +593,21 @@ mod cnf_training {
             .chain(&s.adam_v)
             .map(|v| v.to_bits())
             .collect()
+    }
+
+    fn tiny() -> (Cnf<f64, Mlp<f64>>, CnfTrainConfig<f64>) {
+        let cfg =
+            CnfTrainConfig { iterations: 2, batch_size: 4, test_every: 0, ..Default::default() };
+        (small_cnf(vec![4], TraceEstimator::Exact, 1e-4), cfg)
+    }
+
+    /// An empty training set is refused up front (the first step used to divide by zero).
+    #[test]
+    fn an_empty_training_set_is_refused() {
+        let (cnf, cfg) = tiny();
+        let empty = DataSource::Dataset { data: Dataset::toy(Toy::Moons, 0, 0), seed: 0 };
+        let r = CnfTrainer::new(cnf, empty, None, cfg);
+        assert!(matches!(r, Err(Error::InvalidConfig { name: "data", .. })), "{r:?}");
     }
 
     /// CI-sized convergence: ConcatSquash 2 → 32 → 32 → 2 (tanh), T = 0.5, dopri5 1e-4,

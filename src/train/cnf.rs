@@ -218,7 +218,8 @@ pub struct CnfTrainer<T: Real, F: VectorField<T>> {
 
 impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
     /// A trainer at iteration 0: Adam fresh, the generator seeded with `cfg.seed`, τ_k = √T_k.
-    /// An empty `test` set counts as none (no test NLL is evaluated).
+    /// An empty `test` set counts as none (no test NLL is evaluated); an empty training set
+    /// is an [`Error::InvalidConfig`] naming `data`.
     pub fn new(
         cnf: Cnf<T, F>,
         data: DataSource<T>,
@@ -226,6 +227,15 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
         cfg: CnfTrainConfig<T>,
     ) -> Result<Self, Error> {
         cfg.validate()?;
+        if let DataSource::Dataset { data: d, .. } = &data {
+            if d.is_empty() {
+                return Err(Error::InvalidConfig {
+                    name: "data",
+                    value: 0.0,
+                    expected: "a training set of ≥ 1 point",
+                });
+            }
+        }
         // An empty test set has no mean NLL: it counts as none (no test evaluations).
         let test = test.filter(|t| !t.is_empty());
         for (name, d) in
@@ -427,7 +437,7 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
 
     fn step_inner(&mut self) -> Result<(StepInfo, f64), Error> {
         let it = self.iteration;
-        self.data.batch(it, self.cfg.batch_size, &mut self.rng, &mut self.batch);
+        self.data.batch(it, self.cfg.batch_size, &mut self.rng, &mut self.batch)?;
         let weights = RegWeights {
             kinetic: (self.cfg.kinetic > 0.0).then_some(self.cfg.kinetic),
             jacobian: (self.cfg.jacobian > 0.0).then_some(self.cfg.jacobian),

@@ -258,7 +258,8 @@ impl<T: Real> Dataset<T> {
         Ok(Dataset { dim, data })
     }
 
-    /// `n` points of a toy set drawn with the seed `seed` (ChaCha8).
+    /// `n` points of a toy set drawn with the seed `seed` (ChaCha8). `n = 0` gives an empty
+    /// set: a test set that counts as none, which the trainers refuse as training data.
     pub fn toy(toy: Toy, n: usize, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         Dataset { dim: 2, data: toy.sample(n, &mut rng) }
@@ -298,14 +299,20 @@ impl<T: Real> Dataset<T> {
         &self.data
     }
 
-    /// Point `i`.
-    pub fn row(&self, i: usize) -> &[T] {
+    /// Point `i`, or `None` if `i ≥ len()` (as [`slice::get`]).
+    pub fn row(&self, i: usize) -> Option<&[T]> {
+        (i < self.len()).then(|| self.row_in(i))
+    }
+
+    /// Point `i < len()`.
+    fn row_in(&self, i: usize) -> &[T] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
     /// Splits into (train, test) with `round(test_fraction · len)` test points chosen by a
     /// seeded shuffle; both keep the original order of their points. An error if
-    /// `test_fraction` is outside `[0, 1)` or leaves no training point.
+    /// `test_fraction` is outside `[0, 1)` or leaves no training point. The test set may be
+    /// empty (a small fraction of a small set): it then counts as none in the trainers.
     pub fn split(&self, test_fraction: f64, seed: u64) -> Result<(Self, Self), Error> {
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(Error::InvalidConfig {
@@ -330,7 +337,7 @@ impl<T: Real> Dataset<T> {
         idx[..n_test].iter().for_each(|&i| is_test[i] = true);
         let (mut tr, mut te) = (Vec::new(), Vec::new());
         for (i, &test) in is_test.iter().enumerate() {
-            if test { &mut te } else { &mut tr }.extend_from_slice(self.row(i));
+            if test { &mut te } else { &mut tr }.extend_from_slice(self.row_in(i));
         }
         Ok((Dataset { dim: self.dim, data: tr }, Dataset { dim: self.dim, data: te }))
     }
@@ -365,6 +372,10 @@ impl<T: Real> DataSource<T> {
     /// Writes batch number `iteration` (0-based) of `batch` points into `out` (resized).
     /// Toy sets draw from `rng`; finite data sets do not touch it.
     ///
+    /// Errors ([`Error::InvalidConfig`]): an empty data set (nothing to draw from), a batch
+    /// whose positions `iteration · batch + k` pass `u64::MAX`, or `batch · dim` values too
+    /// many to allocate; `out` is then unchanged.
+    ///
     /// ```
     /// use odeflow::train::{DataSource, Dataset};
     /// use rand::SeedableRng;
@@ -373,10 +384,10 @@ impl<T: Real> DataSource<T> {
     /// let src = DataSource::Dataset { data, seed: 3 };
     /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     /// let (mut a, mut b) = (Vec::new(), Vec::new());
-    /// src.batch(0, 5, &mut rng, &mut a);
+    /// src.batch(0, 5, &mut rng, &mut a)?;
     /// a.sort_by(f64::total_cmp);
     /// assert_eq!(a, [0.0, 1.0, 2.0, 3.0, 4.0]); // one epoch visits every point once
-    /// src.batch(1, 5, &mut rng, &mut b); // the next epoch, in another order
+    /// src.batch(1, 5, &mut rng, &mut b)?; // the next epoch, in another order
     /// b.sort_by(f64::total_cmp);
     /// assert_eq!(a, b);
     /// # Ok::<(), odeflow::Error>(())
@@ -387,24 +398,46 @@ impl<T: Real> DataSource<T> {
         batch: usize,
         rng: &mut R,
         out: &mut Vec<T>,
-    ) {
+    ) -> Result<(), Error> {
+        let bad = |name, value: f64, expected| Err(Error::InvalidConfig { name, value, expected });
+        let Some(len) = batch.checked_mul(self.dim()) else {
+            return bad("batch", batch as f64, "batch · dim values that fit in memory");
+        };
+        if out.try_reserve_exact(len.saturating_sub(out.len())).is_err() {
+            return bad("batch", batch as f64, "batch · dim values that fit in memory");
+        }
         match self {
             DataSource::Toy(toy) => toy.sample_into(batch, rng, out),
             DataSource::Dataset { data, seed } => {
+                if data.is_empty() {
+                    return bad("data", 0.0, "a training set of ≥ 1 point to draw batches from");
+                }
                 let n = data.len() as u64;
+                let range = u64::try_from(batch).ok().and_then(|b| {
+                    let start = iteration.checked_mul(b)?;
+                    Some(start..start.checked_add(b)?)
+                });
+                let Some(range) = range else {
+                    return bad(
+                        "iteration",
+                        iteration as f64,
+                        "an iteration whose batch positions iteration · batch + k fit in u64",
+                    );
+                };
                 out.clear();
                 let mut epoch = u64::MAX;
                 let mut perm: Vec<usize> = Vec::new();
-                for pos in iteration * batch as u64..(iteration + 1) * batch as u64 {
+                for pos in range {
                     let e = pos / n;
                     if e != epoch {
                         epoch = e;
                         perm = epoch_permutation(data.len(), *seed, e);
                     }
-                    out.extend_from_slice(data.row(perm[(pos % n) as usize]));
+                    out.extend_from_slice(data.row_in(perm[(pos % n) as usize]));
                 }
             }
         }
+        Ok(())
     }
 }
 

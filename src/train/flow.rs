@@ -121,7 +121,8 @@ pub struct FlowTrainer<T: Real> {
 
 impl<T: Real> FlowTrainer<T> {
     /// A trainer at iteration 0: Adam fresh, the generator seeded with `cfg.seed`.
-    /// An empty `test` set counts as none (no test NLL is evaluated).
+    /// An empty `test` set counts as none (no test NLL is evaluated); an empty training set
+    /// is an [`Error::InvalidConfig`] naming `data`.
     pub fn new(
         model: FlowModel<T>,
         data: DataSource<T>,
@@ -129,6 +130,15 @@ impl<T: Real> FlowTrainer<T> {
         cfg: FlowTrainConfig,
     ) -> Result<Self, Error> {
         cfg.validate()?;
+        if let DataSource::Dataset { data: d, .. } = &data {
+            if d.is_empty() {
+                return Err(Error::InvalidConfig {
+                    name: "data",
+                    value: 0.0,
+                    expected: "a training set of ≥ 1 point",
+                });
+            }
+        }
         // An empty test set has no mean NLL: it counts as none (no test evaluations).
         let test = test.filter(|t| !t.is_empty());
         for (name, d) in
@@ -247,7 +257,12 @@ impl<T: Real> FlowTrainer<T> {
         let wrap = |e: Error| Error::Training { iteration: it, source: Box::new(e) };
         let start = Instant::now();
         let rng_before = self.rng.clone();
-        self.data.batch(self.iteration, self.cfg.batch_size, &mut self.rng, &mut self.batch);
+        if let Err(e) =
+            self.data.batch(self.iteration, self.cfg.batch_size, &mut self.rng, &mut self.batch)
+        {
+            self.rng = rng_before;
+            return Err(wrap(e));
+        }
         let lr = self.adam.next_lr();
         let result =
             self.model.nll_grad(&self.batch, &mut self.grad, &mut self.ws).and_then(|nll| {
