@@ -928,3 +928,43 @@ fn f32_models_agree_with_f64() {
         );
     }
 }
+
+/// The name of an [`Error::InvalidConfig`], for asserting which field an error blames.
+fn config_name(r: Result<impl std::fmt::Debug, Error>) -> &'static str {
+    match r {
+        Err(Error::InvalidConfig { name, .. }) => name,
+        other => panic!("expected an InvalidConfig error, got {other:?}"),
+    }
+}
+
+/// The inverse CDF refuses tables it cannot normalise (they used to divide by zero or give
+/// NaN densities).
+#[test]
+fn inverse_cdf_refuses_degenerate_tables() {
+    use odeflow::flows::Cdf1d;
+    let r = InverseCdf::new(vec![vec![0.0, 1.0], vec![]], &[]);
+    assert_eq!(config_name(r), "inverse-cdf axis knots");
+    let r = InverseCdf::new(vec![vec![], vec![0.0, 1.0]], &[]);
+    assert_eq!(config_name(r), "inverse-cdf axis knots");
+    let r = InverseCdf::new(vec![vec![0.0, 1.0], vec![0.5]], &[1.0, 1.0]);
+    assert_eq!(config_name(r), "inverse-cdf axis knots");
+    assert_eq!(config_name(InverseCdf::new(vec![], &[1.0])), "inverse-cdf dim");
+    let r = InverseCdf::new(vec![vec![0.0, 1.0]; 2], &[1.0; 3]);
+    assert!(matches!(r, Err(Error::BufferLength { buffer: "values", expected: 4, found: 3 })));
+    // A density whose total mass underflows (1e-300 · 1e-300): refused, not NaN.
+    let r = Cdf1d::new(&[0.0, 1e-300], &[1e-300, 1e-300]);
+    assert_eq!(config_name(r), "tabulated density mass");
+    // ... or overflows.
+    let r = Cdf1d::new(&[0.0, 1e300], &[1e300, 1e300]);
+    assert_eq!(config_name(r), "tabulated density mass");
+    // A segment whose mass rounds away next to F (F₂ = F₁ in f64): flat there, finite.
+    let cdf = Cdf1d::new(&[0.0, 1.0, 2.0], &[1.0, 1e-20, 1e-20]).unwrap();
+    for x in [0.25, 1.0, 1.5, 2.0] {
+        let (f, p, dp) = cdf.eval(x);
+        assert!(f.is_finite() && p.is_finite() && dp.is_finite(), "{x}: {f} {p} {dp}");
+        assert!((0.0..=1.0).contains(&f) && p >= 0.0, "{x}: {f} {p}");
+    }
+    // An ordinary table is unchanged: F(x₁) = ½ for a symmetric one.
+    let cdf = Cdf1d::new(&[0.0, 1.0, 2.0], &[1.0, 2.0, 1.0]).unwrap();
+    assert!((cdf.eval(1.0).0 - 0.5).abs() < 1e-15);
+}

@@ -25,8 +25,9 @@ pub struct Cdf1d {
 }
 
 impl Cdf1d {
-    /// Builds the CDF; errors unless the knots increase strictly and the values are finite
-    /// and positive.
+    /// Builds the CDF; errors unless the knots increase strictly, the values are finite
+    /// and positive, and the table's total mass (trapezoid) is a positive normal finite
+    /// number (a mass that underflows or overflows leaves no representable CDF).
     pub fn new(x: &[f64], q: &[f64]) -> Result<Self, Error> {
         if x.len() < 2 || q.len() != x.len() {
             return Err(Error::BufferLength {
@@ -57,11 +58,32 @@ impl Cdf1d {
             f[k] = f[k - 1] + 0.5 * (q[k] + q[k - 1]) * (x[k] - x[k - 1]);
         }
         let total = f[n - 1];
+        if !(total.is_normal() && total > 0.0) {
+            return Err(Error::InvalidConfig {
+                name: "tabulated density mass",
+                value: total,
+                expected: "a positive normal finite total (∫ q dx neither under- nor overflows)",
+            });
+        }
         f.iter_mut().for_each(|v| *v /= total);
         f[n - 1] = 1.0;
         let mut m: Vec<f64> = q.iter().map(|v| v / total).collect();
+        if let Some(k) = m.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidConfig {
+                name: "tabulated density",
+                value: q[k],
+                expected: "a density whose normalised value q / ∫ q dx is finite",
+            });
+        }
         for k in 0..n - 1 {
             let delta = (f[k + 1] - f[k]) / (x[k + 1] - x[k]);
+            if delta <= 0.0 {
+                // A segment whose mass rounds away next to F: flat, as Fritsch & Carlson
+                // set the slopes of a flat segment (keeps F monotone and finite).
+                m[k] = 0.0;
+                m[k + 1] = 0.0;
+                continue;
+            }
             let (a, b) = (m[k] / delta, m[k + 1] / delta);
             let s = a * a + b * b;
             if s > 9.0 {
@@ -176,6 +198,10 @@ pub fn normal_quantile(u: f64) -> f64 {
     x
 }
 
+/// The most coordinates an [`InverseCdf`] may have (its per-point scratch lives on the
+/// stack, and coordinate i mixes 2^{i−1} conditionals).
+const MAX_DIM: usize = 16;
+
 fn log_phi(z: f64) -> f64 {
     -0.5 * (z * z + (2.0 * std::f64::consts::PI).ln())
 }
@@ -210,11 +236,32 @@ impl InverseCdf {
         Self::new(vec![x.to_vec()], q)
     }
 
-    /// The d-dimensional autoregressive flow (d = `axes.len()`).
+    /// The d-dimensional autoregressive flow (d = `axes.len()`). Errors: no axis or more
+    /// than 16, an axis of fewer than two knots ([`Error::InvalidConfig`]), `values` not
+    /// of the grid's size ([`Error::BufferLength`]), and the [`Cdf1d::new`] errors of the
+    /// conditionals.
     pub fn new(axes: Vec<Vec<f64>>, values: &[f64]) -> Result<Self, Error> {
-        let n: usize = axes.iter().map(|a| a.len()).product();
-        if axes.is_empty() || values.len() != n {
-            return Err(Error::BufferLength { buffer: "values", expected: n, found: values.len() });
+        if axes.is_empty() || axes.len() > MAX_DIM {
+            return Err(Error::InvalidConfig {
+                name: "inverse-cdf dim",
+                value: axes.len() as f64,
+                expected: "1 ..= 16 axes",
+            });
+        }
+        if let Some(a) = axes.iter().find(|a| a.len() < 2) {
+            return Err(Error::InvalidConfig {
+                name: "inverse-cdf axis knots",
+                value: a.len() as f64,
+                expected: "≥ 2 knots on every axis",
+            });
+        }
+        let n = axes.iter().try_fold(1usize, |n, a| n.checked_mul(a.len()));
+        if n != Some(values.len()) {
+            return Err(Error::BufferLength {
+                buffer: "values",
+                expected: n.unwrap_or(usize::MAX),
+                found: values.len(),
+            });
         }
         // Marginals, from the full table down: marg[i] has the first i + 1 axes.
         let d = axes.len();
