@@ -937,6 +937,50 @@ fn config_name(r: Result<impl std::fmt::Debug, Error>) -> &'static str {
     }
 }
 
+/// Spline shapes and the public spline functions check their arguments.
+#[test]
+fn spline_functions_check_their_arguments() {
+    use odeflow::flows::{rq_eval, rq_eval_vjp, rq_inverse, MAX_BINS};
+    let shape = RqShape { bins: 4, bound: 1.0 };
+    let raw: Vec<f64> = (0..shape.n_params()).map(|k| 0.1 * k as f64 - 0.4).collect();
+    // Too short (it used to panic on a slice range).
+    for r in [rq_eval(shape, &raw[..3], 0.5), rq_inverse(shape, &raw[..3], 0.5)] {
+        assert!(matches!(r, Err(Error::BufferLength { buffer: "raw", expected: 11, found: 3 })));
+    }
+    let mut g = vec![0.0; 3];
+    let r = rq_eval_vjp(shape, &raw, 0.5, 1.0, 1.0, &mut g);
+    assert!(matches!(r, Err(Error::BufferLength { buffer: "g_raw", .. })), "{r:?}");
+    assert!(matches!(rq_eval(shape, &raw, f64::NAN), Err(Error::NonFiniteInput { .. })));
+    // Bins out of range (0 gave NaN, 100 overran a 64-entry array); n_params never wraps.
+    for bins in [0, MAX_BINS + 1, 100] {
+        let bad = RqShape { bins, bound: 1.0 };
+        let raw = vec![0.0; bad.n_params()];
+        assert_eq!(config_name(rq_eval(bad, &raw, 0.5)), "spline bins");
+        assert_eq!(config_name(bad.validate()), "spline bins");
+    }
+    assert_eq!(RqShape { bins: 0, bound: 1.0 }.n_params(), 0);
+    assert_eq!(RqShape { bins: usize::MAX, bound: 1.0 }.n_params(), usize::MAX - 1);
+    // A bound whose double overflows (it gave Ok(NaN) log-densities).
+    for bound in [1e308, f64::MAX, f64::INFINITY, f64::NAN, 0.0, -1.0] {
+        let bad = RqShape { bins: 4, bound };
+        assert_eq!(config_name(bad.validate()), "spline bound");
+        assert_eq!(config_name(RqSpline::new(1, bad)), "spline bound");
+        let nsf = CouplingKind::RationalQuadratic(bad);
+        assert_eq!(config_name(Coupling::new(2, nsf, &[4], false)), "spline bound");
+    }
+    // Valid calls agree with the spline layer holding the same raw parameters.
+    let (y, ld) = rq_eval(shape, &raw, 0.5).unwrap();
+    let layer = RqSpline::new(1, shape).unwrap();
+    let (mut z, mut l) = ([0.0], [0.0]);
+    layer.inverse(&raw, &[0.5], &mut z, &mut l, &mut Default::default()).unwrap();
+    assert_eq!((y.to_bits(), ld.to_bits()), (z[0].to_bits(), l[0].to_bits()));
+    let (x, ld_inv) = rq_inverse(shape, &raw, y).unwrap();
+    assert!((x - 0.5).abs() < 1e-12 && (ld + ld_inv).abs() < 1e-12);
+    let mut g = vec![0.0; shape.n_params()];
+    let gx = rq_eval_vjp(shape, &raw, 0.5, 1.0, 0.0, &mut g).unwrap();
+    assert!((gx - ld.exp()).abs() < 1e-12, "dy/dx = e^ld: {gx} vs {}", ld.exp());
+}
+
 /// The inverse CDF refuses tables it cannot normalise (they used to divide by zero or give
 /// NaN densities).
 #[test]

@@ -9,7 +9,7 @@
 use rand::RngCore;
 
 use super::net::MaskedMlp;
-use super::spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, MAX_BINS};
+use super::spline::{eval_raw, inverse_raw, vjp_raw, RqShape, MAX_BINS};
 use super::{c, check_map, check_vjp, Flow, FlowWs};
 use crate::{Error, Real};
 
@@ -343,7 +343,7 @@ impl Autoregressive for MafSpline {
             let mut sum = T::zero();
             for i in 0..d {
                 self.raw(out, r, i, &mut raw);
-                let (y, l) = rq_eval(self.shape, &raw[..np], u[r * d + i]);
+                let (y, l) = eval_raw(self.shape, &raw[..np], u[r * d + i]);
                 v[r * d + i] = y;
                 sum += l;
             }
@@ -369,7 +369,7 @@ impl Autoregressive for MafSpline {
             self.net.forward(theta, xcur, b, out, sub);
             for r in 0..b {
                 self.raw(out, r, i, &mut raw);
-                let (x, l) = rq_inverse(self.shape, &raw[..np], v[r * d + i]);
+                let (x, l) = inverse_raw(self.shape, &raw[..np], v[r * d + i]);
                 xcur[r * d + i] = x;
                 ld[r] += l;
             }
@@ -398,7 +398,7 @@ impl Autoregressive for MafSpline {
             for i in 0..d {
                 self.raw(out, r, i, &mut raw);
                 graw[..np].iter_mut().for_each(|w| *w = T::zero());
-                u_cot[r * d + i] = rq_eval_vjp(
+                u_cot[r * d + i] = vjp_raw(
                     self.shape,
                     &raw[..np],
                     u[r * d + i],
@@ -426,7 +426,7 @@ impl Autoregressive for MafSpline {
         for r in 0..b {
             for i in 0..d {
                 self.raw(out, r, i, &mut raw);
-                out_ld[r * d + i] = rq_eval(self.shape, &raw[..np], u[r * d + i]).1;
+                out_ld[r * d + i] = eval_raw(self.shape, &raw[..np], u[r * d + i]).1;
             }
         }
     }

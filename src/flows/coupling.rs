@@ -4,7 +4,7 @@
 use rand::RngCore;
 
 use super::net::MaskedMlp;
-use super::spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape};
+use super::spline::{eval_raw, inverse_raw, vjp_raw, RqShape};
 use super::{c, check_map, check_vjp, Flow, FlowWs};
 use crate::{Error, Real};
 
@@ -155,7 +155,7 @@ impl Coupling {
                     let raw = &out[r * no + j * np..r * no + (j + 1) * np];
                     let v = input[r * d + i];
                     let (y, l) =
-                        if inverse { rq_eval(shape, raw, v) } else { rq_inverse(shape, raw, v) };
+                        if inverse { eval_raw(shape, raw, v) } else { inverse_raw(shape, raw, v) };
                     output[r * d + i] = y;
                     sum += l;
                 }
@@ -239,7 +239,7 @@ impl<T: Real> Flow<T> for Coupling {
             for r in 0..b {
                 for (j, &i) in self.trans.iter().enumerate() {
                     let o = r * no + j * np..r * no + (j + 1) * np;
-                    x_cot[r * d + i] = rq_eval_vjp(
+                    x_cot[r * d + i] = vjp_raw(
                         shape,
                         &out[o.clone()],
                         x[r * d + i],

@@ -113,7 +113,7 @@ pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
 pub use net::MaskedMlp;
 pub use planar::{Planar, Radial};
 pub use spec::{CnfBlockSpec, FlowKind, FlowSpec};
-pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS};
+pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS, MAX_BOUND};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;

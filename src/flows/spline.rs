@@ -4,10 +4,14 @@
 use rand::RngCore;
 
 use super::{c, check_map, check_vjp, Flow, FlowWs};
+use crate::error::{check_finite, check_len};
 use crate::{Error, Real};
 
 /// The most bins a spline may have (scratch lives on the stack).
 pub const MAX_BINS: usize = 64;
+/// The largest half-width B a spline may have: `f32::MAX / 2`, so that the interval's
+/// width 2B is finite in f32 and f64 alike.
+pub const MAX_BOUND: f64 = f32::MAX as f64 / 2.0;
 const MIN_WIDTH: f64 = 1e-3;
 const MIN_HEIGHT: f64 = 1e-3;
 const MIN_DERIV: f64 = 1e-3;
@@ -31,12 +35,13 @@ const MIN_DERIV: f64 = 1e-3;
 pub struct RqShape {
     /// Number of bins K (1 ≤ K ≤ [`MAX_BINS`]).
     pub bins: usize,
-    /// Half-width B of the spline's interval (> 0).
+    /// Half-width B of the spline's interval (0 < B ≤ [`MAX_BOUND`]).
     pub bound: f64,
 }
 
 impl RqShape {
-    /// Checks K and B.
+    /// Checks K (1 ≤ K ≤ [`MAX_BINS`]) and B (0 < B ≤ [`MAX_BOUND`], so 2B is finite in
+    /// either float type); [`Error::InvalidConfig`] otherwise.
     pub fn validate(&self) -> Result<(), Error> {
         if self.bins == 0 || self.bins > MAX_BINS {
             return Err(Error::InvalidConfig {
@@ -45,19 +50,32 @@ impl RqShape {
                 expected: "1 ..= 64",
             });
         }
-        if !(self.bound.is_finite() && self.bound > 0.0) {
+        if !(self.bound > 0.0 && self.bound <= MAX_BOUND) {
             return Err(Error::InvalidConfig {
                 name: "spline bound",
                 value: self.bound,
-                expected: "finite and > 0",
+                expected: "> 0 and ≤ f32::MAX / 2 (so that 2·bound is finite)",
             });
         }
         Ok(())
     }
 
-    /// Raw parameters per spline, `3K − 1`.
+    /// Raw parameters per spline, `3K − 1` (0 for K = 0; saturating, never wrapping, for a
+    /// shape that [`RqShape::validate`] refuses).
     pub fn n_params(&self) -> usize {
-        3 * self.bins - 1
+        self.bins.saturating_mul(3).saturating_sub(1)
+    }
+
+    /// Checks a public spline call: the shape, `raw` (and `g_raw`) of length
+    /// [`RqShape::n_params`], a finite point.
+    fn check_call<T: Real>(&self, raw: &[T], g_raw: Option<&[T]>, x: T) -> Result<(), Error> {
+        self.validate()?;
+        check_len("raw", raw.len(), self.n_params())?;
+        if let Some(g) = g_raw {
+            check_len("g_raw", g.len(), self.n_params())?;
+        }
+        check_finite(raw, raw.len())?;
+        check_finite(&[x], 1)
     }
 }
 
@@ -151,7 +169,29 @@ impl<T: Real> Knots<T> {
 }
 
 /// `y = RQ(x)` and `log dy/dx` of one spline with raw parameters `raw` (identity tails).
-pub fn rq_eval<T: Real>(shape: RqShape, raw: &[T], x: T) -> (T, T) {
+///
+/// Errors: a shape [`RqShape::validate`] refuses, `raw` not of length
+/// [`RqShape::n_params`] ([`Error::BufferLength`]), a non-finite `raw` or `x`
+/// ([`Error::NonFiniteInput`]).
+///
+/// ```
+/// use odeflow::flows::{rq_eval, rq_inverse, RqShape};
+///
+/// let shape = RqShape { bins: 4, bound: 2.0 };
+/// let raw = [0.3, -0.2, 0.1, 0.0, 0.5, -0.4, 0.2, 0.1, -0.3, 0.7, 0.2];
+/// let (y, ld) = rq_eval(shape, &raw, 0.5)?;
+/// let (x, ld_inv) = rq_inverse(shape, &raw, y)?;
+/// assert!((x - 0.5f64).abs() < 1e-12 && (ld + ld_inv).abs() < 1e-12);
+/// assert!(rq_eval(shape, &raw[..3], 0.5).is_err()); // 3K − 1 = 11 raw parameters
+/// # Ok::<(), odeflow::Error>(())
+/// ```
+pub fn rq_eval<T: Real>(shape: RqShape, raw: &[T], x: T) -> Result<(T, T), Error> {
+    shape.check_call(raw, None, x)?;
+    Ok(eval_raw(shape, raw, x))
+}
+
+/// [`rq_eval`] for a validated shape and `raw` of the right length (the layers' inner loop).
+pub(crate) fn eval_raw<T: Real>(shape: RqShape, raw: &[T], x: T) -> (T, T) {
     let b: T = c(shape.bound);
     if x <= -b || x >= b {
         return (x, T::zero());
@@ -176,8 +216,14 @@ fn eval_kn<T: Real>(shape: RqShape, kn: &Knots<T>, x: T) -> (T, T) {
     (kn.yk[k] + num / den, (s * s * q).ln() - (den * den).ln())
 }
 
-/// `x = RQ⁻¹(y)` and `log dx/dy = −log dy/dx(x)`.
-pub fn rq_inverse<T: Real>(shape: RqShape, raw: &[T], y: T) -> (T, T) {
+/// `x = RQ⁻¹(y)` and `log dx/dy = −log dy/dx(x)`. Errors as [`rq_eval`].
+pub fn rq_inverse<T: Real>(shape: RqShape, raw: &[T], y: T) -> Result<(T, T), Error> {
+    shape.check_call(raw, None, y)?;
+    Ok(inverse_raw(shape, raw, y))
+}
+
+/// [`rq_inverse`] for a validated shape and `raw` of the right length.
+pub(crate) fn inverse_raw<T: Real>(shape: RqShape, raw: &[T], y: T) -> (T, T) {
     let b: T = c(shape.bound);
     if y <= -b || y >= b {
         return (y, T::zero());
@@ -210,8 +256,30 @@ fn inverse_kn<T: Real>(shape: RqShape, kn: &Knots<T>, y: T) -> (T, T) {
 }
 
 /// Reverse mode of [`rq_eval`] at `x`: for `Φ = g_y·y + g_l·log dy/dx` returns `∂Φ/∂x` and
-/// adds `∂Φ/∂raw` to `g_raw`.
-pub fn rq_eval_vjp<T: Real>(shape: RqShape, raw: &[T], x: T, g_y: T, g_l: T, g_raw: &mut [T]) -> T {
+/// adds `∂Φ/∂raw` to `g_raw`. Errors as [`rq_eval`], and `g_raw` not of length
+/// [`RqShape::n_params`] or non-finite cotangents (`g_raw` then unchanged).
+pub fn rq_eval_vjp<T: Real>(
+    shape: RqShape,
+    raw: &[T],
+    x: T,
+    g_y: T,
+    g_l: T,
+    g_raw: &mut [T],
+) -> Result<T, Error> {
+    shape.check_call(raw, Some(g_raw), x)?;
+    check_finite(&[g_y, g_l], 2)?;
+    Ok(vjp_raw(shape, raw, x, g_y, g_l, g_raw))
+}
+
+/// [`rq_eval_vjp`] for a validated shape and `raw`, `g_raw` of the right length.
+pub(crate) fn vjp_raw<T: Real>(
+    shape: RqShape,
+    raw: &[T],
+    x: T,
+    g_y: T,
+    g_l: T,
+    g_raw: &mut [T],
+) -> T {
     let bnd: T = c(shape.bound);
     if x <= -bnd || x >= bnd {
         return g_y;
