@@ -981,6 +981,23 @@ fn spline_functions_check_their_arguments() {
     assert!((gx - ld.exp()).abs() < 1e-12, "dy/dx = e^ld: {gx} vs {}", ld.exp());
 }
 
+/// Conditioner widths are checked where the layer is made: a zero width or an overflowing
+/// parameter count is an error.
+#[test]
+fn conditioner_widths_are_checked_at_construction() {
+    let aff = CouplingKind::Affine { scale_bound: 2.0 };
+    let r = Coupling::new(2, aff, &[8, 0], false);
+    assert_eq!(config_name(r), "conditioner widths");
+    assert_eq!(config_name(Maf::new(2, &[0], 3.0)), "conditioner widths");
+    let shape = RqShape { bins: 4, bound: 2.0 };
+    assert_eq!(config_name(MafSpline::new(2, &[4, 0], shape)), "conditioner widths");
+    assert_eq!(config_name(Iaf::new(3, &[0], 3.0)), "conditioner widths");
+    let r = Coupling::new(2, aff, &[1 << 40, 1 << 40], false);
+    assert_eq!(config_name(r), "conditioner widths");
+    // No hidden layer (a linear conditioner) is fine.
+    assert!(Coupling::new(2, aff, &[], false).is_ok());
+}
+
 /// The inverse CDF refuses tables it cannot normalise (they used to divide by zero or give
 /// NaN densities).
 #[test]

@@ -66,8 +66,9 @@ pub trait Autoregressive: std::fmt::Debug + Send + Sync {
 /// log|det ∂x/∂z| = Σ_i s_i,
 /// ```
 ///
-/// where `(ŝ, μ)` are the two output blocks of a [`MaskedMlp::made`] network on `x`
-/// (natural order; put a [`super::Permutation`] between layers to vary it). Sampling
+/// where `(ŝ, μ)` are the two output blocks of a MADE network (Germain et al. 2015: a tanh
+/// MLP whose masked weights make output i depend on `x_{<i}` only) on `x` (natural order;
+/// put a [`super::Permutation`] between layers to vary it). Sampling
 /// (`forward`) is sequential: d MADE passes, coordinate i fixed by pass i.
 #[derive(Debug, Clone)]
 pub struct Maf {
@@ -77,8 +78,9 @@ pub struct Maf {
 }
 
 impl Maf {
-    /// A MAF layer of dimension `dim ≥ 1` with MADE hidden widths `hidden` and scale bound
-    /// `scale_bound = a > 0`.
+    /// A MAF layer of dimension `dim ≥ 1` with MADE hidden widths `hidden` (each ≥ 1) and
+    /// scale bound `scale_bound = a > 0`; errors ([`Error::InvalidConfig`]) otherwise, or
+    /// for a network too large to lay out.
     pub fn new(dim: usize, hidden: &[usize], scale_bound: f64) -> Result<Self, Error> {
         if dim == 0 {
             return Err(Error::InvalidConfig { name: "maf dim", value: 0.0, expected: "≥ 1" });
@@ -90,12 +92,7 @@ impl Maf {
                 expected: "finite and > 0",
             });
         }
-        Ok(Maf { dim, bound: scale_bound, net: MaskedMlp::made(dim, hidden, 2) })
-    }
-
-    /// The conditioner network.
-    pub fn net(&self) -> &MaskedMlp {
-        &self.net
+        Ok(Maf { dim, bound: scale_bound, net: MaskedMlp::made(dim, hidden, 2)? })
     }
 
     /// ws: `[out (2bd), g_out (2bd), g_u (bd), xcur (bd)]`, net scratch in child 0.
@@ -282,7 +279,7 @@ impl<T: Real> Flow<T> for Maf {
 /// x_i = RQ⁻¹(z_i; h_i(x_{<i})) (sampling: d MADE passes, a quadratic per coordinate),
 /// ```
 ///
-/// where h is a [`MaskedMlp::made`] network with `3K − 1` outputs per coordinate (the raw
+/// where h is a MADE network (as [`Maf`]'s) with `3K − 1` outputs per coordinate (the raw
 /// spline parameters of [`RqShape`], laid out `[kind·d + i]`), identity outside `[−B, B]`.
 #[derive(Debug, Clone)]
 pub struct MafSpline {
@@ -292,13 +289,15 @@ pub struct MafSpline {
 }
 
 impl MafSpline {
-    /// A spline MAF layer of dimension `dim ≥ 1` with MADE hidden widths `hidden`.
+    /// A spline MAF layer of dimension `dim ≥ 1` with MADE hidden widths `hidden` (each
+    /// ≥ 1); errors ([`Error::InvalidConfig`]) otherwise, for a bad shape, or for a network
+    /// too large to lay out.
     pub fn new(dim: usize, hidden: &[usize], shape: RqShape) -> Result<Self, Error> {
         shape.validate()?;
         if dim == 0 {
             return Err(Error::InvalidConfig { name: "maf dim", value: 0.0, expected: "≥ 1" });
         }
-        Ok(MafSpline { dim, shape, net: MaskedMlp::made(dim, hidden, shape.n_params()) })
+        Ok(MafSpline { dim, shape, net: MaskedMlp::made(dim, hidden, shape.n_params())? })
     }
 
     /// ws: `[out (b·no), g_out (b·no), g_u (bd), xcur (bd)]`, net scratch in child 0.

@@ -34,7 +34,8 @@ pub enum CouplingKind {
 /// x_A = z_A,   x_B = f(z_B; h(z_A)),   log|det ∂x/∂z| = Σ_{i∈B} log ∂f_i/∂z_i,
 /// ```
 ///
-/// where `h` is a [`MaskedMlp`] (tanh) `|A| → k·|B|` and `f` is given by
+/// where `h` is a tanh MLP `|A| → k·|B|` (θ: its weight matrices `[out, in]` and biases,
+/// layer after layer, as PyTorch's `nn.Linear`) and `f` is given by
 /// [`CouplingKind`] (additive: log-det 0; affine: `Σ_{i∈B} s_i`). The inverse is one pass:
 /// `z_A = x_A`, `z_B = (x_B − t) ⊙ e^{−s}`. A is the first `⌊d/2⌋` coordinates, or the
 /// last `⌈d/2⌉` when `flip`; alternate `flip` (or put a [`super::Permutation`] between
@@ -50,6 +51,8 @@ pub struct Coupling {
 
 impl Coupling {
     /// A coupling layer of dimension `dim ≥ 2` with conditioner hidden widths `hidden`.
+    /// Errors ([`Error::InvalidConfig`]): `dim < 2`, a bad scale bound or spline shape, a
+    /// zero hidden width, or a conditioner whose parameter count overflows.
     pub fn new(
         dim: usize,
         kind: CouplingKind,
@@ -89,7 +92,7 @@ impl Coupling {
         let mut sizes = vec![cond.len()];
         sizes.extend_from_slice(hidden);
         sizes.push(k * trans.len());
-        Ok(Coupling { dim, cond, trans, kind, net: MaskedMlp::dense(&sizes) })
+        Ok(Coupling { dim, cond, trans, kind, net: MaskedMlp::dense(&sizes)? })
     }
 
     /// The conditioning coordinates A.

@@ -110,7 +110,6 @@ pub use cnf_block::CnfFlow;
 pub use coupling::{Coupling, CouplingKind};
 pub use icdf::{normal_cdf, normal_quantile, Cdf1d, InverseCdf};
 pub use linear::{DenseAffine, ElementwiseAffine, LuAffine, Permutation};
-pub use net::MaskedMlp;
 pub use planar::{Planar, Radial};
 pub use spec::{CnfBlockSpec, FlowKind, FlowSpec};
 pub use spline::{rq_eval, rq_eval_vjp, rq_inverse, RqShape, RqSpline, MAX_BINS, MAX_BOUND};

@@ -1,10 +1,15 @@
 //! The conditioner network of coupling and autoregressive layers: a batched tanh MLP with
 //! optional MADE masks (Germain et al. 2015).
+//!
+//! Internal to the flows: the layers that own a conditioner size its buffers and check
+//! every length at their [`super::Flow`] entry points, so its hot methods take them as
+//! given (checked by debug assertions only).
 
 use rand::{Rng, RngCore};
 
 use super::{c, FlowWs};
-use crate::Real;
+use crate::field::checked_net_params;
+use crate::{Error, Real};
 
 /// A batched multilayer perceptron `n_in → h_1 → … → n_out` with tanh hidden units and a
 /// linear output,
@@ -25,7 +30,7 @@ use crate::Real;
 /// This is not [`crate::field::Mlp`]: that is a vector field `ℝᵈ → ℝᵈ`, while a conditioner
 /// maps `m` inputs to `k·(d − m)` outputs and MADE needs masked weights.
 #[derive(Debug, Clone)]
-pub struct MaskedMlp {
+pub(crate) struct MaskedMlp {
     sizes: Vec<usize>,
     masks: Option<Vec<Vec<bool>>>,
     w_off: Vec<usize>,
@@ -33,22 +38,31 @@ pub struct MaskedMlp {
 }
 
 impl MaskedMlp {
-    /// A plain MLP with layer widths `sizes = [n_in, h_1, …, n_out]` (at least two entries).
-    pub fn dense(sizes: &[usize]) -> Self {
+    /// A plain MLP with layer widths `sizes = [n_in, h_1, …, n_out]`. Errors
+    /// ([`Error::InvalidConfig`]): fewer than two widths, a zero width, or a parameter
+    /// count that overflows.
+    pub(crate) fn dense(sizes: &[usize]) -> Result<Self, Error> {
         Self::build(sizes.to_vec(), None)
     }
 
     /// MADE for `d` inputs with hidden widths `hidden`, producing `kinds` outputs per
     /// coordinate laid out `[kind·d + i]`; output `i` of every kind depends on `u_{<i}` only.
-    pub fn made(d: usize, hidden: &[usize], kinds: usize) -> Self {
+    /// Errors as [`MaskedMlp::dense`], and masks too large to allocate.
+    pub(crate) fn made(d: usize, hidden: &[usize], kinds: usize) -> Result<Self, Error> {
+        let n_out = kinds.checked_mul(d).ok_or(Error::InvalidConfig {
+            name: "conditioner outputs",
+            value: f64::INFINITY,
+            expected: "a count that fits in usize",
+        })?;
         let mut sizes = vec![d];
         sizes.extend_from_slice(hidden);
-        sizes.push(kinds * d);
+        sizes.push(n_out);
+        Self::check_sizes(&sizes)?;
         let mut deg_prev: Vec<usize> = (1..=d).collect();
         let mut masks = Vec::new();
         for &h in hidden {
             let deg: Vec<usize> = (0..h).map(|k| 1 + k % (d.max(2) - 1)).collect();
-            let mut m = vec![false; h * deg_prev.len()];
+            let mut m = mask(h * deg_prev.len())?;
             for k in 0..h {
                 for j in 0..deg_prev.len() {
                     m[k * deg_prev.len() + j] = deg[k] >= deg_prev[j];
@@ -57,8 +71,7 @@ impl MaskedMlp {
             masks.push(m);
             deg_prev = deg;
         }
-        let n_out = kinds * d;
-        let mut m = vec![false; n_out * deg_prev.len()];
+        let mut m = mask(n_out * deg_prev.len())?;
         for o in 0..n_out {
             let deg = o % d + 1;
             for j in 0..deg_prev.len() {
@@ -69,29 +82,43 @@ impl MaskedMlp {
         Self::build(sizes, Some(masks))
     }
 
-    fn build(sizes: Vec<usize>, masks: Option<Vec<Vec<bool>>>) -> Self {
+    /// At least two widths, none zero, and a parameter count (so every offset and weight
+    /// block) that fits in usize; returns the count.
+    fn check_sizes(sizes: &[usize]) -> Result<usize, Error> {
+        let bad = |value: f64, expected| Error::InvalidConfig {
+            name: "conditioner widths",
+            value,
+            expected,
+        };
+        let [first, hidden @ .., last] = sizes else {
+            return Err(bad(sizes.len() as f64, "at least two widths (inputs and outputs)"));
+        };
+        if sizes.contains(&0) {
+            return Err(bad(0.0, "every width ≥ 1"));
+        }
+        checked_net_params(*first, hidden, *last, 1)
+            .ok_or(bad(f64::INFINITY, "a parameter count that fits in usize"))
+    }
+
+    fn build(sizes: Vec<usize>, masks: Option<Vec<Vec<bool>>>) -> Result<Self, Error> {
+        Self::check_sizes(&sizes)?;
         let mut w_off = Vec::new();
         let mut off = 0;
-        for l in 0..sizes.len().saturating_sub(1) {
+        for l in 0..sizes.len() - 1 {
             w_off.push(off);
             off += sizes[l] * sizes[l + 1] + sizes[l + 1];
         }
-        MaskedMlp { sizes, masks, w_off, n_params: off }
+        Ok(MaskedMlp { sizes, masks, w_off, n_params: off })
     }
 
     /// The number of parameters.
-    pub fn n_params(&self) -> usize {
+    pub(crate) fn n_params(&self) -> usize {
         self.n_params
     }
 
-    /// Input width.
-    pub fn n_in(&self) -> usize {
-        self.sizes[0]
-    }
-
     /// Output width.
-    pub fn n_out(&self) -> usize {
-        *self.sizes.last().unwrap_or(&0)
+    pub(crate) fn n_out(&self) -> usize {
+        self.sizes[self.sizes.len() - 1]
     }
 
     fn n_layers(&self) -> usize {
@@ -108,7 +135,8 @@ impl MaskedMlp {
 
     /// PyTorch's `nn.Linear` initialisation `U(−1/√in, 1/√in)` for weights and biases;
     /// with `zero_last` the output layer is zero (the flow layer starts as the identity).
-    pub fn init<T: Real>(&self, theta: &mut [T], rng: &mut dyn RngCore, zero_last: bool) {
+    pub(crate) fn init<T: Real>(&self, theta: &mut [T], rng: &mut dyn RngCore, zero_last: bool) {
+        debug_assert_eq!(theta.len(), self.n_params);
         for l in 0..self.n_layers() {
             let (i, o) = (self.sizes[l], self.sizes[l + 1]);
             let bound = 1.0 / (i.max(1) as f64).sqrt();
@@ -141,7 +169,7 @@ impl MaskedMlp {
 
     /// `y = net(u)` for a batch of `b` inputs (`u`: `b × n_in`, `y`: `b × n_out`). Keeps
     /// the activations in `ws` for a following [`MaskedMlp::backward`].
-    pub fn forward<T: Real>(
+    pub(crate) fn forward<T: Real>(
         &self,
         theta: &[T],
         u: &[T],
@@ -149,6 +177,8 @@ impl MaskedMlp {
         y: &mut [T],
         ws: &mut FlowWs<T>,
     ) {
+        debug_assert_eq!(theta.len(), self.n_params);
+        debug_assert!(u.len() >= b * self.sizes[0] && y.len() == b * self.n_out());
         let buf = ws.take(self.ws_len(b));
         let n_w: usize = if let Some(masks) = &self.masks {
             let mut off = 0;
@@ -209,7 +239,7 @@ impl MaskedMlp {
     /// Reverse mode after [`MaskedMlp::forward`] on the same `u`, `b` and `ws`: for the
     /// output cotangent `g_y` (`b × n_out`) adds `∂(g_y·y)/∂θ` to `theta_cot` (if given) and, if
     /// given, writes `∂(g_y·y)/∂u` into `g_u`.
-    pub fn backward<T: Real>(
+    pub(crate) fn backward<T: Real>(
         &self,
         theta: &[T],
         u: &[T],
@@ -219,6 +249,8 @@ impl MaskedMlp {
         mut theta_cot: Option<&mut [T]>,
         ws: &mut FlowWs<T>,
     ) {
+        debug_assert_eq!(theta.len(), self.n_params);
+        debug_assert!(g_y.len() >= b * self.n_out());
         let buf = ws.take(self.ws_len(b));
         let n_w: usize = if self.masks.is_some() {
             (0..self.n_layers()).map(|l| self.sizes[l] * self.sizes[l + 1]).sum()
@@ -304,5 +336,41 @@ impl MaskedMlp {
             g_out_is_y = false;
             a_end -= b * ni;
         }
+    }
+}
+
+/// A mask of `n` entries, all `false`, allocated fallibly (a MADE mask is as large as its
+/// weight block).
+fn mask(n: usize) -> Result<Vec<bool>, Error> {
+    let mut m = Vec::new();
+    m.try_reserve_exact(n).map_err(|_| Error::InvalidConfig {
+        name: "conditioner widths",
+        value: n as f64,
+        expected: "MADE masks that fit in memory",
+    })?;
+    m.resize(n, false);
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widths_are_checked_at_construction() {
+        for sizes in [&[][..], &[3], &[2, 0, 2], &[0, 4], &[2, 4, 0]] {
+            let err = MaskedMlp::dense(sizes).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidConfig { name: "conditioner widths", .. }),
+                "{sizes:?}: {err}"
+            );
+        }
+        // Widths whose weight blocks overflow usize.
+        assert!(MaskedMlp::dense(&[1 << 40, 1 << 40, 2]).is_err());
+        assert!(MaskedMlp::made(3, &[0], 2).is_err());
+        assert!(MaskedMlp::made(2, &[4], usize::MAX).is_err());
+        let net = MaskedMlp::dense(&[2, 3, 4]).unwrap();
+        assert_eq!((net.n_params(), net.n_out()), (2 * 3 + 3 + 3 * 4 + 4, 4));
+        assert_eq!(MaskedMlp::made(3, &[5], 2).unwrap().n_params(), 3 * 5 + 5 + 5 * 6 + 6);
     }
 }
