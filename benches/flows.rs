@@ -28,18 +28,18 @@ use rand_chacha::ChaCha8Rng;
 fn model(kind: &str, d: usize) -> FlowModel<f64> {
     let mut layers: Vec<Box<dyn Flow<f64>>> = Vec::new();
     match kind {
-        "elementwise" => layers.push(Box::new(ElementwiseAffine::new(d))),
+        "elementwise" => layers.push(Box::new(ElementwiseAffine::new(d).unwrap())),
         "lu-affine" => layers.push(Box::new(LuAffine::new(d, None, true).unwrap())),
-        "dense-affine" => layers.push(Box::new(DenseAffine::new(d))),
+        "dense-affine" => layers.push(Box::new(DenseAffine::new(d).unwrap())),
         "rq-spline" => {
             layers.push(Box::new(RqSpline::new(d, RqShape { bins: 8, bound: 3.0 }).unwrap()))
         }
         "planar" | "radial" => {
             for _ in 0..4 {
                 if kind == "planar" {
-                    layers.push(Box::new(Planar::new(d)));
+                    layers.push(Box::new(Planar::new(d).unwrap()));
                 } else {
-                    layers.push(Box::new(Radial::new(d)));
+                    layers.push(Box::new(Radial::new(d).unwrap()));
                 }
             }
         }
@@ -58,7 +58,7 @@ fn model(kind: &str, d: usize) -> FlowModel<f64> {
         "maf" | "iaf" => {
             for i in 0..4 {
                 if i > 0 {
-                    layers.push(Box::new(Permutation::reverse(d)));
+                    layers.push(Box::new(Permutation::reverse(d).unwrap()));
                 }
                 if kind == "maf" {
                     layers.push(Box::new(Maf::new(d, &[64, 64], 3.0).unwrap()));

@@ -13,9 +13,9 @@ use plotters::prelude::*;
 
 fn model(kind: &str, d: usize) -> FlowModel<f64> {
     let layer: Box<dyn Flow<f64>> = match kind {
-        "elementwise" => Box::new(ElementwiseAffine::new(d)),
+        "elementwise" => Box::new(ElementwiseAffine::new(d).unwrap()),
         "lu-affine" => Box::new(LuAffine::new(d, None, true).unwrap()),
-        _ => Box::new(DenseAffine::new(d)),
+        _ => Box::new(DenseAffine::new(d).unwrap()),
     };
     FlowModel::new(vec![layer], 0).unwrap()
 }

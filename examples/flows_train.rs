@@ -24,7 +24,7 @@ pub fn maf(k: usize, hidden: &[usize]) -> Result<FlowModel<f64>, odeflow::Error>
     let mut layers: Vec<Box<dyn Flow<f64>>> = Vec::new();
     for i in 0..k {
         if i > 0 {
-            layers.push(Box::new(Permutation::reverse(2)));
+            layers.push(Box::new(Permutation::reverse(2)?));
         }
         layers.push(Box::new(Maf::new(2, hidden, 3.0)?));
     }

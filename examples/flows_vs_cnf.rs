@@ -29,7 +29,7 @@ fn maf() -> FlowModel<f64> {
     let mut layers: Vec<Box<dyn Flow<f64>>> = Vec::new();
     for i in 0..4 {
         if i > 0 {
-            layers.push(Box::new(Permutation::reverse(2)));
+            layers.push(Box::new(Permutation::reverse(2).unwrap()));
         }
         layers.push(Box::new(Maf::new(2, &[32, 32], 3.0).unwrap()));
     }

@@ -20,16 +20,19 @@ type Layers = Vec<Box<dyn Flow<f64>>>;
 fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
     let aff = CouplingKind::Affine { scale_bound: 2.0 };
     vec![
-        ("elementwise-affine", vec![Box::new(ElementwiseAffine::new(d))]),
+        ("elementwise-affine", vec![Box::new(ElementwiseAffine::new(d).unwrap())]),
         (
             "lu-affine",
             vec![Box::new(LuAffine::new(d, Some((0..d).rev().collect()), true).unwrap())],
         ),
-        ("glow-1x1", vec![Box::new(LuAffine::glow(d, 3))]),
-        ("dense-affine", vec![Box::new(DenseAffine::new(d))]),
+        ("glow-1x1", vec![Box::new(LuAffine::glow(d, 3).unwrap())]),
+        ("dense-affine", vec![Box::new(DenseAffine::new(d).unwrap())]),
         (
             "permutation",
-            vec![Box::new(Permutation::random(d, 5)), Box::new(ElementwiseAffine::new(d))],
+            vec![
+                Box::new(Permutation::random(d, 5).unwrap()),
+                Box::new(ElementwiseAffine::new(d).unwrap()),
+            ],
         ),
         (
             "additive-coupling",
@@ -49,8 +52,8 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
                 .unwrap(),
             )],
         ),
-        ("planar", vec![Box::new(Planar::new(d)), Box::new(Planar::new(d))]),
-        ("radial", vec![Box::new(Radial::new(d)), Box::new(Radial::new(d))]),
+        ("planar", vec![Box::new(Planar::new(d).unwrap()), Box::new(Planar::new(d).unwrap())]),
+        ("radial", vec![Box::new(Radial::new(d).unwrap()), Box::new(Radial::new(d).unwrap())]),
         ("inverse-cdf", vec![Box::new(tabulated(d))]),
         ("maf", vec![Box::new(Maf::new(d, &[10, 10], 2.0).unwrap())]),
         ("iaf", vec![Box::new(Iaf::new(d, &[10, 10], 2.0).unwrap())]),
@@ -66,17 +69,17 @@ fn catalogue(d: usize) -> Vec<(&'static str, Layers)> {
             "composition",
             vec![
                 Box::new(tabulated(d)),
-                Box::new(ElementwiseAffine::new(d)),
+                Box::new(ElementwiseAffine::new(d).unwrap()),
                 Box::new(Coupling::new(d, aff, &[8], false).unwrap()),
-                Box::new(Permutation::reverse(d)),
-                Box::new(LuAffine::glow(d, 1)),
+                Box::new(Permutation::reverse(d).unwrap()),
+                Box::new(LuAffine::glow(d, 1).unwrap()),
                 Box::new(Maf::new(d, &[8], 2.0).unwrap()),
                 Box::new(Coupling::new(d, CouplingKind::Additive, &[8], true).unwrap()),
                 Box::new(Iaf::new(d, &[8], 2.0).unwrap()),
                 Box::new(RqSpline::new(d, RqShape { bins: 6, bound: 3.0 }).unwrap()),
-                Box::new(Planar::new(d)),
-                Box::new(Radial::new(d)),
-                Box::new(DenseAffine::new(d)),
+                Box::new(Planar::new(d).unwrap()),
+                Box::new(Radial::new(d).unwrap()),
+                Box::new(DenseAffine::new(d).unwrap()),
             ],
         ),
     ]
@@ -300,12 +303,12 @@ fn composed_2d_density_integrates_to_one() {
     let aff = CouplingKind::Affine { scale_bound: 1.0 };
     let layers: Layers = vec![
         Box::new(Coupling::new(d, aff, &[16], false).unwrap()),
-        Box::new(LuAffine::glow(d, 2)),
+        Box::new(LuAffine::glow(d, 2).unwrap()),
         Box::new(Maf::new(d, &[16], 1.0).unwrap()),
         Box::new(Coupling::new(d, CouplingKind::Additive, &[16], true).unwrap()),
-        Box::new(ElementwiseAffine::new(d)),
-        Box::new(Planar::new(d)),
-        Box::new(Radial::new(d)),
+        Box::new(ElementwiseAffine::new(d).unwrap()),
+        Box::new(Planar::new(d).unwrap()),
+        Box::new(Radial::new(d).unwrap()),
         Box::new(RqSpline::new(d, RqShape { bins: 6, bound: 3.0 }).unwrap()),
         Box::new(
             Coupling::new(
@@ -316,7 +319,7 @@ fn composed_2d_density_integrates_to_one() {
             )
             .unwrap(),
         ),
-        Box::new(DenseAffine::new(d)),
+        Box::new(DenseAffine::new(d).unwrap()),
     ];
     let m = randomized(layers, 5, 0.3);
     // Midpoint rule on [−L, L]² with n² cells.
@@ -372,7 +375,8 @@ fn bad_input_is_an_error_not_a_panic() {
     }
     // A singular dense matrix.
     let mut m =
-        FlowModel::new(vec![Box::new(DenseAffine::new(2)) as Box<dyn Flow<f64>>], 0).unwrap();
+        FlowModel::new(vec![Box::new(DenseAffine::new(2).unwrap()) as Box<dyn Flow<f64>>], 0)
+            .unwrap();
     m.params_mut()[..4].copy_from_slice(&[1.0, 2.0, 2.0, 4.0]);
     assert!(matches!(m.log_prob(&[0.0, 0.0]), Err(Error::SingularMatrix { layer: 0, column: 1 })));
     // Bad construction.
@@ -380,8 +384,10 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(Coupling::new(1, CouplingKind::Additive, &[4], false).is_err());
     assert!(Maf::new(2, &[4], f64::NAN).is_err());
     assert!(FlowModel::<f64>::new(vec![], 0).is_err());
-    let mixed: Layers =
-        vec![Box::new(ElementwiseAffine::new(2)), Box::new(ElementwiseAffine::new(3))];
+    let mixed: Layers = vec![
+        Box::new(ElementwiseAffine::new(2).unwrap()),
+        Box::new(ElementwiseAffine::new(3).unwrap()),
+    ];
     assert!(matches!(
         FlowModel::new(mixed, 0),
         Err(Error::BlockDimension { block: 1, expected: 2, found: 3 })
@@ -420,7 +426,7 @@ mod training {
         let mut layers: Layers = Vec::new();
         for i in 0..k {
             if i > 0 {
-                layers.push(Box::new(Permutation::reverse(2)));
+                layers.push(Box::new(Permutation::reverse(2).unwrap()));
             }
             layers.push(Box::new(Maf::new(2, hidden, 3.0).unwrap()));
         }
@@ -583,6 +589,28 @@ mod training {
         tr.step().unwrap();
     }
 
+    /// A state with a NaN parameter: the step names it (it said "non-finite input value"),
+    /// and the trainer keeps its state.
+    #[test]
+    fn a_nan_parameter_is_named_by_the_step() {
+        let src = DataSource::Toy(Toy::Moons);
+        let mut tr = FlowTrainer::new(realnvp(2, &[4]), src, None, small_cfg()).unwrap();
+        tr.step().unwrap();
+        let mut state = tr.state();
+        state.params[5] = f64::NAN;
+        let src = DataSource::Toy(Toy::Moons);
+        let mut tr = FlowTrainer::resume(realnvp(2, &[4]), src, None, small_cfg(), state).unwrap();
+        let before = tr.state();
+        match tr.step() {
+            Err(Error::Training { iteration: 2, source }) => {
+                assert!(matches!(*source, Error::NonFiniteParameter { index: 5, .. }), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tr.state().params[..5], before.params[..5]);
+        assert_eq!(tr.iteration(), 1);
+    }
+
     #[test]
     fn realnvp_learns_8gaussians() {
         let (before, after) = train(realnvp(6, &[32, 32]), Toy::EightGaussians, 500);
@@ -677,7 +705,7 @@ fn cnf_block_composes_with_discrete_layers() {
     let cnf = Cnf::new(field, t_end, CnfConfig { rtol: 1e-10, atol: 1e-10, ..Default::default() })
         .unwrap();
     let layers: Layers =
-        vec![Box::new(ElementwiseAffine::new(2)), Box::new(CnfFlow::new(cnf).unwrap())];
+        vec![Box::new(ElementwiseAffine::new(2).unwrap()), Box::new(CnfFlow::new(cnf).unwrap())];
     let mut m = FlowModel::new(layers, 0).unwrap();
     assert_eq!(m.n_params(), 4 + 6);
     assert_eq!(&m.params()[4..], &[-0.3, 0.4, -0.2, 0.1, 0.2, -0.1]); // the template's A, b
@@ -739,7 +767,7 @@ mod hybrid {
             Box::new(
                 cnf_block(&[4], 0.6, 1e-10, 3).with_adjoint(AdjointConfig::with_strategy(strategy)),
             ),
-            Box::new(Permutation::reverse(2)),
+            Box::new(Permutation::reverse(2).unwrap()),
             Box::new(Coupling::new(2, aff, &[4], true).unwrap()),
         ];
         randomized(layers, 31, 0.3)
@@ -886,10 +914,10 @@ fn f32_models_agree_with_f64() {
             Box::new(
                 Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[8], false).unwrap(),
             ),
-            Box::new(LuAffine::glow(d, 1)),
+            Box::new(LuAffine::glow(d, 1).unwrap()),
             Box::new(Maf::new(d, &[8], 2.0).unwrap()),
             Box::new(RqSpline::new(d, RqShape { bins: 5, bound: 3.0 }).unwrap()),
-            Box::new(Planar::new(d)),
+            Box::new(Planar::new(d).unwrap()),
         ]
     };
     let m64 = randomized(
@@ -897,10 +925,10 @@ fn f32_models_agree_with_f64() {
             Box::new(
                 Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[8], false).unwrap(),
             ),
-            Box::new(LuAffine::glow(d, 1)),
+            Box::new(LuAffine::glow(d, 1).unwrap()),
             Box::new(Maf::new(d, &[8], 2.0).unwrap()),
             Box::new(RqSpline::new(d, RqShape { bins: 5, bound: 3.0 }).unwrap()),
-            Box::new(Planar::new(d)),
+            Box::new(Planar::new(d).unwrap()),
         ],
         4,
         0.3,
@@ -934,6 +962,142 @@ fn config_name(r: Result<impl std::fmt::Debug, Error>) -> &'static str {
     match r {
         Err(Error::InvalidConfig { name, .. }) => name,
         other => panic!("expected an InvalidConfig error, got {other:?}"),
+    }
+}
+
+/// A user layer of dimension 0 (the built-in layers refuse one).
+struct ZeroDim;
+
+impl Flow<f64> for ZeroDim {
+    fn name(&self) -> &'static str {
+        "zero-dim"
+    }
+    fn dim(&self) -> usize {
+        0
+    }
+    fn n_params(&self) -> usize {
+        0
+    }
+    fn init_params(&self, _: &mut [f64], _: &mut dyn rand::RngCore) {}
+    fn forward(
+        &self,
+        _: &[f64],
+        _: &[f64],
+        _: &mut [f64],
+        _: &mut [f64],
+        _: &mut odeflow::flows::FlowWs<f64>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+    fn inverse(
+        &self,
+        _: &[f64],
+        _: &[f64],
+        _: &mut [f64],
+        _: &mut [f64],
+        _: &mut odeflow::flows::FlowWs<f64>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+    fn inverse_vjp(
+        &self,
+        _: &[f64],
+        _: &[f64],
+        _: &[f64],
+        _: &[f64],
+        _: &mut [f64],
+        _: &mut [f64],
+        _: &mut odeflow::flows::FlowWs<f64>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Zero-dimensional layers are refused where they are made (they used to be accepted and
+/// fail later with "a batch of length 0 is not a whole number of 0-dimensional points").
+#[test]
+fn zero_dimensional_layers_are_refused_at_construction() {
+    let shape = RqShape { bins: 4, bound: 2.0 };
+    let names = [
+        config_name(ElementwiseAffine::new(0)),
+        config_name(Permutation::new(vec![])),
+        config_name(Permutation::reverse(0)),
+        config_name(Permutation::random(0, 1)),
+        config_name(LuAffine::new(0, None, true)),
+        config_name(LuAffine::new(0, Some(vec![]), false)),
+        config_name(LuAffine::glow(0, 1)),
+        config_name(DenseAffine::new(0)),
+        config_name(Planar::new(0)),
+        config_name(Radial::new(0)),
+        config_name(RqSpline::new(0, shape)),
+    ];
+    for name in names {
+        assert!(name.ends_with(" dim"), "{name}");
+    }
+    // A dimension whose parameter count overflows usize (d² for the dense kinds).
+    assert_eq!(config_name(DenseAffine::new(1 << 33)), "dense-affine dim");
+    assert_eq!(config_name(LuAffine::new(1 << 33, None, false)), "lu-affine dim");
+    assert_eq!(config_name(Planar::new(usize::MAX / 2 + 1)), "planar dim");
+    // A user layer of dimension 0 is refused by the model.
+    let layers: Layers = vec![Box::new(ZeroDim)];
+    assert_eq!(config_name(FlowModel::new(layers, 0)), "flow dim");
+    // The smallest valid dimension still works.
+    let m =
+        FlowModel::new(vec![Box::new(Planar::new(1).unwrap()) as Box<dyn Flow<f64>>], 0).unwrap();
+    assert_eq!(m.log_prob(&[0.3]).unwrap().len(), 1);
+}
+
+/// An empty batch has no mean NLL: a clear error (it used to blame the batch's shape).
+#[test]
+fn nll_grad_of_an_empty_batch_is_a_clear_error() {
+    for (name, layers) in catalogue(3) {
+        let m = FlowModel::new(layers, 0).unwrap();
+        let mut g = vec![0.0; m.n_params()];
+        let r = m.nll_grad(&[], &mut g, &mut m.workspace());
+        assert_eq!(config_name(r), "batch", "{name}");
+        // Evaluating an empty batch is fine (no mean is taken).
+        assert!(m.log_prob(&[]).unwrap().is_empty(), "{name}");
+    }
+}
+
+/// NaN or infinite parameters are reported as such, with their index into θ, not as a
+/// non-finite input (the output of the layer below) or a singular matrix.
+#[test]
+fn non_finite_parameters_are_named_as_such() {
+    let x = [0.3, -0.5, 0.8];
+    for (name, layers) in catalogue(3) {
+        let mut m = FlowModel::new(layers, 0).unwrap();
+        if m.n_params() == 0 {
+            continue; // permutations, the inverse CDF
+        }
+        let k = m.n_params() / 2;
+        for bad in [f64::NAN, f64::INFINITY] {
+            m.params_mut()[k] = bad;
+            let mut g = vec![0.0; m.n_params()];
+            for r in [
+                m.nll_grad(&x, &mut g, &mut m.workspace()).map(|_| ()),
+                m.log_prob(&x).map(|_| ()),
+                m.forward(&x).map(|_| ()),
+                m.inverse(&x).map(|_| ()),
+            ] {
+                assert!(
+                    matches!(r, Err(Error::NonFiniteParameter { index, .. }) if index == k),
+                    "{name}: {r:?}"
+                );
+            }
+        }
+    }
+    // A layer called directly: the index is into its own θ.
+    let dense = DenseAffine::new(2).unwrap();
+    let mut theta = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let (mut z, mut ld) = ([0.0; 2], [0.0; 1]);
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        theta[3] = bad;
+        let r = dense.inverse(&theta, &[0.1, 0.2], &mut z, &mut ld, &mut Default::default());
+        assert!(
+            matches!(r, Err(Error::NonFiniteParameter { index: 3, what, .. }) if what.contains("layer")),
+            "{r:?}"
+        );
     }
 }
 

@@ -610,6 +610,23 @@ mod cnf_training {
         assert!(matches!(r, Err(Error::InvalidConfig { name: "data", .. })), "{r:?}");
     }
 
+    /// NaN parameters (from a restored state) are named by the step, which changes nothing.
+    #[test]
+    fn a_nan_parameter_is_named_by_the_step() {
+        let (cnf, cfg) = tiny();
+        let mut tr = CnfTrainer::new(cnf, DataSource::Toy(Toy::Moons), None, cfg).unwrap();
+        let mut state = tr.state();
+        state.params[3] = f64::NAN;
+        tr.restore(state).unwrap();
+        match tr.step() {
+            Err(Error::Training { iteration: 1, source }) => {
+                assert!(matches!(*source, Error::NonFiniteParameter { index: 3, .. }), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tr.iteration(), 0);
+    }
+
     /// CI-sized convergence: ConcatSquash 2 → 32 → 32 → 2 (tanh), T = 0.5, dopri5 1e-4,
     /// batch 128, Adam lr 3e-3, 100 iterations (about a second). Observed: test NLL (512
     /// points) 5.880 at the start, 4.307 at 40 and 3.817 at 80 iterations, 3.745 at 100 (the

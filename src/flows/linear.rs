@@ -5,7 +5,7 @@ use rand::{Rng, RngCore};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{c, check_map, check_vjp, Flow, FlowWs};
+use super::{c, check_dim, check_map, check_vjp, Flow, FlowWs};
 use crate::{Error, Real};
 
 /// Elementwise affine flow (the survey's elementwise flow with an affine `f`):
@@ -21,9 +21,10 @@ pub struct ElementwiseAffine {
 }
 
 impl ElementwiseAffine {
-    /// A `dim`-dimensional elementwise affine flow.
-    pub fn new(dim: usize) -> Self {
-        ElementwiseAffine { dim }
+    /// A `dim`-dimensional elementwise affine flow; errors if `dim` is 0.
+    pub fn new(dim: usize) -> Result<Self, Error> {
+        check_dim("elementwise-affine dim", dim, dim.checked_mul(2))?;
+        Ok(ElementwiseAffine { dim })
     }
 }
 
@@ -129,8 +130,10 @@ pub struct Permutation {
 }
 
 impl Permutation {
-    /// `π` given explicitly; errors unless it is a permutation of `0..perm.len()`.
+    /// `π` given explicitly; errors unless it is a permutation of `0..perm.len()` with
+    /// at least one entry.
     pub fn new(perm: Vec<usize>) -> Result<Self, Error> {
+        check_dim("permutation dim", perm.len(), Some(0))?;
         let mut seen = vec![false; perm.len()];
         for &p in &perm {
             if p >= perm.len() || seen[p] {
@@ -145,14 +148,17 @@ impl Permutation {
         Ok(Permutation { perm })
     }
 
-    /// The reversal `π(i) = d − 1 − i`.
-    pub fn reverse(dim: usize) -> Self {
-        Permutation { perm: (0..dim).rev().collect() }
+    /// The reversal `π(i) = d − 1 − i`; errors if `dim` is 0.
+    pub fn reverse(dim: usize) -> Result<Self, Error> {
+        check_dim("permutation dim", dim, Some(0))?;
+        Ok(Permutation { perm: (0..dim).rev().collect() })
     }
 
-    /// A uniformly random permutation drawn from ChaCha8 seeded by `seed` (Fisher–Yates).
-    pub fn random(dim: usize, seed: u64) -> Self {
-        Permutation { perm: random_perm(dim, seed) }
+    /// A uniformly random permutation drawn from ChaCha8 seeded by `seed` (Fisher–Yates);
+    /// errors if `dim` is 0.
+    pub fn random(dim: usize, seed: u64) -> Result<Self, Error> {
+        check_dim("permutation dim", dim, Some(0))?;
+        Ok(Permutation { perm: random_perm(dim, seed) })
     }
 
     /// The permutation π.
@@ -261,8 +267,9 @@ pub struct LuAffine {
 
 impl LuAffine {
     /// `x = P L U z + b` with the permutation `perm` (identity when `None`) and a bias if
-    /// `bias`. Errors if `perm` is not a permutation of `0..dim`.
+    /// `bias`. Errors if `dim` is 0 or `perm` is not a permutation of `0..dim`.
     pub fn new(dim: usize, perm: Option<Vec<usize>>, bias: bool) -> Result<Self, Error> {
+        check_dim("lu-affine dim", dim, dim.checked_mul(dim).and_then(|n| n.checked_add(dim)))?;
         let perm = match perm {
             Some(p) => {
                 if p.len() != dim {
@@ -279,9 +286,10 @@ impl LuAffine {
         Ok(LuAffine { dim, perm, bias })
     }
 
-    /// Glow's learned 1×1 mixing: a seeded random `P`, no bias.
-    pub fn glow(dim: usize, seed: u64) -> Self {
-        LuAffine { dim, perm: random_perm(dim, seed), bias: false }
+    /// Glow's learned 1×1 mixing: a seeded random `P`, no bias; errors if `dim` is 0.
+    pub fn glow(dim: usize, seed: u64) -> Result<Self, Error> {
+        check_dim("lu-affine dim", dim, dim.checked_mul(dim).and_then(|n| n.checked_add(dim)))?;
+        Ok(LuAffine { dim, perm: random_perm(dim, seed), bias: false })
     }
 
     fn n_tri(&self) -> usize {
@@ -527,16 +535,18 @@ fn permute_in_place<T: Copy>(v: &mut [T], perm: &[usize]) {
 ///
 /// both by an LU factorisation with partial pivoting of `A` on every call: O(d³) per call
 /// plus O(d²) per sample. θ = `[A (row-major, d²), b (d)]`, initialised to `I + N(0, 0.01²)`.
-/// A (numerically) singular `A` gives [`Error::SingularMatrix`].
+/// A (numerically) singular `A` gives [`Error::SingularMatrix`], a non-finite entry
+/// [`Error::NonFiniteParameter`].
 #[derive(Debug, Clone)]
 pub struct DenseAffine {
     dim: usize,
 }
 
 impl DenseAffine {
-    /// A `dim`-dimensional dense affine flow.
-    pub fn new(dim: usize) -> Self {
-        DenseAffine { dim }
+    /// A `dim`-dimensional dense affine flow; errors if `dim` is 0.
+    pub fn new(dim: usize) -> Result<Self, Error> {
+        check_dim("dense-affine dim", dim, dim.checked_mul(dim).and_then(|n| n.checked_add(dim)))?;
+        Ok(DenseAffine { dim })
     }
 }
 

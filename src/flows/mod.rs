@@ -76,7 +76,7 @@
 //! let d = 2;
 //! let layers: Vec<Box<dyn odeflow::flows::Flow<f64>>> = vec![
 //!     Box::new(Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[16], false)?),
-//!     Box::new(Permutation::reverse(d)),
+//!     Box::new(Permutation::reverse(d)?),
 //!     Box::new(Coupling::new(d, CouplingKind::Affine { scale_bound: 2.0 }, &[16], false)?),
 //! ];
 //! let mut model = FlowModel::new(layers, 7)?;
@@ -182,8 +182,9 @@ impl<T: Real> FlowWs<T> {
 /// `log p_X(x) = log p_Z(z) + log|det ∂z/∂x|`.
 ///
 /// Every method checks the lengths (`theta.len() == n_params()`, the batch a whole number
-/// of `dim()`-points, output buffers `B·d` and `B`) and the finiteness of the input, and
-/// returns an [`Error`] instead of panicking.
+/// of `dim()`-points, output buffers `B·d` and `B`) and the finiteness of θ
+/// ([`Error::NonFiniteParameter`]) and of the input, and returns an [`Error`] instead of
+/// panicking. The built-in layers refuse a dimension of 0 when they are made.
 pub trait Flow<T: Real>: Send + Sync {
     /// A short name of the layer kind (for errors and reports).
     fn name(&self) -> &'static str;
@@ -232,8 +233,8 @@ pub trait Flow<T: Real>: Send + Sync {
     ) -> Result<(), Error>;
 }
 
-/// Validates a map call (`theta`, input, output and log-det lengths, finite input) and
-/// returns the batch size B.
+/// Validates a map call (`theta`, input, output and log-det lengths, finite θ and input)
+/// and returns the batch size B.
 pub(crate) fn check_map<T: Real>(
     dim: usize,
     n_params: usize,
@@ -246,8 +247,41 @@ pub(crate) fn check_map<T: Real>(
     let b = batch_size(input.len(), dim)?;
     check_len("output", output_len, input.len())?;
     check_len("logdet", ld_len, b)?;
+    check_finite_params(theta, "in the layer's θ")?;
     check_finite(input, dim)?;
     Ok(b)
+}
+
+/// Refuses a 0-dimensional layer, or one whose parameter count `n_params` (computed in
+/// checked arithmetic) overflows: [`Error::InvalidConfig`] naming `name` (the layer's
+/// dimension, e.g. `"planar dim"`).
+pub(crate) fn check_dim(
+    name: &'static str,
+    dim: usize,
+    n_params: Option<usize>,
+) -> Result<(), Error> {
+    if dim == 0 {
+        return Err(Error::InvalidConfig { name, value: 0.0, expected: "≥ 1" });
+    }
+    if n_params.is_none() {
+        return Err(Error::InvalidConfig {
+            name,
+            value: dim as f64,
+            expected: "a dimension whose parameter count fits in usize",
+        });
+    }
+    Ok(())
+}
+
+/// Checks that every parameter is finite ([`Error::NonFiniteParameter`] naming `what`
+/// and the first bad index otherwise).
+pub(crate) fn check_finite_params<T: Real>(theta: &[T], what: &'static str) -> Result<(), Error> {
+    match theta.iter().position(|v| !v.is_finite()) {
+        Some(index) => {
+            Err(Error::NonFiniteParameter { what, index, value: theta[index].to_f64c() })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Validates a vjp call and returns the batch size B.
@@ -308,8 +342,9 @@ impl<T: Real> std::fmt::Debug for FlowModel<T> {
 
 impl<T: Real> FlowModel<T> {
     /// Composes `layers` (the first acts first on z) and initialises every layer's
-    /// parameters from a ChaCha8 generator seeded with `seed`. Errors: no layers
-    /// ([`Error::InvalidConfig`]), layers of different dimensions ([`Error::BlockDimension`]).
+    /// parameters from a ChaCha8 generator seeded with `seed`. Errors: no layers or a
+    /// 0-dimensional first layer ([`Error::InvalidConfig`]), layers of different dimensions
+    /// ([`Error::BlockDimension`]).
     pub fn new(layers: Vec<Box<dyn Flow<T>>>, seed: u64) -> Result<Self, Error> {
         let Some(first) = layers.first() else {
             return Err(Error::InvalidConfig {
@@ -319,6 +354,13 @@ impl<T: Real> FlowModel<T> {
             });
         };
         let dim = first.dim();
+        if dim == 0 {
+            return Err(Error::InvalidConfig {
+                name: "flow dim",
+                value: 0.0,
+                expected: "≥ 1 (the first layer is 0-dimensional)",
+            });
+        }
         let mut offsets = vec![0];
         for (k, l) in layers.iter().enumerate() {
             if l.dim() != dim {
@@ -391,6 +433,7 @@ impl<T: Real> FlowModel<T> {
     ) -> Result<(), Error> {
         let d = self.dim;
         let b = check_map(d, 0, &[], z, x.len(), logdet.len())?;
+        check_finite_params(&self.params, "in the model's parameters")?;
         let n = b * d;
         x.copy_from_slice(z);
         logdet.iter_mut().for_each(|v| *v = T::zero());
@@ -420,6 +463,7 @@ impl<T: Real> FlowModel<T> {
         let d = self.dim;
         let kk = self.layers.len();
         let b = check_map(d, 0, &[], x, x.len(), batch_size(x.len(), d)?)?;
+        check_finite_params(&self.params, "in the model's parameters")?;
         let n = b * d;
         // buf: h_0 … h_K (K+1 blocks of n), then the K per-layer log-dets (K·b).
         let (buf, _) = ws.split((kk + 1) * n + kk * b + 2 * n, 0);
@@ -575,11 +619,16 @@ impl<T: Real> FlowModel<T> {
     }
 
     /// The mean negative log-likelihood `L = −(1/B) Σ_b log p(x_b)` and its gradient
-    /// `∂L/∂θ` (into `grad`, overwritten); `ws` is reused across calls.
+    /// `∂L/∂θ` (into `grad`, overwritten); `ws` is reused across calls. An empty batch has
+    /// no mean: [`Error::InvalidConfig`] naming `batch`.
     pub fn nll_grad(&self, x: &[T], grad: &mut [T], ws: &mut FlowWs<T>) -> Result<T, Error> {
         let b = batch_size(x.len(), self.dim)?;
         if b == 0 {
-            return Err(Error::BatchShape { len: 0, dim: self.dim });
+            return Err(Error::InvalidConfig {
+                name: "batch",
+                value: 0.0,
+                expected: "≥ 1 point (an empty batch has no mean NLL)",
+            });
         }
         // Scratch for w and ∂Φ/∂x in the child workspace after the layers' (taken out
         // for the call and put back, so nothing allocates after the first call).

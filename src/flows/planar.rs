@@ -12,7 +12,7 @@
 
 use rand::{Rng, RngCore};
 
-use super::{c, check_map, check_vjp, Flow, FlowWs};
+use super::{c, check_dim, check_map, check_vjp, Flow, FlowWs};
 use crate::{Error, Real};
 
 fn softplus<T: Real>(x: T) -> T {
@@ -48,9 +48,10 @@ pub struct Planar {
 }
 
 impl Planar {
-    /// A `dim`-dimensional planar flow.
-    pub fn new(dim: usize) -> Self {
-        Planar { dim }
+    /// A `dim`-dimensional planar flow; errors if `dim` is 0.
+    pub fn new(dim: usize) -> Result<Self, Error> {
+        check_dim("planar dim", dim, dim.checked_mul(2).and_then(|n| n.checked_add(1)))?;
+        Ok(Planar { dim })
     }
 
     /// û from (u, w) into `uh`; returns (wᵀu, wᵀû = m(wᵀu), ‖w‖²).
@@ -260,9 +261,10 @@ pub struct Radial {
 }
 
 impl Radial {
-    /// A `dim`-dimensional radial flow.
-    pub fn new(dim: usize) -> Self {
-        Radial { dim }
+    /// A `dim`-dimensional radial flow; errors if `dim` is 0.
+    pub fn new(dim: usize) -> Result<Self, Error> {
+        check_dim("radial dim", dim, dim.checked_add(2))?;
+        Ok(Radial { dim })
     }
 
     fn ab<T: Real>(&self, theta: &[T]) -> (T, T) {

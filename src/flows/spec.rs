@@ -447,7 +447,7 @@ impl FlowSpec {
                 )?)),
                 FlowKind::Maf | FlowKind::Iaf => {
                     if i > 0 {
-                        layers.push(Box::new(Permutation::reverse(d)));
+                        layers.push(Box::new(Permutation::reverse(d)?));
                     }
                     if self.kind == FlowKind::Maf {
                         layers.push(Box::new(Maf::new(d, &self.hidden, self.scale_bound)?));
@@ -458,11 +458,11 @@ impl FlowSpec {
                 FlowKind::Glow => {
                     // The permutation is part of the architecture, not of θ: seeded by the
                     // step, so a loaded file rebuilds the same one.
-                    layers.push(Box::new(LuAffine::glow(d, i as u64)));
+                    layers.push(Box::new(LuAffine::glow(d, i as u64)?));
                     layers.push(Box::new(Coupling::new(d, affine, &self.hidden, odd)?));
                 }
-                FlowKind::Planar => layers.push(Box::new(Planar::new(d))),
-                FlowKind::Radial => layers.push(Box::new(Radial::new(d))),
+                FlowKind::Planar => layers.push(Box::new(Planar::new(d)?)),
+                FlowKind::Radial => layers.push(Box::new(Radial::new(d)?)),
             }
         }
         if self.kind == FlowKind::RealNvpCnf {

@@ -3,7 +3,7 @@
 
 use rand::RngCore;
 
-use super::{c, check_map, check_vjp, Flow, FlowWs};
+use super::{c, check_dim, check_map, check_vjp, Flow, FlowWs};
 use crate::error::{check_finite, check_len};
 use crate::{Error, Real};
 
@@ -380,9 +380,11 @@ pub struct RqSpline {
 }
 
 impl RqSpline {
-    /// A `dim`-dimensional elementwise spline flow of shape `shape`.
+    /// A `dim`-dimensional elementwise spline flow of shape `shape`; errors if `dim` is 0
+    /// or the shape is out of range ([`RqShape::validate`]).
     pub fn new(dim: usize, shape: RqShape) -> Result<Self, Error> {
         shape.validate()?;
+        check_dim("rq-spline dim", dim, dim.checked_mul(shape.n_params()))?;
         Ok(RqSpline { dim, shape })
     }
 }

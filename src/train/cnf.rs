@@ -437,6 +437,20 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
 
     fn step_inner(&mut self) -> Result<(StepInfo, f64), Error> {
         let it = self.iteration;
+        // Non-finite parameters (e.g. from a restored state) are named as such, not as
+        // the non-finite solve they would cause.
+        let mut off = 0;
+        for blk in self.cnf.blocks() {
+            let p = blk.field.params();
+            if let Some(i) = p.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFiniteParameter {
+                    what: "in the model's parameters",
+                    index: off + i,
+                    value: p[i].to_f64c(),
+                });
+            }
+            off += p.len();
+        }
         self.data.batch(it, self.cfg.batch_size, &mut self.rng, &mut self.batch)?;
         let weights = RegWeights {
             kinetic: (self.cfg.kinetic > 0.0).then_some(self.cfg.kinetic),
