@@ -589,6 +589,25 @@ mod training {
         tr.step().unwrap();
     }
 
+    /// A test chunk larger than the test set is the whole set (it used to overflow the
+    /// chunk's buffer: "capacity overflow" or an abort).
+    #[test]
+    fn test_chunks_larger_than_the_test_set_are_the_whole_set() {
+        let test = Dataset::toy(Toy::Moons, 10, 1);
+        let nll = |test_batch| {
+            let cfg = FlowTrainConfig { test_batch, ..small_cfg() };
+            let src = DataSource::Toy(Toy::Moons);
+            FlowTrainer::new(realnvp(2, &[4]), src, Some(test.clone()), cfg)
+                .unwrap()
+                .test_nll()
+                .unwrap()
+        };
+        let whole = nll(0);
+        for test_batch in [3, 10, 11, 1 << 40, usize::MAX] {
+            assert!((nll(test_batch) - whole).abs() < 1e-12, "{test_batch}");
+        }
+    }
+
     /// A state with a NaN parameter: the step names it (it said "non-finite input value"),
     /// and the trainer keeps its state.
     #[test]
@@ -1099,6 +1118,21 @@ fn non_finite_parameters_are_named_as_such() {
             "{r:?}"
         );
     }
+}
+
+/// Oversized requests are errors, not capacity-overflow panics or aborts.
+#[test]
+fn oversized_models_and_samples_are_errors() {
+    let m =
+        FlowModel::new(vec![Box::new(Planar::new(2).unwrap()) as Box<dyn Flow<f64>>], 0).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert_eq!(config_name(m.sample(usize::MAX / 2 + 1, &mut rng)), "n");
+    assert_eq!(config_name(m.sample_with_log_prob(1 << 60, &mut rng)), "n·dim");
+    assert_eq!(m.sample(3, &mut rng).unwrap().len(), 6);
+    // A layer whose parameter count fits in usize but not in memory (≈ 6·2⁴⁴ values).
+    let big = Coupling::new(2, CouplingKind::Additive, &[1 << 44], false).unwrap();
+    let layers: Layers = vec![Box::new(big)];
+    assert_eq!(config_name(FlowModel::new(layers, 0)), "flow parameters");
 }
 
 /// Spline shapes and the public spline functions check their arguments.

@@ -610,6 +610,23 @@ mod cnf_training {
         assert!(matches!(r, Err(Error::InvalidConfig { name: "data", .. })), "{r:?}");
     }
 
+    /// A test chunk larger than the test set is the whole set (it used to overflow the
+    /// chunk's buffer: "capacity overflow" or an abort).
+    #[test]
+    fn test_chunks_larger_than_the_test_set_are_the_whole_set() {
+        let test = Dataset::toy(Toy::Moons, 6, 1);
+        let nll = |test_batch| {
+            let (cnf, cfg) = tiny();
+            let cfg = CnfTrainConfig { test_batch, ..cfg };
+            let src = DataSource::Toy(Toy::Moons);
+            CnfTrainer::new(cnf, src, Some(test.clone()), cfg).unwrap().test_nll().unwrap()
+        };
+        let whole = nll(0);
+        for test_batch in [4, 6, 7, 1 << 40, usize::MAX] {
+            assert!((nll(test_batch) - whole).abs() < 1e-9, "{test_batch}");
+        }
+    }
+
     /// NaN parameters (from a restored state) are named by the step, which changes nothing.
     #[test]
     fn a_nan_parameter_is_named_by_the_step() {

@@ -284,6 +284,20 @@ pub(crate) fn check_finite_params<T: Real>(theta: &[T], what: &'static str) -> R
     }
 }
 
+/// A vector of `len` zeros, allocated fallibly: a length whose bytes exceed `isize::MAX`,
+/// or an allocation the system refuses, is an [`Error::InvalidConfig`] naming `what`
+/// instead of a capacity-overflow panic or an abort.
+pub(crate) fn try_zeros<T: Real>(len: usize, what: &'static str) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::InvalidConfig {
+        name: what,
+        value: len as f64,
+        expected: "a size whose buffer fits in memory",
+    })?;
+    v.resize(len, T::zero());
+    Ok(v)
+}
+
 /// Validates a vjp call and returns the batch size B.
 pub(crate) fn check_vjp<T: Real>(
     dim: usize,
@@ -342,10 +356,20 @@ impl<T: Real> std::fmt::Debug for FlowModel<T> {
 
 impl<T: Real> FlowModel<T> {
     /// Composes `layers` (the first acts first on z) and initialises every layer's
-    /// parameters from a ChaCha8 generator seeded with `seed`. Errors: no layers or a
-    /// 0-dimensional first layer ([`Error::InvalidConfig`]), layers of different dimensions
-    /// ([`Error::BlockDimension`]).
+    /// parameters from a ChaCha8 generator seeded with `seed`. Errors: no layers, a
+    /// 0-dimensional first layer, or a parameter vector too large to allocate
+    /// ([`Error::InvalidConfig`]); layers of different dimensions ([`Error::BlockDimension`]).
     pub fn new(layers: Vec<Box<dyn Flow<T>>>, seed: u64) -> Result<Self, Error> {
+        Self::with_params_buffer(layers, seed, Vec::new())
+    }
+
+    /// [`FlowModel::new`] filling `params` (empty, perhaps with capacity reserved by the
+    /// caller before it built the layers) with the parameters.
+    pub(crate) fn with_params_buffer(
+        layers: Vec<Box<dyn Flow<T>>>,
+        seed: u64,
+        mut params: Vec<T>,
+    ) -> Result<Self, Error> {
         let Some(first) = layers.first() else {
             return Err(Error::InvalidConfig {
                 name: "layers",
@@ -361,14 +385,26 @@ impl<T: Real> FlowModel<T> {
                 expected: "≥ 1 (the first layer is 0-dimensional)",
             });
         }
-        let mut offsets = vec![0];
+        let mut offsets = vec![0usize];
         for (k, l) in layers.iter().enumerate() {
             if l.dim() != dim {
                 return Err(Error::BlockDimension { block: k, expected: dim, found: l.dim() });
             }
-            offsets.push(offsets[k] + l.n_params());
+            let end = offsets[k].checked_add(l.n_params()).ok_or(Error::InvalidConfig {
+                name: "flow parameters",
+                value: f64::INFINITY,
+                expected: "a total count that fits in usize",
+            })?;
+            offsets.push(end);
         }
-        let mut params = vec![T::zero(); offsets[layers.len()]];
+        let n = offsets[layers.len()];
+        params.clear();
+        params.try_reserve_exact(n).map_err(|_| Error::InvalidConfig {
+            name: "flow parameters",
+            value: n as f64,
+            expected: "a parameter vector that fits in memory",
+        })?;
+        params.resize(n, T::zero());
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (k, l) in layers.iter().enumerate() {
             l.init_params(&mut params[offsets[k]..offsets[k + 1]], &mut rng);
@@ -537,21 +573,29 @@ impl<T: Real> FlowModel<T> {
         Ok(out)
     }
 
-    /// Draws `n` points: `z ~ N(0, I)` from `rng`, `x = f(z)`.
+    /// Draws `n` points: `z ~ N(0, I)` from `rng`, `x = f(z)`. Errors: `n · dim` values
+    /// too many to allocate ([`Error::InvalidConfig`] naming `n`), and those of
+    /// [`FlowModel::forward_into`].
     pub fn sample<R: rand::Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<Vec<T>, Error> {
         Ok(self.sample_with_log_prob(n, rng)?.0)
     }
 
     /// Draws `n` points and their log-densities `log p(x) = log N(z) − log|det ∂x/∂z|`
-    /// (no inverse pass needed).
+    /// (no inverse pass needed). Errors as [`FlowModel::sample`].
     pub fn sample_with_log_prob<R: rand::Rng + ?Sized>(
         &self,
         n: usize,
         rng: &mut R,
     ) -> Result<(Vec<T>, Vec<T>), Error> {
         let d = self.dim;
-        let z: Vec<T> = (0..n * d).map(|_| c(StandardNormal.sample(&mut *rng))).collect();
-        let (mut x, mut ld) = (vec![T::zero(); n * d], vec![T::zero(); n]);
+        let len = n.checked_mul(d).ok_or(Error::InvalidConfig {
+            name: "n",
+            value: n as f64,
+            expected: "a number of points whose n·dim values fit in memory",
+        })?;
+        let mut z = try_zeros::<T>(len, "n·dim")?;
+        z.iter_mut().for_each(|v| *v = c(StandardNormal.sample(&mut *rng)));
+        let (mut x, mut ld) = (try_zeros(len, "n·dim")?, try_zeros(n, "n")?);
         self.forward_into(&z, &mut x, &mut ld, &mut self.workspace())?;
         for i in 0..n {
             ld[i] = std_normal_log_prob(&z[i * d..(i + 1) * d]) - ld[i];

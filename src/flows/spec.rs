@@ -361,6 +361,18 @@ impl FlowSpec {
     /// blocks and learned times; permutations have none). Model files check their
     /// architecture with it before anything of its size is allocated.
     pub fn checked_n_params(&self) -> Option<usize> {
+        let mut n = self.layer_n_params()?.checked_mul(self.layers)?;
+        if self.kind == FlowKind::RealNvpCnf {
+            let cnf = self.cnf.clone().unwrap_or_default();
+            n =
+                n.checked_add(Self::cnf_block_n_params(self.dim, &cnf)?.checked_mul(cnf.blocks)?)?;
+        }
+        Some(n)
+    }
+
+    /// The parameters of one layer (a coupling, MAF or IAF layer, Glow step, planar or
+    /// radial map), `None` on overflow.
+    fn layer_n_params(&self) -> Option<usize> {
         let d = self.dim;
         // A coupling layer with k conditioner outputs per transformed coordinate: it
         // conditions on ⌊d/2⌋ coordinates and transforms the other d − ⌊d/2⌋ (at either
@@ -369,7 +381,7 @@ impl FlowSpec {
             let m = d / 2;
             checked_net_params(m, &self.hidden, k.checked_mul(d - m)?, 1)
         };
-        let layer = match self.kind {
+        match self.kind {
             FlowKind::RealNvp | FlowKind::RealNvpCnf => coupling(2),
             FlowKind::Nice => coupling(1),
             FlowKind::Nsf => coupling(self.bins.checked_mul(3)?.saturating_sub(1)),
@@ -379,16 +391,52 @@ impl FlowSpec {
             FlowKind::Glow => d.checked_mul(d)?.checked_add(coupling(2)?),
             FlowKind::Planar => d.checked_mul(2)?.checked_add(1),
             FlowKind::Radial => d.checked_add(2),
+        }
+    }
+
+    /// The parameters of one block of a hybrid's CNF (its MLP, and ln T if learned),
+    /// `None` on overflow.
+    fn cnf_block_n_params(dim: usize, cnf: &CnfBlockSpec) -> Option<usize> {
+        let mlp =
+            MlpConfig { dim, hidden: cnf.hidden.clone(), time: cnf.time, ..Default::default() };
+        mlp.checked_n_params()?.checked_add(usize::from(cnf.train_t))
+    }
+
+    /// [`FlowSpec::checked_n_params`] for a model over `T`, as an error naming the field that
+    /// makes it too large: the count must not overflow and its bytes must fit in
+    /// `isize::MAX` (the most a `Vec` can hold).
+    fn n_params_for<T>(&self) -> Result<usize, Error> {
+        let max = isize::MAX as usize / std::mem::size_of::<T>().max(1);
+        let fits = |n: Option<usize>| n.filter(|&n| n <= max);
+        let too_large = |name, value: f64| Error::InvalidConfig {
+            name,
+            value,
+            expected: "small enough that the model's parameter vector fits in memory",
         };
-        let mut n = layer?.checked_mul(self.layers)?;
+        let widest = |h: &[usize]| h.iter().copied().max().unwrap_or(0) as f64;
+        let Some(per_layer) = fits(self.layer_n_params()) else {
+            // Name what makes one layer too large: the dimension alone, or the widths.
+            let linear = FlowSpec { hidden: Vec::new(), cnf: None, ..self.clone() };
+            return Err(match fits(linear.layer_n_params()) {
+                None => too_large("flow dim", self.dim as f64),
+                Some(_) => too_large("flow hidden width", widest(&self.hidden)),
+            });
+        };
+        let mut n = fits(per_layer.checked_mul(self.layers))
+            .ok_or_else(|| too_large("flow layers", self.layers as f64))?;
         if self.kind == FlowKind::RealNvpCnf {
             let cnf = self.cnf.clone().unwrap_or_default();
-            let mlp =
-                MlpConfig { dim: d, hidden: cnf.hidden, time: cnf.time, ..Default::default() };
-            let block = mlp.checked_n_params()?.checked_add(usize::from(cnf.train_t))?;
-            n = n.checked_add(block.checked_mul(cnf.blocks)?)?;
+            let Some(block) = fits(Self::cnf_block_n_params(self.dim, &cnf)) else {
+                let linear = CnfBlockSpec { hidden: Vec::new(), ..cnf.clone() };
+                return Err(match fits(Self::cnf_block_n_params(self.dim, &linear)) {
+                    None => too_large("flow dim", self.dim as f64),
+                    Some(_) => too_large("cnf hidden width", widest(&cnf.hidden)),
+                });
+            };
+            n = fits(block.checked_mul(cnf.blocks).and_then(|b| b.checked_add(n)))
+                .ok_or_else(|| too_large("cnf blocks", cnf.blocks as f64))?;
         }
-        Some(n)
+        Ok(n)
     }
 
     /// The layers of the spec (no parameters; they live in the [`FlowModel`]), a CNF
@@ -475,9 +523,20 @@ impl FlowSpec {
     /// Builds the model with its initial parameters drawn from a generator seeded with
     /// `seed` (see [`FlowModel::new`]; a CNF block's MLPs are seeded with `seed` too): the
     /// same spec and seed give the same θ, bit for bit. Errors: a spec out of range
-    /// ([`Error::InvalidConfig`], or the CNF's own errors).
+    /// ([`Error::InvalidConfig`], or the CNF's own errors), including sizes whose parameter
+    /// vector cannot be allocated (the error names the field: `flow dim`, `flow hidden
+    /// width`, `flow layers`, `cnf hidden width`, `cnf blocks`; or `flow parameters` when
+    /// the system refuses the memory). The parameter vector is reserved before any layer
+    /// is built.
     pub fn build<T: Real>(&self, seed: u64) -> Result<FlowModel<T>, Error> {
-        FlowModel::new(self.layers_seeded(seed)?, seed)
+        let n = self.n_params_for::<T>()?;
+        let mut params = Vec::new();
+        params.try_reserve_exact(n).map_err(|_| Error::InvalidConfig {
+            name: "flow parameters",
+            value: n as f64,
+            expected: "a parameter vector that fits in memory",
+        })?;
+        FlowModel::with_params_buffer(self.layers_seeded(seed)?, seed, params)
     }
 }
 
@@ -512,6 +571,39 @@ mod tests {
         }
         // No hidden layer (a linear conditioner) is a width list, not a zero width.
         assert!(FlowSpec::new(FlowKind::RealNvp, 2, 2, vec![]).build::<f64>(0).is_ok());
+    }
+
+    /// Sizes the parameter vector cannot hold are errors naming the field (they used to
+    /// abort on the allocation or panic with "capacity overflow").
+    #[test]
+    fn oversized_specs_are_refused_naming_the_field() {
+        let name = |spec: FlowSpec| match spec.build::<f64>(0) {
+            Err(Error::InvalidConfig { name, .. }) => name,
+            other => panic!("{spec:?}: {other:?}"),
+        };
+        let spec = |kind, dim, layers, hidden| FlowSpec::new(kind, dim, layers, hidden);
+        // Counts that overflow usize or isize::MAX bytes.
+        assert_eq!(name(spec(FlowKind::Planar, 1 << 62, 1, vec![])), "flow dim");
+        assert_eq!(name(spec(FlowKind::Glow, 1 << 33, 1, vec![4])), "flow dim");
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 2, vec![1 << 62])), "flow hidden width");
+        assert_eq!(name(spec(FlowKind::Maf, 2, 2, vec![1 << 40, 1 << 40])), "flow hidden width");
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 1 << 62, vec![8])), "flow layers");
+        let mut hybrid = spec(FlowKind::RealNvpCnf, 2, 1, vec![4]);
+        hybrid.cnf.as_mut().unwrap().hidden = vec![1 << 62];
+        assert_eq!(name(hybrid.clone()), "cnf hidden width");
+        hybrid.cnf.as_mut().unwrap().hidden = vec![4];
+        hybrid.cnf.as_mut().unwrap().blocks = 1 << 62;
+        assert_eq!(name(hybrid), "cnf blocks");
+        // Representable counts beyond any address space (2⁴⁷ bytes): the reservation of
+        // the parameter vector fails before any layer is built.
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 2, vec![1 << 44])), "flow parameters");
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 1 << 40, vec![8])), "flow parameters");
+        assert_eq!(name(spec(FlowKind::Glow, 1 << 24, 1, vec![4])), "flow parameters");
+        // f32 halves the bytes: the same count may be refused for f64 only.
+        let s = spec(FlowKind::Planar, 1 << 59, 1, vec![]);
+        assert!(matches!(s.n_params_for::<f64>(), Err(Error::InvalidConfig { .. })));
+        assert_eq!(s.n_params_for::<f32>().unwrap(), (1 << 60) + 1);
+        assert_eq!(s.n_params_for::<f32>().ok(), s.checked_n_params());
     }
 
     #[test]

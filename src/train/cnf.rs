@@ -68,7 +68,8 @@ pub struct CnfTrainConfig<T> {
     pub test_rtol: f64,
     /// Absolute tolerance of the test solves (> 0). Default 1e-5.
     pub test_atol: f64,
-    /// Test points per solve (0: the whole test set as one batch, as the peers). Default 0.
+    /// Test points per solve (0: the whole test set as one batch, as the peers; a chunk
+    /// larger than the test set is the whole set). Default 0.
     pub test_batch: usize,
     /// Seed of the training generator (batches of toy sets, Hutchinson noise). Default 0.
     pub seed: u64,
@@ -380,7 +381,10 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
         cnf_cfg.trace = TraceEstimator::Exact;
         self.cnf.set_config(cnf_cfg)?;
         let d = self.cnf.dim();
-        let chunk = if self.cfg.test_batch == 0 { test.len() } else { self.cfg.test_batch };
+        let chunk = match self.cfg.test_batch {
+            0 => test.len(),
+            c => c.min(test.len()),
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(0); // not drawn from by the exact trace
         let mut out = vec![T::zero(); chunk];
         let mut result = Ok(0.0);

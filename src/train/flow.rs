@@ -40,7 +40,8 @@ pub struct FlowTrainConfig {
     /// Evaluate the test NLL every this many iterations and at the last (default 100; 0:
     /// never during `run`).
     pub test_every: u64,
-    /// Points per test chunk (default 0: the whole test set at once).
+    /// Points per test chunk (default 0: the whole test set at once; a chunk larger than the
+    /// test set is the whole set).
     pub test_batch: usize,
     /// Seed of the training generator (default 0).
     pub seed: u64,
@@ -239,7 +240,10 @@ impl<T: Real> FlowTrainer<T> {
             return Err(Error::InvalidConfig { name: "test", value: 0.0, expected: "a test set" });
         };
         let d = self.model.dim();
-        let chunk = if self.cfg.test_batch == 0 { test.len().max(1) } else { self.cfg.test_batch };
+        let chunk = match self.cfg.test_batch {
+            0 => test.len(),
+            c => c.min(test.len()),
+        };
         let mut out = vec![T::zero(); chunk];
         let mut sum = 0.0;
         for xs in test.as_slice().chunks(chunk * d) {
