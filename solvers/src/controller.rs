@@ -19,6 +19,12 @@ pub enum Decision<T> {
 
 /// Decides acceptance and the next step size from the scaled error norm
 /// (`err ≤ 1` means within tolerance).
+///
+/// The integrator holds a controller to two rules whatever it decides: a step whose state is
+/// not finite is never accepted (the solve fails with
+/// [`SolveError::NonFinite`](crate::SolveError::NonFinite), as a fixed-step solve does), and
+/// a step size in a [`Decision`] must be finite and positive (else
+/// [`SolveError::InvalidControllerStep`](crate::SolveError::InvalidControllerStep)).
 pub trait StepController<T: Real> {
     /// Forgets the history (called at the start of each solve).
     fn reset(&mut self);
@@ -120,7 +126,9 @@ impl<T: Real> StepController<T> for PiController<T> {
         inv = inv.max(T::one() / fac_max).min(T::one() / fac_min);
         if err <= T::one() {
             self.err_old = err.max(T::from_f64c(1e-4));
-            let mut h_next = h / inv;
+            // Finite, as the integrator requires (a step near the top of the range may grow
+            // past it; the integrator clamps to h_max anyway).
+            let mut h_next = (h / inv).min(T::max_value());
             if self.last_rejected {
                 h_next = h_next.min(h);
             }
@@ -166,6 +174,16 @@ mod tests {
                 d => panic!("{d:?}"),
             }
         }
+    }
+
+    /// A step near the top of the floating-point range grows to the largest finite number,
+    /// not to +∞ (which the integrator refuses from any controller).
+    #[test]
+    fn next_step_stays_finite() {
+        let mut c = PiController::<f64>::default();
+        assert_eq!(c.decide(0.0, 1e308, 5), Decision::Accept { h_next: f64::MAX });
+        let mut c = PiController::<f32>::default();
+        assert_eq!(c.decide(0.0, 1e38, 5), Decision::Accept { h_next: f32::MAX });
     }
 
     /// One decision computed by hand from the formula of dopri5.f.

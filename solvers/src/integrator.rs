@@ -922,15 +922,19 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                 if !err.is_finite() {
                     saw_nonfinite = true;
                 }
-                match ctrl.decide(err, h, k_order) {
-                    crate::Decision::Accept { h_next: hn } => {
-                        accept = true;
-                        h_next = hn;
-                    }
-                    crate::Decision::Reject { h_retry } => {
-                        accept = false;
-                        h_next = h_retry;
-                    }
+                let name;
+                (accept, h_next, name) = match ctrl.decide(err, h, k_order) {
+                    crate::Decision::Accept { h_next: hn } => (true, hn, "h_next"),
+                    crate::Decision::Reject { h_retry } => (false, h_retry, "h_retry"),
+                };
+                // Whatever a (custom) controller says: a non-finite state is never accepted
+                // (the error a fixed step gives), and its step size must be one.
+                if accept && !finite {
+                    return Err(SolveError::NonFinite { t: t.to_f64c() });
+                }
+                if !(h_next.is_finite() && h_next > T::zero()) {
+                    let value = h_next.to_f64c();
+                    return Err(SolveError::InvalidControllerStep { name, value, t: t.to_f64c() });
                 }
             }
 

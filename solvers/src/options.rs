@@ -254,6 +254,21 @@ pub enum SolveError {
         /// Its value.
         value: f64,
     },
+    /// A step-size controller's [`Decision`](crate::Decision) carried a step size that is not
+    /// finite and positive (`name` is `h_next` or `h_retry`).
+    #[error(
+        "the step controller returned {name} = {} at t = {} (a step size must be finite and > 0)",
+        Num(*value),
+        Num(*t)
+    )]
+    InvalidControllerStep {
+        /// `h_next` (an accepted step) or `h_retry` (a rejected one).
+        name: &'static str,
+        /// The step size the controller returned.
+        value: f64,
+        /// The start of the step it decided on.
+        t: f64,
+    },
     /// A fixed-step method was asked to run without `h_fixed`.
     #[error("method {method} has no error estimate: set SolveOptions::h_fixed")]
     MissingStepSize {

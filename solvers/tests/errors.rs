@@ -3,7 +3,8 @@
 
 use odeflow_solvers::problems::{arenstorf, ExpDecay, Harmonic};
 use odeflow_solvers::{
-    solve, Atol, FnSystem, Integrator, Method, NoObserver, SolveError, SolveOptions,
+    solve, Atol, Decision, FnSystem, Integrator, Method, NoObserver, SolveError, SolveOptions,
+    StepController,
 };
 
 fn decay() -> ExpDecay {
@@ -104,6 +105,107 @@ fn dimension_mismatches() {
         integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver),
         Err(SolveError::InvalidErrorComponents { start: 1, end: 3, dim: 2 })
     );
+}
+
+/// A controller that accepts every step and keeps its size.
+struct AlwaysAccept;
+
+impl StepController<f64> for AlwaysAccept {
+    fn reset(&mut self) {}
+    fn decide(&mut self, _err: f64, h: f64, _k: u8) -> Decision<f64> {
+        Decision::Accept { h_next: h.abs() }
+    }
+}
+
+/// A controller that returns one fixed verdict.
+struct Says(Decision<f64>);
+
+impl StepController<f64> for Says {
+    fn reset(&mut self) {}
+    fn decide(&mut self, _err: f64, _h: f64, _k: u8) -> Decision<f64> {
+        self.0
+    }
+}
+
+/// Whatever a custom controller says, a step to a non-finite state is not accepted: the solve
+/// fails as the built-in controller's and a fixed step's do (it returned `Ok` with y = NaN).
+#[test]
+fn a_custom_controller_cannot_accept_a_non_finite_state() {
+    let mut sys = FnSystem::new(1, |t: f64, _y: &[f64], dy: &mut [f64]| {
+        dy[0] = if t > 0.3 { f64::NAN } else { 1.0 };
+    });
+    let opts = SolveOptions { h0: Some(0.05), ..Default::default() };
+    for m in [Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dop853] {
+        let mut integ = Integrator::with_controller(m, AlwaysAccept, opts.clone()).unwrap();
+        let mut y = [0.0];
+        match integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver) {
+            Err(SolveError::NonFinite { t }) => assert!((0.25..=0.3).contains(&t), "{m}: t = {t}"),
+            other => panic!("{m}: {other:?}, y = {y:?}"),
+        }
+        assert_eq!(y[0].to_bits(), 0.0f64.to_bits(), "{m}: y is left untouched on error");
+        // The controller's other steps are taken: up to t = 0.3, y' = 1 is solved exactly.
+        let mut y = [0.0];
+        integ.integrate(&mut sys, 0.0, 0.3, &mut y, &mut NoObserver).unwrap();
+        assert!((y[0] - 0.3).abs() < 1e-12, "{m}: {y:?}");
+    }
+}
+
+/// A controller's step size must be finite and positive: a negative or NaN one ran the solve
+/// backward to t = −9999 and then reported too many steps.
+#[test]
+fn a_controller_step_size_must_be_finite_and_positive() {
+    use Decision::{Accept, Reject};
+    let opts = SolveOptions { h0: Some(0.1), ..Default::default() };
+    let cases = [
+        (Accept { h_next: -0.1 }, "h_next"),
+        (Accept { h_next: 0.0 }, "h_next"),
+        (Accept { h_next: f64::INFINITY }, "h_next"),
+        (Reject { h_retry: -0.05 }, "h_retry"),
+        (Reject { h_retry: -0.0 }, "h_retry"),
+        (Reject { h_retry: f64::NEG_INFINITY }, "h_retry"),
+    ];
+    for (d, name) in cases {
+        let mut integ = Integrator::with_controller(Method::Dopri5, Says(d), opts.clone()).unwrap();
+        let mut y = [1.0, 1.0];
+        let got = integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver);
+        let value = match d {
+            Accept { h_next } => h_next,
+            Reject { h_retry } => h_retry,
+        };
+        // Decided on the first step, from t = 0.
+        assert_eq!(got, Err(SolveError::InvalidControllerStep { name, value, t: 0.0 }), "{d:?}");
+        assert_eq!(y.map(f64::to_bits), [1f64.to_bits(); 2], "{d:?}: y is left untouched");
+    }
+    for d in [Accept { h_next: f64::NAN }, Reject { h_retry: f64::NAN }] {
+        let mut integ = Integrator::with_controller(Method::Tsit5, Says(d), opts.clone()).unwrap();
+        let mut y = [1.0, 1.0];
+        match integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver) {
+            Err(SolveError::InvalidControllerStep { value, t, .. }) => {
+                assert!(value.is_nan() && t == 0.0, "{d:?}: {value}, {t}")
+            }
+            other => panic!("{d:?}: {other:?}"),
+        }
+    }
+    let e = SolveError::InvalidControllerStep { name: "h_retry", value: -0.05, t: 0.25 };
+    assert_eq!(
+        e.to_string(),
+        "the step controller returned h_retry = -0.05 at t = 0.25 (a step size must be finite \
+         and > 0)"
+    );
+    // A positive, finite step is taken as it is (here until t1).
+    let mut integ =
+        Integrator::with_controller(Method::Dopri5, Says(Accept { h_next: 0.1 }), opts).unwrap();
+    let mut y = [1.0, 1.0];
+    let s = integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver).unwrap();
+    assert_eq!((s.n_accepted, s.n_rejected), (10, 0));
+    // The built-in controller's steps stay finite where 10·h would overflow.
+    let mut sys = FnSystem::new(1, |_t: f64, _y: &[f64], dy: &mut [f64]| dy[0] = 0.0);
+    for m in [Method::Dopri5, Method::Dop853] {
+        let mut integ = Integrator::new(m, SolveOptions::default()).unwrap();
+        let mut y = [1.0];
+        let got = integ.integrate(&mut sys, 0.0, f64::MAX, &mut y, &mut NoObserver);
+        assert!(got.is_ok() && y[0].to_bits() == 1f64.to_bits(), "{m}: {got:?} {y:?}");
+    }
 }
 
 #[test]
