@@ -1,6 +1,7 @@
 //! Step-size control.
 
-use crate::Real;
+use crate::options::shown;
+use crate::{Real, SolveError};
 
 /// The verdict on a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +32,13 @@ pub trait StepController<T: Real> {
     /// `err`: the error norm of a step of magnitude `h` (`err` may be `+∞` or NaN after an
     /// overflow; the controller must then reject); `k = error_order + 1`.
     fn decide(&mut self, err: T, h: T, k: u8) -> Decision<T>;
+    /// Checks the settings for a method with `k = error_order + 1` (the order for a
+    /// fixed-step method); called when an [`Integrator`](crate::Integrator) is built and at
+    /// the start of every solve. Default: nothing to check.
+    fn validate(&self, k: u8) -> Result<(), SolveError> {
+        let _ = k;
+        Ok(())
+    }
 }
 
 /// The PI step-size controller of Hairer–Nørsett–Wanner I (§II.4, eq. (4.13) and the PI
@@ -49,15 +57,21 @@ pub trait StepController<T: Real> {
 /// (k = 8) those of `dop853.f` (`fac_min = 0.333`, `fac_max = 6`, `β2 = 0`: the elementary
 /// controller with exponent 1/8). On Arenstorf and Kepler, β2 = 0.04 cost DOP853 8% more
 /// evaluations for no better error, which is why we follow Hairer there.
+///
+/// The settings are checked ([`StepController::validate`]) when an integrator is built and
+/// at the start of every solve; one out of range is a [`SolveError::InvalidController`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PiController<T> {
-    /// Safety factor (0, 1]. Default 0.9.
+    /// Safety factor, in (0, 1]. Default 0.9.
     pub safety: T,
-    /// Smallest step factor, (0, 1). `None` (default): 0.2, or 0.333 for DOP853.
+    /// Smallest step factor, in (0, 1). `None` (default): 0.2, or 0.333 for DOP853.
     pub fac_min: Option<T>,
-    /// Largest step factor, > 1. `None` (default): 10, or 6 for DOP853.
+    /// Largest step factor, finite and > 1. `None` (default): 10, or 6 for DOP853.
     pub fac_max: Option<T>,
-    /// The exponent β2 of the previous error (0 gives the elementary I controller).
+    /// The exponent β2 of the previous error (0 gives the elementary I controller), in
+    /// `[0, 0.2]` (the bound of `dopri5.f` and `dop853.f`) and below `4/(3k)` so that
+    /// `β1 = 1/k − 0.75·β2 > 0` (the current error must count: with `β1 ≤ 0` a rejected step
+    /// would not shrink); for DOP853 (k = 8) that is below 1/6.
     /// `None` (default): the method's default from Hairer's codes, see above.
     pub beta2: Option<T>,
     err_old: T,
@@ -107,6 +121,36 @@ impl<T: Real> StepController<T> for PiController<T> {
     fn reset(&mut self) {
         self.err_old = T::from_f64c(1e-4);
         self.last_rejected = false;
+    }
+
+    /// `safety` in (0, 1], `fac_min` in (0, 1), `fac_max` finite and > 1, `β2` in [0, 0.2]
+    /// with `β1 = 1/k − 0.75·β2 > 0` (NaN fails every check).
+    fn validate(&self, k: u8) -> Result<(), SolveError> {
+        let bad = |name, x: T, expected| {
+            Err(SolveError::InvalidController { name, value: shown(x), expected })
+        };
+        let (one, zero) = (T::one(), T::zero());
+        if !(self.safety > zero && self.safety <= one) {
+            return bad("safety", self.safety, "in (0, 1]");
+        }
+        let fac_min = self.fac_min(k);
+        if !(fac_min > zero && fac_min < one) {
+            return bad("fac_min", fac_min, "in (0, 1)");
+        }
+        let fac_max = self.fac_max(k);
+        if !(fac_max > one && fac_max.is_finite()) {
+            return bad("fac_max", fac_max, "finite and > 1");
+        }
+        let beta2 = self.beta2(k);
+        if !(beta2 >= zero && beta2 <= T::from_f64c(0.2) && self.beta1(k) > zero) {
+            return bad(
+                "beta2",
+                beta2,
+                "in [0, 0.2] and below 4/(3k) (k = error order + 1; 1/6 for DOP853), so that \
+                 beta1 = 1/k - 0.75 beta2 > 0",
+            );
+        }
+        Ok(())
     }
 
     fn decide(&mut self, err: T, h: T, k: u8) -> Decision<T> {

@@ -103,6 +103,11 @@ impl<T: Real> Coeffs<T> {
         }
     }
 
+    /// `k = error_order + 1` (the order for a fixed-step method), as the controller sees it.
+    fn k_order(&self) -> u8 {
+        self.error_order.map_or(self.order, |q| q + 1)
+    }
+
     /// Number of dense rows of `dim` values.
     fn n_dense_rows(&self) -> usize {
         if self.poly {
@@ -507,8 +512,9 @@ impl<T: Real> Integrator<T, PiController<T>> {
 }
 
 impl<T: Real, C: StepController<T>> Integrator<T, C> {
-    /// An integrator with a custom step-size controller. Validates `opts`; a fixed-step method
-    /// without `opts.h_fixed` is an error.
+    /// An integrator with a custom step-size controller. Validates `opts` and the
+    /// controller's settings ([`StepController::validate`]); a fixed-step method without
+    /// `opts.h_fixed` is an error.
     pub fn with_controller(
         method: Method,
         ctrl: C,
@@ -518,14 +524,9 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         if !method.is_adaptive() && opts.h_fixed.is_none() {
             return Err(SolveError::MissingStepSize { method: method.name() });
         }
-        Ok(Integrator {
-            method,
-            ctrl,
-            opts,
-            co: Coeffs::new(method.tableau()),
-            ws: Workspace::default(),
-            end_f: None,
-        })
+        let co = Coeffs::new(method.tableau());
+        ctrl.validate(co.k_order())?;
+        Ok(Integrator { method, ctrl, opts, co, ws: Workspace::default(), end_f: None })
     }
 
     /// `f(t, y)` at the end of the latest solve (the time it reached, the state it
@@ -560,7 +561,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         Ok(())
     }
 
-    /// The step-size controller.
+    /// The step-size controller (its settings are checked again at the start of every solve).
     pub fn controller_mut(&mut self) -> &mut C {
         &mut self.ctrl
     }
@@ -708,6 +709,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         O: Observer<T> + ?Sized,
     {
         // ---- checks ----
+        self.ctrl.validate(self.co.k_order())?;
         let dim = sys.dim();
         if y_io.len() != dim {
             return Err(SolveError::DimensionMismatch { expected: dim, found: y_io.len() });
@@ -815,7 +817,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         let mut last = false;
         let mut n_attempts = 0usize;
         let mut saw_nonfinite = false;
-        let k_order = co.error_order.map_or(co.order, |q| q + 1);
+        let k_order = co.k_order();
 
         loop {
             // ---- choose this step ----

@@ -196,7 +196,7 @@ impl AddAssign for Stats {
 
 /// `x` as the `f64` nearest its shortest decimal form, for messages: an `f32` tolerance of
 /// `1e-8` then reads `1e-8`, not `9.99999993922529e-9` (its exact value widened).
-fn shown<T: Real>(x: T) -> f64 {
+pub(crate) fn shown<T: Real>(x: T) -> f64 {
     x.to_string().parse().unwrap_or_else(|_| x.to_f64c())
 }
 
@@ -253,6 +253,18 @@ pub enum SolveError {
         name: &'static str,
         /// Its value.
         value: f64,
+    },
+    /// A setting of the step-size controller is out of range (`name` is the
+    /// [`PiController`](crate::PiController) field; checked when an
+    /// [`Integrator`](crate::Integrator) is built and at the start of every solve).
+    #[error("invalid step controller setting {name} = {}: must be {expected}", Num(*value))]
+    InvalidController {
+        /// The setting's name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+        /// Its valid range, in words.
+        expected: &'static str,
     },
     /// A step-size controller's [`Decision`](crate::Decision) carried a step size that is not
     /// finite and positive (`name` is `h_next` or `h_retry`).

@@ -3,8 +3,8 @@
 
 use odeflow_solvers::problems::{arenstorf, ExpDecay, Harmonic};
 use odeflow_solvers::{
-    solve, Atol, Decision, FnSystem, Integrator, Method, NoObserver, SolveError, SolveOptions,
-    StepController,
+    solve, Atol, Decision, FnSystem, Integrator, Method, NoObserver, PiController, SolveError,
+    SolveOptions, StepController,
 };
 
 fn decay() -> ExpDecay {
@@ -205,6 +205,95 @@ fn a_controller_step_size_must_be_finite_and_positive() {
         let mut y = [1.0];
         let got = integ.integrate(&mut sys, 0.0, f64::MAX, &mut y, &mut NoObserver);
         assert!(got.is_ok() && y[0].to_bits() == 1f64.to_bits(), "{m}: {got:?} {y:?}");
+    }
+}
+
+/// `PiController`'s settings (public through `CnfConfig::controller` in odeflow) are checked
+/// when the integrator is built and again at each solve. Unchecked, `safety = −1` ended in
+/// "non-finite state at t = −14.07" on a solve over [0, 1], `safety = 0` in a step-size
+/// underflow, `beta2 = 100` in "too many steps at t = 0", and `fac_max = −1` was ignored.
+#[test]
+fn pi_controller_settings_are_checked() {
+    // A default controller with one edit (its history fields are private).
+    let pi = |edit: fn(&mut PiController<f64>)| {
+        let mut c = PiController::default();
+        edit(&mut c);
+        c
+    };
+    let bad = [
+        (pi(|c| c.safety = -1.0), "safety", -1.0),
+        (pi(|c| c.safety = 0.0), "safety", 0.0),
+        (pi(|c| c.safety = 1.5), "safety", 1.5),
+        (pi(|c| c.fac_min = Some(0.0)), "fac_min", 0.0),
+        (pi(|c| c.fac_min = Some(1.0)), "fac_min", 1.0),
+        (pi(|c| c.fac_min = Some(-0.5)), "fac_min", -0.5),
+        (pi(|c| c.fac_max = Some(-1.0)), "fac_max", -1.0),
+        (pi(|c| c.fac_max = Some(1.0)), "fac_max", 1.0),
+        (pi(|c| c.fac_max = Some(f64::INFINITY)), "fac_max", f64::INFINITY),
+        (pi(|c| c.beta2 = Some(100.0)), "beta2", 100.0),
+        (pi(|c| c.beta2 = Some(0.21)), "beta2", 0.21),
+        (pi(|c| c.beta2 = Some(-0.01)), "beta2", -0.01),
+    ];
+    for (c, name, value) in bad {
+        let e = Integrator::with_controller(Method::Dopri5, c, SolveOptions::default()).err();
+        let Some(SolveError::InvalidController { name: n, value: v, .. }) = e else {
+            panic!("{name} = {value}: {e:?}")
+        };
+        assert_eq!((n, v), (name, value));
+        // Set after the build: refused by the solve.
+        let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
+        *integ.controller_mut() = c;
+        let mut y = [1.0, 1.0];
+        let got = integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver);
+        assert!(
+            matches!(got, Err(SolveError::InvalidController { name: n, .. }) if n == name),
+            "{name} = {value}: {got:?}"
+        );
+    }
+    for c in [
+        pi(|c| c.safety = f64::NAN),
+        pi(|c| c.fac_min = Some(f64::NAN)),
+        pi(|c| c.fac_max = Some(f64::NAN)),
+        pi(|c| c.beta2 = Some(f64::NAN)),
+    ] {
+        let e = Integrator::with_controller(Method::Dopri5, c, SolveOptions::default()).err();
+        assert!(matches!(e, Some(SolveError::InvalidController { value, .. }) if value.is_nan()));
+    }
+    // β1 = 1/k − 0.75·β2 must stay positive: β2 = 0.18 is Dopri5's (k = 5: β1 = 0.065), not
+    // DOP853's (k = 8: β1 = −0.01, so a rejected step would grow).
+    let c = pi(|c| c.beta2 = Some(0.18));
+    assert!(Integrator::with_controller(Method::Dopri5, c, SolveOptions::default()).is_ok());
+    let e = Integrator::with_controller(Method::Dop853, c, SolveOptions::default()).err();
+    assert!(matches!(e, Some(SolveError::InvalidController { name: "beta2", .. })), "{e:?}");
+    let msg = e.unwrap().to_string();
+    assert!(msg.starts_with("invalid step controller setting beta2 = 0.18: must be in [0, 0.2]"));
+    // The edges of the ranges, the defaults, the elementary controller and the settings the
+    // odeflow tests use are all taken, and solve.
+    let good = [
+        PiController::default(),
+        PiController::elementary(),
+        pi(|c| c.safety = 1.0),
+        pi(|c| c.safety = 0.5),
+        pi(|c| (c.fac_min, c.fac_max) = (Some(0.999), Some(1.001))),
+        pi(|c| c.fac_max = Some(1.2)),
+        pi(|c| c.beta2 = Some(0.0)),
+        pi(|c| c.beta2 = Some(0.1)),
+    ];
+    for c in good {
+        for m in [Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dop853] {
+            let mut integ = Integrator::with_controller(m, c, SolveOptions::default()).unwrap();
+            let mut y = [1.0, 1.0];
+            let got = integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver);
+            assert!(got.is_ok(), "{m} {c:?}: {got:?}");
+            assert!((y[0] - (-1.0f64).exp()).abs() < 1e-5, "{m} {c:?}: {y:?}");
+        }
+    }
+    // Bosh3 (k = 3) and Dopri5 take β2 up to Hairer's 0.2; a tiny safety factor is taken (a
+    // solve with it crawls into too many steps, a clear error of its own).
+    for c in [pi(|c| c.beta2 = Some(0.2)), pi(|c| c.safety = 1e-6)] {
+        for m in [Method::Bosh3, Method::Dopri5] {
+            assert!(Integrator::with_controller(m, c, SolveOptions::default()).is_ok());
+        }
     }
 }
 
