@@ -295,8 +295,10 @@ pub enum SolveError {
         /// Given length.
         found: usize,
     },
-    /// `error_components()` is not within `0..dim()`.
-    #[error("error components {start}..{end} out of range for dimension {dim}")]
+    /// `error_components()` is not within `0..dim()`, or (given to
+    /// [`FnSystem::with_error_components`](crate::FnSystem::with_error_components)) is empty
+    /// while `dim() > 0`.
+    #[error("invalid error components {start}..{end} for a state of dimension {dim}")]
     InvalidErrorComponents {
         /// Range start.
         start: usize,

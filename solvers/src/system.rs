@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::Real;
+use crate::{Real, SolveError};
 
 /// `dy/dt = f(t, y)` on one flat buffer; a batch of B states of dimension d is one buffer of
 /// B·d numbers.
@@ -14,7 +14,10 @@ pub trait OdeSystem<T: Real = f64> {
     fn rhs(&mut self, t: T, y: &[T], dy: &mut [T]);
     /// The components the adaptive error norm sees (the rest are integrated but not
     /// error-controlled: a seminorm, as the adjoint wants for its parameter cotangent).
-    /// Must lie within `0..dim()`.
+    /// Must lie within `0..dim()` (else [`SolveError::InvalidErrorComponents`]). An empty
+    /// range turns error control off (every step is accepted, growing to `h_max`): meant
+    /// only for a system whose controlled part is empty, such as the adjoint of an empty
+    /// batch, whose parameter cotangent then has derivative zero.
     fn error_components(&self) -> Range<usize> {
         0..self.dim()
     }
@@ -97,9 +100,29 @@ impl<F> FnSystem<F> {
         FnSystem { dim, f, error_components: None }
     }
     /// Restricts the error norm to `range` (a seminorm); see [`OdeSystem::error_components`].
-    pub fn with_error_components(mut self, range: Range<usize>) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`SolveError::InvalidErrorComponents`] if `range` does not lie within `0..dim`, or is
+    /// empty while `dim > 0` (that would turn error control off: no component measured).
+    ///
+    /// ```
+    /// use odeflow_solvers::FnSystem;
+    /// let f = |_t: f64, y: &[f64], dy: &mut [f64]| dy.copy_from_slice(y);
+    /// assert!(FnSystem::new(2, f).with_error_components(0..1).is_ok());
+    /// assert_eq!(
+    ///     FnSystem::new(2, f).with_error_components(1..1).err().map(|e| e.to_string()),
+    ///     Some("invalid error components 1..1 for a state of dimension 2".into())
+    /// );
+    /// ```
+    pub fn with_error_components(mut self, range: Range<usize>) -> Result<Self, SolveError> {
+        let dim = self.dim;
+        if range.start > range.end || range.end > dim || (range.is_empty() && dim > 0) {
+            let (start, end) = (range.start, range.end);
+            return Err(SolveError::InvalidErrorComponents { start, end, dim });
+        }
         self.error_components = Some(range);
-        self
+        Ok(self)
     }
 }
 

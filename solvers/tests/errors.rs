@@ -3,8 +3,8 @@
 
 use odeflow_solvers::problems::{arenstorf, ExpDecay, Harmonic};
 use odeflow_solvers::{
-    solve, Atol, Decision, FnSystem, Integrator, Method, NoObserver, PiController, SolveError,
-    SolveOptions, StepController,
+    solve, Atol, Decision, FnSystem, Integrator, Method, NoObserver, OdeSystem, PiController,
+    SolveError, SolveOptions, StepController,
 };
 
 fn decay() -> ExpDecay {
@@ -99,12 +99,54 @@ fn dimension_mismatches() {
         integ.integrate_at(&mut decay(), 0.0, &[0.5, 1.0, 2.0], &mut y, &mut out),
         Err(SolveError::DimensionMismatch { expected: 6, found: 5 })
     );
-    let mut sys = FnSystem::new(2, |_t: f64, y: &[f64], dy: &mut [f64]| dy.copy_from_slice(y))
-        .with_error_components(1..3);
+    // A system of its own whose error range overshoots its state (FnSystem refuses to be
+    // built with one, below).
+    struct Overshoots;
+    impl OdeSystem<f64> for Overshoots {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn rhs(&mut self, _t: f64, y: &[f64], dy: &mut [f64]) {
+            dy.copy_from_slice(y)
+        }
+        fn error_components(&self) -> std::ops::Range<usize> {
+            1..3
+        }
+    }
     assert_eq!(
-        integ.integrate(&mut sys, 0.0, 1.0, &mut y, &mut NoObserver),
+        integ.integrate(&mut Overshoots, 0.0, 1.0, &mut y, &mut NoObserver),
         Err(SolveError::InvalidErrorComponents { start: 1, end: 3, dim: 2 })
     );
+}
+
+/// `FnSystem::with_error_components` takes a non-empty range within the state: an empty one
+/// turned error control off (a solve of y' = y at rtol 1e-6 erred by 1.4e-2), one past the
+/// end would fail at every solve.
+#[test]
+fn fn_system_error_components_are_checked_when_given() {
+    let f = |_t: f64, y: &[f64], dy: &mut [f64]| dy.copy_from_slice(y);
+    for (r, dim) in [(1..1, 2), (0..0, 2), (2..2, 2), (1..3, 2), (0..1, 0)] {
+        let e = FnSystem::new(dim, f).with_error_components(r.clone()).err();
+        let want = SolveError::InvalidErrorComponents { start: r.start, end: r.end, dim };
+        assert_eq!(e, Some(want), "{r:?} in dimension {dim}");
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = FnSystem::new(2, f).with_error_components(2..1).err();
+    assert!(matches!(backwards, Some(SolveError::InvalidErrorComponents { .. })));
+    assert_eq!(
+        FnSystem::new(2, f).with_error_components(1..1).err().unwrap().to_string(),
+        "invalid error components 1..1 for a state of dimension 2"
+    );
+    // Within the state: taken, and the solve controls component 0 only (to its tolerance).
+    for r in [0..1, 1..2, 0..2] {
+        assert!(FnSystem::new(2, f).with_error_components(r).is_ok());
+    }
+    assert!(FnSystem::new(0, f).with_error_components(0..0).is_ok(), "an empty state");
+    let mut sys = FnSystem::new(2, f).with_error_components(0..1).unwrap();
+    let (y, _) =
+        solve(Method::Dopri5, &mut sys, 0.0, 1.0, &[1.0, 1.0], &SolveOptions::tol(1e-6, 1e-9))
+            .unwrap();
+    assert!((y[0] - 1f64.exp()).abs() < 1e-5, "{y:?}");
 }
 
 /// A controller that accepts every step and keeps its size.
