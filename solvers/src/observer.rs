@@ -87,10 +87,19 @@ impl<'a, T: Real> StepView<'a, T> {
     /// Writes the dense-output interpolant at `t` into `out` (`t` should lie in the step;
     /// outside it the polynomial extrapolates). See [`DenseOutput`](crate::DenseOutput) for
     /// the formulas.
+    ///
+    /// # Errors
+    ///
+    /// [`SolveError::InvalidTime`] if `t` is not finite (NaN or infinite: nothing to
+    /// extrapolate to), [`SolveError::DimensionMismatch`] if `out` is not as long as the
+    /// state, [`SolveError::DenseOutputUnavailable`] if the observer declined dense output.
     pub fn interpolate(&self, t: T, out: &mut [T]) -> Result<(), SolveError> {
         let n = self.y_start.len();
         if out.len() != n {
             return Err(SolveError::DimensionMismatch { expected: n, found: out.len() });
+        }
+        if !t.is_finite() {
+            return Err(SolveError::InvalidTime { t: t.to_f64c() });
         }
         let theta = (t - self.t_start) / self.h;
         match self.dense {

@@ -339,6 +339,41 @@ fn pi_controller_settings_are_checked() {
     }
 }
 
+/// `StepView::interpolate` at a time that is not finite is an error (it wrote NaN and
+/// returned `Ok`); outside the step it extrapolates, as documented.
+#[test]
+fn interpolate_at_a_non_finite_time_is_an_error() {
+    use odeflow_solvers::{FnObserver, StepView};
+    use std::ops::ControlFlow;
+    for m in [Method::Dopri5, Method::Dop853, Method::Rk4] {
+        let opts = if m.is_adaptive() { SolveOptions::default() } else { SolveOptions::fixed(0.1) };
+        let mut integ = Integrator::new(m, opts).unwrap();
+        let mut seen = Vec::new();
+        let mut obs = FnObserver(|s: &StepView<'_, f64>| {
+            let mut out = [0.0; 2];
+            for t in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                seen.push((t, s.interpolate(t, &mut out), out));
+            }
+            // Just past the step's end: extrapolated, finite, close to y_end.
+            let past = s.interpolate(s.t_end() + 1e-3 * s.h(), &mut out);
+            assert!(past.is_ok() && (out[0] - s.y_end()[0]).abs() < 1e-2, "{past:?} {out:?}");
+            ControlFlow::Break(())
+        });
+        let mut y = [1.0, 1.0];
+        integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut obs).unwrap();
+        assert_eq!(seen.len(), 3, "{m}");
+        for (t, got, out) in seen {
+            match got {
+                Err(SolveError::InvalidTime { t: bad }) => {
+                    assert!(bad.to_bits() == t.to_bits(), "{m}: {bad} for {t}")
+                }
+                other => panic!("{m}: interpolate({t}) gave {other:?}"),
+            }
+            assert_eq!(out.map(f64::to_bits), [0; 2], "{m}: out is left untouched on error");
+        }
+    }
+}
+
 #[test]
 fn invalid_and_empty_times() {
     let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();
