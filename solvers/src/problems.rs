@@ -1,5 +1,11 @@
 //! A catalogue of reference problems with exact (or reference) solutions, shared by the
 //! tests, the benchmarks and the examples.
+//!
+//! Their parameters are public fields and their exact solutions return plain numbers, to be
+//! compared against: a parameter or buffer a solution cannot take is a bug in the calling
+//! test, reported by a panic with a message (each `# Panics` section says when), not by a
+//! `Result` that every comparison would unwrap. The systems themselves
+//! ([`OdeSystem::rhs`]) are called by the integrators with buffers of length `dim()`.
 #![allow(clippy::excessive_precision)]
 
 use crate::{OdeSystem, Real};
@@ -15,7 +21,12 @@ pub struct ExpDecay {
 
 impl ExpDecay {
     /// Exact solution at `t` from `y0` at 0.
+    ///
+    /// # Panics
+    ///
+    /// If `out` is not as long as `y0` (it would be filled only in part).
     pub fn exact<T: Real>(&self, y0: &[T], t: T, out: &mut [T]) {
+        assert_eq!(out.len(), y0.len(), "ExpDecay::exact: out and y0 differ in length");
         let f = (-T::from_f64c(self.lambda) * t).exp();
         for (o, &y) in out.iter_mut().zip(y0) {
             *o = y * f;
@@ -35,19 +46,38 @@ impl<T: Real> OdeSystem<T> for ExpDecay {
     }
 }
 
-/// Harmonic oscillator `x'' = −ω² x` as `(x, v)`, exact `x = x0 cos ωt + v0/ω sin ωt`.
+/// Harmonic oscillator `x'' = −ω² x` as `(x, v)`, exact `x = x0 cos ωt + v0/ω sin ωt`
+/// (`x0 + v0·t` at ω = 0, a free particle).
 #[derive(Debug, Clone, Copy)]
 pub struct Harmonic {
-    /// Angular frequency ω.
+    /// Angular frequency ω (finite; 0 is the free particle).
     pub omega: f64,
 }
 
 impl Harmonic {
     /// Exact solution at `t` from `y0 = (x0, v0)` at 0.
+    ///
+    /// # Panics
+    ///
+    /// If `y0` is not of length 2, or ω or `t` is not finite.
     pub fn exact<T: Real>(&self, y0: &[T], t: T) -> [T; 2] {
+        assert_eq!(y0.len(), 2, "Harmonic::exact: y0 must be (x0, v0)");
+        assert!(
+            self.omega.is_finite() && t.is_finite(),
+            "Harmonic::exact: omega = {} and t = {t} must be finite",
+            self.omega
+        );
         let w = T::from_f64c(self.omega);
-        let (c, s) = ((w * t).cos(), (w * t).sin());
-        [y0[0] * c + y0[1] / w * s, -y0[0] * w * s + y0[1] * c]
+        let wt = w * t;
+        let (c, s) = (wt.cos(), wt.sin());
+        // sin(ωt)/ω; where |ωt| is tiny (ω = 0 included, which divides 0 by 0) its series
+        // `t·(1 − (ωt)²/6)`, exact to round-off there.
+        let sin_over_w = if wt.abs() < T::from_f64c(1e-4) {
+            t * (T::one() - wt * wt / T::from_f64c(6.0))
+        } else {
+            s / w
+        };
+        [y0[0] * c + y0[1] * sin_over_w, -y0[0] * w * s + y0[1] * c]
     }
 }
 
@@ -76,7 +106,12 @@ impl Linear2 {
         [[e * c, e * s], [-e * s, e * c]]
     }
     /// Exact solution at `t` from `y0` at 0.
+    ///
+    /// # Panics
+    ///
+    /// If `y0` is not of length 2.
     pub fn exact<T: Real>(y0: &[T], t: T) -> [T; 2] {
+        assert_eq!(y0.len(), 2, "Linear2::exact: y0 must have length 2");
         let m = Self::expm(t.to_f64c());
         let (a, b) = (y0[0].to_f64c(), y0[1].to_f64c());
         [T::from_f64c(m[0][0] * a + m[0][1] * b), T::from_f64c(m[1][0] * a + m[1][1] * b)]
@@ -188,8 +223,15 @@ pub struct Kepler {
 
 impl Kepler {
     /// The exact state `(x, y, x', y')` at time `t` (`t = 0` is the initial state).
+    ///
+    /// # Panics
+    ///
+    /// If `e` is not in [0, 1) (no closed orbit: Kepler's equation as solved here and the
+    /// factor `sqrt(1 − e²)` need an ellipse), or `t` is not finite.
     pub fn exact(&self, t: f64) -> [f64; 4] {
         let e = self.e;
+        assert!((0.0..1.0).contains(&e), "Kepler::exact: eccentricity e = {e} is not in [0, 1)");
+        assert!(t.is_finite(), "Kepler::exact: t = {t} is not finite");
         let mut ea = t;
         for _ in 0..60 {
             let step = (ea - e * ea.sin() - t) / (1.0 - e * ea.cos());
@@ -293,8 +335,20 @@ impl MlpBatch {
     }
 
     /// Writes `f(y)` for the whole batch into `dy` (the same code serves every caller).
+    ///
+    /// # Panics
+    ///
+    /// If `y` or `dy` is not of length `2·batch` (a shorter `dy` would be filled only in
+    /// part, or not at all).
     #[inline]
     pub fn eval(&self, y: &[f64], dy: &mut [f64]) {
+        let n = 2 * self.batch;
+        assert!(
+            y.len() == n && dy.len() == n,
+            "MlpBatch::eval: y and dy have lengths {} and {}, expected 2·batch = {n}",
+            y.len(),
+            dy.len()
+        );
         let h = self.hidden;
         let (w1, b1, w2) = (&self.w1[..2 * h], &self.b1[..h], &self.w2[..2 * h]);
         let (w2a, w2b) = w2.split_at(h);
@@ -319,5 +373,99 @@ impl OdeSystem<f64> for MlpBatch {
     #[inline]
     fn rhs(&mut self, _t: f64, y: &[f64], dy: &mut [f64]) {
         self.eval(y, dy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{solve, Method, SolveOptions};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// Runs `f`, which must panic with a message containing `want`.
+    fn panics_with(want: &str, f: impl FnOnce()) {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err(want);
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains(want), "{msg:?} does not contain {want:?}");
+    }
+
+    /// ω = 0 is the free particle `x0 + v0·t` (it gave NaN, 0/0), and ω near 0 approaches it;
+    /// a solve of the same system agrees.
+    #[test]
+    fn harmonic_at_zero_frequency_is_a_free_particle() {
+        let y0 = [1.0f64, 2.0];
+        let free = Harmonic { omega: 0.0 }.exact(&y0, 3.0);
+        assert!((free[0] - 7.0).abs() < 1e-15 && (free[1] - 2.0).abs() < 1e-15, "{free:?}");
+        for omega in [1e-300, -1e-300, 1e-9, 1e-6] {
+            let near = Harmonic { omega }.exact(&y0, 3.0);
+            assert!((near[0] - 7.0).abs() < 1e-10 && (near[1] - 2.0).abs() < 1e-10, "{near:?}");
+        }
+        // Where the series is used (|ωt| < 1e-4) it agrees with sin(ωt)/ω to round-off.
+        for (omega, t) in [(1e-5, 9.99), (0.5, 1.9e-4), (-2.0, 4.9e-5)] {
+            let x = Harmonic { omega }.exact(&y0, t)[0];
+            let direct = (omega * t).cos() + 2.0 * (omega * t).sin() / omega;
+            assert!((x - direct).abs() <= 4.0 * f64::EPSILON * direct.abs(), "{x} vs {direct}");
+        }
+        let f32_free = Harmonic { omega: 0.0 }.exact(&[1.0f32, 2.0], 3.0);
+        assert!((f32_free[0] - 7.0).abs() < 1e-6, "{f32_free:?}");
+        let mut sys = Harmonic { omega: 0.0 };
+        let (y, _) =
+            solve(Method::Dopri5, &mut sys, 0.0, 3.0, &y0, &SolveOptions::tol(1e-8, 1e-8)).unwrap();
+        assert!((y[0] - free[0]).abs() < 1e-7 && (y[1] - free[1]).abs() < 1e-7, "{y:?}");
+        // A usual frequency is unchanged: x = cos t for (1, 0).
+        let one = Harmonic { omega: 1.0 }.exact(&[1.0, 0.0], 2.0);
+        assert!((one[0] - 2f64.cos()).abs() < 1e-15 && (one[1] + 2f64.sin()).abs() < 1e-15);
+    }
+
+    /// The exact solutions refuse what they cannot take, with a message (a short `y0`
+    /// panicked on an index; e ≥ 1 gave NaN; a short output buffer was filled in part).
+    #[test]
+    fn exact_solutions_refuse_bad_input() {
+        panics_with("Harmonic::exact: y0 must be (x0, v0)", || {
+            Harmonic { omega: 1.0 }.exact(&[1.0], 0.5);
+        });
+        panics_with("Harmonic::exact: y0 must be (x0, v0)", || {
+            Harmonic { omega: 1.0 }.exact(&[1.0, 0.0, 0.0], 0.5);
+        });
+        panics_with("omega = NaN and t = 0.5 must be finite", || {
+            Harmonic { omega: f64::NAN }.exact(&[1.0, 0.0], 0.5);
+        });
+        panics_with("Linear2::exact: y0 must have length 2", || {
+            Linear2::exact(&[1.0], 0.5);
+        });
+        panics_with("ExpDecay::exact: out and y0 differ in length", || {
+            ExpDecay { dim: 2, lambda: 1.0 }.exact(&[1.0, 2.0], 0.5, &mut [0.0]);
+        });
+        for e in [2.0, 1.0, -0.1, f64::NAN, f64::INFINITY] {
+            panics_with("is not in [0, 1)", || {
+                Kepler { e }.exact(1.0);
+            });
+        }
+        panics_with("Kepler::exact: t = inf is not finite", || {
+            Kepler { e: 0.5 }.exact(f64::INFINITY);
+        });
+        // In range: the perihelion start (1 − e, 0, 0, sqrt((1 + e)/(1 − e))).
+        let y0 = Kepler { e: 0.0 }.exact(0.0);
+        assert!((y0[0] - 1.0).abs() < 1e-15 && (y0[3] - 1.0).abs() < 1e-15, "{y0:?}");
+    }
+
+    /// `MlpBatch::eval` with a buffer of the wrong length panics with the lengths (a short
+    /// `dy` was silently left unwritten); the right lengths fill the whole of `dy`.
+    #[test]
+    fn mlp_batch_eval_checks_its_buffers() {
+        let mlp = MlpBatch::new(3, 4, 7);
+        let y = mlp.initial_state(1);
+        panics_with("y and dy have lengths 6 and 5, expected 2·batch = 6", || {
+            mlp.eval(&y, &mut [0.0; 5]);
+        });
+        panics_with("y and dy have lengths 6 and 0", || mlp.eval(&y, &mut []));
+        panics_with("y and dy have lengths 4 and 4", || mlp.eval(&y[..4], &mut [0.0; 4]));
+        let mut dy = [f64::NAN; 6];
+        mlp.eval(&y, &mut dy);
+        assert!(dy.iter().all(|v| v.is_finite()), "{dy:?}");
     }
 }
