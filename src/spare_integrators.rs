@@ -72,7 +72,7 @@ impl<T: Real> SpareIntegrators<T> {
             None => Integrator::with_controller(method, ctrl, opts)?,
         };
         if dim > 0 {
-            integ.reserve(dim);
+            integ.reserve(dim)?;
         }
         Ok(integ)
     }

@@ -131,6 +131,28 @@ struct Workspace<T> {
     dense: Vec<T>,
 }
 
+impl<T: Real> Workspace<T> {
+    /// Resizes every buffer for states of length `dim` (its `dim` field is left to the
+    /// caller); `None` on a size that overflows or an allocation refused, where `resize`
+    /// would panic or abort.
+    fn size(&mut self, co: &Coeffs<T>, dim: usize) -> Option<()> {
+        // `Vec::resize`'s growth policy, with the allocation's failure reported.
+        fn fit<T: Real>(v: &mut Vec<T>, n: usize) -> Option<()> {
+            if n > v.len() {
+                v.try_reserve(n - v.len()).ok()?;
+            }
+            v.resize(n, T::zero());
+            Some(())
+        }
+        fit(&mut self.k, co.total_stages.checked_mul(dim)?)?;
+        for v in [&mut self.y, &mut self.y_new, &mut self.y_stage, &mut self.err, &mut self.f_new] {
+            fit(v, dim)?;
+        }
+        fit(&mut self.err3, if co.blended { dim } else { 0 })?;
+        fit(&mut self.dense, co.n_dense_rows().checked_mul(dim)?)
+    }
+}
+
 /// States up to this length use the fused scalar kernels (one pass over the state with the
 /// stage sum innermost); longer ones use streaming axpy passes that vectorise.
 const SMALL_DIM: usize = 32;
@@ -574,21 +596,27 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     }
 
     /// Sizes the workspace for states of length `dim` now (otherwise the first solve does).
-    pub fn reserve(&mut self, dim: usize) {
+    ///
+    /// # Errors
+    ///
+    /// [`SolveError::WorkspaceTooLarge`] if the buffers' sizes overflow or the allocator
+    /// refuses them (the workspace is then left empty, sized for nothing). Unlike
+    /// `Vec::reserve`, which panics on a capacity overflow, this sizes what a solve needs,
+    /// and a solve reports the same error.
+    pub fn reserve(&mut self, dim: usize) -> Result<(), SolveError> {
         let co = &self.co;
         let ws = &mut self.ws;
         if ws.dim == dim && !ws.y.is_empty() {
-            return;
+            return Ok(());
+        }
+        if ws.size(co, dim).is_none() {
+            // Marked as sized for nothing: the next call resizes every buffer.
+            ws.dim = 0;
+            ws.y.clear();
+            return Err(SolveError::WorkspaceTooLarge { dim });
         }
         ws.dim = dim;
-        ws.k.resize(co.total_stages * dim, T::zero());
-        ws.y.resize(dim, T::zero());
-        ws.y_new.resize(dim, T::zero());
-        ws.y_stage.resize(dim, T::zero());
-        ws.err.resize(dim, T::zero());
-        ws.err3.resize(if co.blended { dim } else { 0 }, T::zero());
-        ws.f_new.resize(dim, T::zero());
-        ws.dense.resize(co.n_dense_rows() * dim, T::zero());
+        Ok(())
     }
 
     /// Integrates `y` from `t0` to `t1` in place (`t1 < t0` runs backward), calling `obs`
@@ -751,7 +779,7 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         if y_io.iter().any(|x| !x.is_finite()) {
             return Err(SolveError::NonFinite { t: t0.to_f64c() });
         }
-        self.reserve(dim);
+        self.reserve(dim)?;
 
         let Integrator { ctrl, opts, co, ws, end_f, .. } = self;
         let co: &Coeffs<T> = co;

@@ -356,6 +356,14 @@ pub enum SolveError {
         /// The limit.
         max_steps: usize,
     },
+    /// The workspace for states of length `dim` (the stages, the candidate, the error and the
+    /// dense-output rows, a few dozen times `dim` numbers) is larger than the address space
+    /// allows, or the allocator refused it.
+    #[error("the solver workspace for states of length {dim} is too large to allocate")]
+    WorkspaceTooLarge {
+        /// The state length asked for.
+        dim: usize,
+    },
     /// [`crate::StepView::interpolate`] was called but the observer declined dense output.
     #[error("dense output was not computed (Observer::wants_dense returned false)")]
     DenseOutputUnavailable,

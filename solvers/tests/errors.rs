@@ -374,6 +374,32 @@ fn interpolate_at_a_non_finite_time_is_an_error() {
     }
 }
 
+/// Sizing the workspace past what can be addressed is an error, not a "capacity overflow"
+/// panic, and leaves the integrator usable.
+#[test]
+fn reserving_an_impossible_workspace_is_an_error() {
+    for m in [Method::Euler, Method::Dopri5, Method::Dop853] {
+        let opts = if m.is_adaptive() { SolveOptions::default() } else { SolveOptions::fixed(0.1) };
+        let mut integ = Integrator::<f64>::new(m, opts).unwrap();
+        integ.reserve(2).unwrap();
+        assert_eq!(integ.workspace_dim(), 2);
+        // The element count overflows usize (stages × dim), or the byte count isize::MAX.
+        for dim in [usize::MAX / 4, usize::MAX, usize::MAX / 64, (isize::MAX as usize) / 8 + 1] {
+            assert_eq!(integ.reserve(dim), Err(SolveError::WorkspaceTooLarge { dim }), "{m}");
+            assert_eq!(integ.workspace_dim(), 0, "{m}: sized for nothing after the failure");
+        }
+        assert_eq!(
+            SolveError::WorkspaceTooLarge { dim: 7 }.to_string(),
+            "the solver workspace for states of length 7 is too large to allocate"
+        );
+        let mut y = [1.0, 1.0];
+        integ.integrate(&mut decay(), 0.0, 1.0, &mut y, &mut NoObserver).unwrap();
+        assert_eq!(integ.workspace_dim(), 2);
+        let want = if m.is_adaptive() { (-1.0f64).exp() } else { 0.9f64.powi(10) };
+        assert!((y[0] - want).abs() < 1e-5, "{m}: {y:?}");
+    }
+}
+
 #[test]
 fn invalid_and_empty_times() {
     let mut integ = Integrator::new(Method::Dopri5, SolveOptions::default()).unwrap();

@@ -669,7 +669,7 @@ fn ode_forward_here<'a, T: Real, F: VectorField<T>>(
     let n = b * d;
     let mut integ = Integrator::new(spec.method, spec.options.clone())
         .map_err(|source| Error::Solve { block: 0, source })?;
-    integ.reserve(n);
+    integ.reserve(n).map_err(|source| Error::Solve { block: 0, source })?;
     let mut state = y0.to_vec();
     let mut states = Vec::with_capacity(spec.t_obs.len() * n);
     let mut segs = Vec::with_capacity(spec.t_obs.len());
