@@ -51,6 +51,15 @@ pub enum Error {
         /// Its value (as f64).
         value: f64,
     },
+    /// An Adam step would overflow a parameter's moments (a gradient whose square is not
+    /// finite in the float type); the step is not taken.
+    #[error("the Adam step was not taken: the moments of parameter {index} would overflow (gradient {gradient})")]
+    MomentOverflow {
+        /// Index into the parameter vector.
+        index: usize,
+        /// The parameter's gradient (as f64).
+        gradient: f64,
+    },
     /// A configuration value is out of range.
     #[error("invalid {name} = {value}: {expected}")]
     InvalidConfig {

@@ -630,6 +630,25 @@ mod training {
         assert_eq!(tr.iteration(), 1);
     }
 
+    /// A step Adam refuses (lr 1e308: θ would be infinite) leaves the whole trainer as it
+    /// was, its random generator included (it had drawn the batch and was not restored, so a
+    /// saved state no longer repeated the run).
+    #[test]
+    fn a_refused_adam_step_leaves_the_trainer_as_it_was() {
+        let adam = AdamConfig { lr: 1e308, ..Default::default() };
+        let cfg = FlowTrainConfig { adam, ..small_cfg() };
+        let mut tr =
+            FlowTrainer::new(realnvp(2, &[4]), DataSource::Toy(Toy::Moons), None, cfg).unwrap();
+        let before = tr.state();
+        match tr.step() {
+            Err(Error::Training { iteration: 1, source }) => {
+                assert!(matches!(*source, Error::NonFiniteParameter { .. }), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(tr.state() == before);
+    }
+
     #[test]
     fn realnvp_learns_8gaussians() {
         let (before, after) = train(realnvp(6, &[32, 32]), Toy::EightGaussians, 500);

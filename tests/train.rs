@@ -174,6 +174,15 @@ fn adam_refuses_non_finite_steps_and_bad_states() {
     assert!(th[0].is_finite() && th[0] < 1.0);
     let r = adam.step(&mut th, &[0.5]);
     assert!(matches!(r, Err(Error::InvalidConfig { name: "adam t", .. })), "{r:?}");
+    assert!(adam.next_lr().is_finite()); // (t + 1 overflowed)
+                                         // A gradient whose square overflows: θ would stay finite (m/∞ = 0) but v = ∞, a state
+                                         // from_state refuses and a parameter frozen for good; refused, nothing changed.
+    let mut adam = Adam::<f64>::new(AdamConfig::default(), 2).unwrap();
+    let mut th = vec![1.0, 2.0];
+    let r = adam.step(&mut th, &[0.1, 1e160]);
+    assert!(matches!(r, Err(Error::MomentOverflow { index: 1, .. })), "{r:?}");
+    assert_eq!((th.as_slice(), adam.t()), ([1.0, 2.0].as_slice(), 0));
+    assert_eq!(adam.moments(), ([0.0; 2].as_slice(), [0.0; 2].as_slice()));
 }
 
 #[test]

@@ -291,7 +291,12 @@ impl<T: Real> FlowTrainer<T> {
                 return Err(wrap(e));
             }
         };
-        self.adam.step(self.model.params_mut(), &self.grad).map_err(wrap)?;
+        if let Err(e) = self.adam.step(self.model.params_mut(), &self.grad) {
+            // Adam refuses a step that would leave a parameter non-finite, changing nothing:
+            // the trainer too is as before the call.
+            self.rng = rng_before;
+            return Err(wrap(e));
+        }
         self.iteration = it;
         Ok(Progress {
             iteration: it,

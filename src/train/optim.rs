@@ -265,13 +265,14 @@ impl<T: Real> Adam<T> {
 
     /// The learning rate the next step will use, α_{t+1}.
     pub fn next_lr(&self) -> f64 {
-        self.cfg.schedule.lr(self.cfg.lr, self.t + 1)
+        self.cfg.schedule.lr(self.cfg.lr, self.t.saturating_add(1))
     }
 
     /// One step on the flat vector `params` with gradient `grad` (same length as the
     /// optimizer). A non-finite gradient is refused before anything changes, and so is a
     /// step that would make a parameter non-finite ([`Error::NonFiniteParameter`], e.g. a
-    /// huge learning rate): parameters, moments and `t` are then as before the call.
+    /// huge learning rate) or its moments ([`Error::MomentOverflow`], a gradient whose
+    /// square overflows): parameters, moments and `t` are then as before the call.
     pub fn step(&mut self, params: &mut [T], grad: &[T]) -> Result<(), Error> {
         self.step_slices(&mut [params], &[grad])
     }
@@ -320,18 +321,23 @@ impl<T: Real> Adam<T> {
             // torch.addcdiv(θ, m, denom, value = −step): θ + (−step · m) / denom.
             (m, v, th + (-step_size * m) / denom)
         };
-        // First pass: check that every updated parameter is finite, changing nothing (no
-        // copy to roll back to); second pass: the same arithmetic, stored.
+        // First pass: check that every updated parameter and moment is finite, changing
+        // nothing (no copy to roll back to); second pass: the same arithmetic, stored. (A
+        // gradient whose square overflows makes v = ∞ while θ stays finite: a state that
+        // `from_state` refuses, and a parameter frozen for good.)
         let mut i = 0;
         for (p, g) in params.iter().zip(grads) {
             for (&th, &gr) in p.iter().zip(g.iter()) {
-                let (_, _, th) = update(self.m[i], self.v[i], th, gr);
+                let (m, v, th) = update(self.m[i], self.v[i], th, gr);
                 if !th.is_finite() {
                     return Err(Error::NonFiniteParameter {
                         what: "would result from the Adam step, which was not taken",
                         index: i,
                         value: th.to_f64c(),
                     });
+                }
+                if !(m.is_finite() && v.is_finite()) {
+                    return Err(Error::MomentOverflow { index: i, gradient: gr.to_f64c() });
                 }
                 i += 1;
             }
