@@ -1226,8 +1226,14 @@ fn runs_inputs_and_logs_are_protected() {
 
 /// Runs `args` with `input` on standard input; returns its output.
 fn odeflow_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    odeflow_with_stdin_in(Path::new("."), args, input)
+}
+
+/// [`odeflow_with_stdin`] in the working directory `cwd`.
+fn odeflow_with_stdin_in(cwd: &Path, args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_odeflow"))
+        .current_dir(cwd)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1250,12 +1256,12 @@ fn dash_reads_standard_input_and_writes_standard_output() {
     let file = dir.join("s.csv");
     let args = ["sample", "--model", &model, "-n", "30", "--seed", "2", "--with-log-prob"];
     ok(&[&args[..], &["--output", &s(&file)]].concat());
-    let out = odeflow(&[&args[..], &["--output", "-"]].concat());
+    let out = odeflow_with_stdin_in(dir, &[&args[..], &["--output", "-"]].concat(), b"");
     assert!(out.status.success());
     assert_eq!(out.stdout, std::fs::read(&file).unwrap());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sampled 30 points") && err.contains("wrote standard output"), "{err}");
-    assert!(!dir.join("-").exists());
+    assert!(!dir.join("-").exists()); // (it wrote a file named `-`)
 
     // The samples piped back in: the log-densities the library gives, bit for bit.
     let sp = read_csv(&file, Some(3)).unwrap();
@@ -1291,15 +1297,18 @@ fn dash_reads_standard_input_and_writes_standard_output() {
         assert!(!err.contains("panicked"), "{err}");
     }
 
-    // A run trained on piped points resumes from the same points piped again.
+    // A run trained on piped points resumes from the same points piped again, also beside
+    // a file named `-` (it was recorded as the data, and the resume read it).
+    std::fs::write(dir.join("-"), "x,y\n9,9\n8,8\n7,7\n6,6\n5,5\n").unwrap();
     let run = s(&dir.join("run"));
     let mut train: Vec<&str> = vec!["train", "--data", "-", "--quiet", "--no-plot"];
     train.extend(SMALL);
     train.extend(["--out", run.as_str()]);
-    let first = odeflow_with_stdin(&[&train[..], &["--iterations", "2"]].concat(), &points);
+    let first_args = [&train[..], &["--iterations", "2"]].concat();
+    let first = odeflow_with_stdin_in(dir, &first_args, &points);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let resume = [&train[..], &["--iterations", "3", "--resume"]].concat();
-    let again = odeflow_with_stdin(&resume, &points);
+    let again = odeflow_with_stdin_in(dir, &resume, &points);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let other = odeflow_with_stdin(&resume, &points[..points.len() - 2]); // one digit less
     let err = String::from_utf8_lossy(&other.stderr);

@@ -152,7 +152,8 @@ fn load_data(
     }
     // A new run keeps the file's full path, so that --resume finds it from any working
     // directory.
-    if !a.resume {
+    // (Not `-`: a file of that name in the working directory is not standard input.)
+    if !a.resume && !is_std_stream(path) {
         if let Ok(full) = std::fs::canonicalize(path) {
             a.data = full.to_string_lossy().into_owned();
         }
