@@ -1345,14 +1345,20 @@ fn train_keeps_the_model_of_the_best_test_nll() {
         tests.iter().copied().fold((0, f64::INFINITY), |b, t| if t.1 < b.1 { t } else { b });
     // The settings are chosen so that the test NLL rises at the end (the check is then not
     // just of the last model).
-    assert!(j < 40, "best at iteration {j}: {tests:?}");
+    assert!(j > 33 && j < 40, "best at iteration {j}: {tests:?}");
     assert!(msg.contains(&format!("best test NLL {v:.4} at iteration {j}")), "{msg}");
-    // The same model gives the same bytes.
+    // The file is marked with its iteration and test NLL; the same model (and mark) gives
+    // the same bytes: those of the best model of a run stopped there, whose last model it
+    // is (the same parameters).
+    let at = odeflow::io::read_training_point(dir.join("a/best.safetensors")).unwrap();
+    assert_eq!(at, Some(odeflow::io::TrainingPoint { iteration: j, test_nll: v }));
     let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
     let best = read("a/best.safetensors");
-    assert!(best != read("a/model.safetensors"));
     run("b", &["--iterations", &j.to_string()]);
-    assert!(best == read("b/model.safetensors"));
+    assert!(best == read("b/best.safetensors"));
+    let best_params = load_params(&dir.join("a/best.safetensors"));
+    assert!(best_params == load_params(&dir.join("b/model.safetensors")));
+    assert!(best_params != load_params(&dir.join("a/model.safetensors")));
     // Resumed before its best iteration and after it: the same best model.
     run("c", &["--iterations", "30"]);
     run("c", &["--iterations", "40", "--resume"]);
@@ -1360,6 +1366,20 @@ fn train_keeps_the_model_of_the_best_test_nll() {
     run("d", &["--iterations", &(j + 1).to_string()]);
     run("d", &["--iterations", "40", "--resume"]);
     assert!(best == read("d/best.safetensors"));
+    // A run killed after writing its best model, before its log (written when train
+    // returns): its state and log are from its last checkpoint, at 30, the best model from
+    // later. Resumed to 33, it keeps that best model (the log's best, at 30, let iteration
+    // 33's replace it).
+    let (e, log_30, state_30) = (dir.join("e"), "e/log.30", "e/state.30");
+    run("e", &["--iterations", "30"]);
+    std::fs::copy(e.join("train_log.csv"), dir.join(log_30)).unwrap();
+    std::fs::copy(e.join("train_state.bin"), dir.join(state_30)).unwrap();
+    run("e", &["--iterations", "40", "--resume"]);
+    std::fs::copy(dir.join(log_30), e.join("train_log.csv")).unwrap();
+    std::fs::copy(dir.join(state_30), e.join("train_state.bin")).unwrap();
+    let msg = run("e", &["--iterations", "33", "--resume"]);
+    assert!(best == read("e/best.safetensors"));
+    assert!(msg.contains(&format!("best test NLL {v:.4} at iteration {j}")), "{msg}");
     // A new run over the old one starts without the old best model.
     let out = s(&dir.join("a"));
     let mut args = vec!["train", "--iterations", "3", "--test-every", "0", "--overwrite"];

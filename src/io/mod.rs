@@ -7,7 +7,10 @@ mod npy;
 
 pub use checkpoint::load_peer_checkpoint;
 pub use csv::{read_csv, write_csv, write_csv_to, CsvError, Points};
-pub use model::{load_cnf, load_flow, load_model, save_cnf, save_flow, Model, ModelFileError};
+pub use model::{
+    load_cnf, load_flow, load_model, read_training_point, save_cnf, save_cnf_at, save_flow,
+    save_flow_at, Model, ModelFileError, TrainingPoint,
+};
 pub use npy::{
     read_npy, read_npy_matrix, remove_stale_temporaries, write_atomically, write_npy, Array,
     FileOp, NpyError, NpzReader,

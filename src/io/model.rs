@@ -244,9 +244,37 @@ pub fn parse_trace(s: &str) -> Option<TraceEstimator> {
 
 const PREFIX: &str = "odefunc.odefunc.diffeq.";
 
+/// Where in a training run a model file was saved: the iteration and the model's test NLL
+/// then. Kept in the file's metadata as `training` (JSON) by [`save_cnf_at`] and
+/// [`save_flow_at`] (`odeflow train` marks its `best.safetensors` so), read back by
+/// [`read_training_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainingPoint {
+    /// The training iteration the model is from.
+    pub iteration: u64,
+    /// Its test NLL (finite).
+    pub test_nll: f64,
+}
+
 /// Saves a CNF of MLP blocks (all of one architecture) to `path`, atomically.
 pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result<(), Error> {
-    let path = path.as_ref();
+    save_cnf_marked(path.as_ref(), cnf, None)
+}
+
+/// [`save_cnf`] with the [`TrainingPoint`] the model was saved at, in one atomic write.
+pub fn save_cnf_at<T: Real>(
+    path: impl AsRef<Path>,
+    cnf: &Cnf<T, Mlp<T>>,
+    at: TrainingPoint,
+) -> Result<(), Error> {
+    save_cnf_marked(path.as_ref(), cnf, Some(at))
+}
+
+fn save_cnf_marked<T: Real>(
+    path: &Path,
+    cnf: &Cnf<T, Mlp<T>>,
+    at: Option<TrainingPoint>,
+) -> Result<(), Error> {
     let first = cnf.blocks()[0].field.config();
     if let Some(k) = cnf.blocks().iter().position(|b| {
         b.field.config().hidden != first.hidden
@@ -303,13 +331,14 @@ pub fn save_cnf<T: Real>(path: impl AsRef<Path>, cnf: &Cnf<T, Mlp<T>>) -> Result
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(path, e))?;
     let arch = serde_json::to_string(&arch).unwrap_or_default();
-    let bytes = serialize_model(views, "cnf", arch).map_err(|e| corrupt(path, e))?;
+    let bytes = serialize_model(views, "cnf", arch, at).map_err(|e| corrupt(path, e))?;
     write_atomically(path, |w| std::io::Write::write_all(w, &bytes))?;
     Ok(())
 }
 
 /// The bytes of a model file: `views` and the metadata (`format`, `format_version`,
-/// `model`, `architecture`), with the JSON header's keys in sorted order, so that the same
+/// `model`, `architecture`, and `training` if `at` is given), with the JSON header's keys
+/// in sorted order, so that the same
 /// model always gives the same bytes (safetensors writes the metadata in a hash map's
 /// order, which changes from one map to the next). The header stays padded to a multiple
 /// of 8 bytes with spaces, as safetensors pads it.
@@ -317,13 +346,17 @@ fn serialize_model<'a>(
     views: impl IntoIterator<Item = (&'a str, TensorView<'a>)>,
     model: &str,
     architecture: String,
+    at: Option<TrainingPoint>,
 ) -> Result<Vec<u8>, String> {
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), "odeflow".to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("model".to_string(), model.to_string()),
         ("architecture".to_string(), architecture),
     ]);
+    if let Some(at) = at {
+        metadata.insert("training".into(), serde_json::to_string(&at).map_err(|e| e.to_string())?);
+    }
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
     let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no header")?;
     let n = usize::try_from(u64::from_le_bytes(len)).map_err(|e| e.to_string())?;
@@ -348,6 +381,24 @@ pub fn read_architecture(path: impl AsRef<Path>) -> Result<Architecture, Error> 
     let path = path.as_ref();
     let bytes = read_file(path)?;
     Ok(architecture(path, &bytes)?)
+}
+
+/// The [`TrainingPoint`] an odeflow model file (CNF or flow) was saved at, if it holds one
+/// (files saved by [`save_cnf`] and [`save_flow`] do not). Errors: the file cannot be read,
+/// is not an odeflow model file, or its `training` entry is not a training point.
+pub fn read_training_point(path: impl AsRef<Path>) -> Result<Option<TrainingPoint>, Error> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    metadata(path, &bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(path, e))?;
+    let Some(text) = meta.metadata().as_ref().and_then(|m| m.get("training")) else {
+        return Ok(None);
+    };
+    let at: TrainingPoint = serde_json::from_str(text).map_err(|e| ModelFileError::Foreign {
+        path: path.to_path_buf(),
+        reason: format!("training JSON: {e}"),
+    })?;
+    Ok(Some(at))
 }
 
 /// The model kind (`cnf` when the file has no `model` entry, as files written before flow
@@ -628,7 +679,25 @@ pub fn save_flow<T: Real>(
     spec: &FlowSpec,
     model: &FlowModel<T>,
 ) -> Result<(), Error> {
-    let path = path.as_ref();
+    save_flow_marked(path.as_ref(), spec, model, None)
+}
+
+/// [`save_flow`] with the [`TrainingPoint`] the model was saved at, in one atomic write.
+pub fn save_flow_at<T: Real>(
+    path: impl AsRef<Path>,
+    spec: &FlowSpec,
+    model: &FlowModel<T>,
+    at: TrainingPoint,
+) -> Result<(), Error> {
+    save_flow_marked(path.as_ref(), spec, model, Some(at))
+}
+
+fn save_flow_marked<T: Real>(
+    path: &Path,
+    spec: &FlowSpec,
+    model: &FlowModel<T>,
+    at: Option<TrainingPoint>,
+) -> Result<(), Error> {
     let n = spec.layers::<T>()?.iter().map(|l| l.n_params()).sum::<usize>();
     if n != model.n_params() || spec.dim != model.dim() {
         return Err(Error::InvalidConfig {
@@ -647,7 +716,8 @@ pub fn save_flow<T: Real>(
     let view =
         TensorView::new(dtype, vec![model.n_params()], &bytes).map_err(|e| corrupt(path, e))?;
     let arch = serde_json::to_string(spec).unwrap_or_default();
-    let out = serialize_model([("params", view)], "flow", arch).map_err(|e| corrupt(path, e))?;
+    let out =
+        serialize_model([("params", view)], "flow", arch, at).map_err(|e| corrupt(path, e))?;
     write_atomically(path, |w| std::io::Write::write_all(w, &out))?;
     Ok(())
 }
@@ -955,6 +1025,14 @@ mod tests {
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{header}");
         let loaded: Cnf<f64, Mlp<f64>> = load_cnf(&a).unwrap();
         assert_eq!(loaded.config(), cnf.config());
+        // A training point rides along in the metadata, and only where it is given.
+        assert_eq!(read_training_point(&a).unwrap(), None);
+        let at = TrainingPoint { iteration: 35, test_nll: 3.1950851912698 };
+        save_cnf_at(&a, &cnf, at).unwrap();
+        save_flow_at(&b, &spec, &flow, at).unwrap();
+        assert_eq!(read_training_point(&a).unwrap(), Some(at));
+        assert_eq!(read_training_point(&b).unwrap(), Some(at));
+        assert_eq!(load_flow::<f64>(&b).unwrap().1.params(), flow.params());
     }
 
     #[test]

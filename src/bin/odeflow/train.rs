@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use odeflow::io::write_atomically;
+use odeflow::io::{read_training_point, write_atomically, TrainingPoint};
 use odeflow::plot::ModelFigures;
 use odeflow::train::{DataSource, Dataset, Progress, RunSummary, Toy};
 use odeflow::Error;
@@ -226,9 +226,18 @@ struct BestModel {
 
 impl BestModel {
     /// Keeps the best model in `file`. A resumed run whose `file` exists starts from the
-    /// best test NLL of its `log` (the rows up to its state), the model's in `file`.
+    /// training point written into it (a run killed after writing it may have logged
+    /// nothing since its checkpoint); a file of an older odeflow without one, from the best
+    /// test NLL of `log` (the rows up to the run's state).
     fn new(file: &Path, resume: bool, log: &str) -> Self {
-        let best = if resume && file.exists() { best_logged_test_nll(log) } else { None };
+        let best = if resume && file.exists() {
+            match read_training_point(file) {
+                Ok(Some(at)) => Some((at.iteration, at.test_nll)),
+                _ => best_logged_test_nll(log),
+            }
+        } else {
+            None
+        };
         BestModel { file: file.to_path_buf(), best, failed: None }
     }
 
@@ -238,7 +247,7 @@ impl BestModel {
         if !nll.is_finite() || self.best.is_some_and(|(_, b)| nll >= b) || self.failed.is_some() {
             return;
         }
-        match model.save(&self.file) {
+        match model.save_at(&self.file, TrainingPoint { iteration, test_nll: nll }) {
             Ok(()) => self.best = Some((iteration, nll)),
             Err(e) => self.failed = Some(e.to_string()),
         }

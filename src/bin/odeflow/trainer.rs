@@ -8,7 +8,7 @@ use odeflow::adjoint::{AdjointConfig, Strategy};
 use odeflow::cnf::{Cnf, CnfBlock, CnfConfig};
 use odeflow::field::{Activation, Mlp, MlpConfig, TimeConditioning};
 use odeflow::flows::{CnfBlockSpec, FlowKind, FlowModel, FlowSpec};
-use odeflow::io::{save_cnf, save_flow};
+use odeflow::io::{save_cnf, save_cnf_at, save_flow, save_flow_at, TrainingPoint};
 use odeflow::solvers::Method;
 use odeflow::trace::TraceEstimator;
 use odeflow::train::{
@@ -84,6 +84,14 @@ impl ModelView<'_> {
         match self {
             ModelView::Cnf(cnf) => save_cnf(path, cnf),
             ModelView::Flow(model, spec) => save_flow(path, spec, model),
+        }
+    }
+
+    /// Writes the model file `path` (atomically) marked with the training point `at`.
+    pub(crate) fn save_at(&self, path: &Path, at: TrainingPoint) -> Result<(), Error> {
+        match self {
+            ModelView::Cnf(cnf) => save_cnf_at(path, cnf, at),
+            ModelView::Flow(model, spec) => save_flow_at(path, spec, model, at),
         }
     }
 }
