@@ -282,8 +282,6 @@ mod tests {
     }
     use odeflow_solvers::{solve, FnSystem, SolveOptions};
 
-    /// On the harmonic oscillator the error falls as the tolerance (or step) shrinks, and
-    /// the cost rises; the files are written.
     /// A NaN in a solution or in the reference is an error: it dropped out of the maximum
     /// (`max_error` 0, a failed solve plotted as exact).
     #[test]
@@ -305,6 +303,8 @@ mod tests {
         );
     }
 
+    /// On the harmonic oscillator the error falls as the tolerance (or step) shrinks, and
+    /// the cost rises; the files are written.
     #[test]
     fn diagram_of_the_harmonic_oscillator() {
         let t1 = 10.0;

@@ -1289,7 +1289,7 @@ fn dash_reads_standard_input_and_writes_standard_output() {
         (b"", "standard input: no data rows"),
         (b"1,2,3\n", "standard input:1: 3 columns, expected 2"),
         (b"\x93NUMPY\x01\x00", "standard input"),
-        (b"\xff\xfe1,2\n", "cannot read standard input: neither a .npy array nor UTF-8 CSV text"),
+        (b"\xff\xfe1,2\n", "standard input: neither a .npy array nor UTF-8 CSV text"),
     ] {
         let got = odeflow_with_stdin(&lp, input);
         let err = String::from_utf8_lossy(&got.stderr);

@@ -1148,8 +1148,9 @@ fn oversized_models_and_samples_are_errors() {
     assert_eq!(config_name(m.sample(usize::MAX / 2 + 1, &mut rng)), "n");
     assert_eq!(config_name(m.sample_with_log_prob(1 << 60, &mut rng)), "n·dim");
     assert_eq!(m.sample(3, &mut rng).unwrap().len(), 6);
-    // A layer whose parameter count fits in usize but not in memory (≈ 6·2⁴⁴ values).
-    let big = Coupling::new(2, CouplingKind::Additive, &[1 << 44], false).unwrap();
+    // A layer whose parameter count fits in usize but in no address space (≈ 6·2⁵³ values,
+    // beyond the 2⁵⁷ bytes of five-level paging).
+    let big = Coupling::new(2, CouplingKind::Additive, &[1 << 53], false).unwrap();
     let layers: Layers = vec![Box::new(big)];
     assert_eq!(config_name(FlowModel::new(layers, 0)), "flow parameters");
 }

@@ -600,7 +600,8 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     /// # Errors
     ///
     /// [`SolveError::WorkspaceTooLarge`] if the buffers' sizes overflow or the allocator
-    /// refuses them (the workspace is then left empty, sized for nothing). Unlike
+    /// refuses them (the workspace is then marked as sized for nothing, so the next call
+    /// sizes every buffer again; buffers grown before the failure keep their memory). Unlike
     /// `Vec::reserve`, which panics on a capacity overflow, this sizes what a solve needs,
     /// and a solve reports the same error.
     pub fn reserve(&mut self, dim: usize) -> Result<(), SolveError> {
@@ -958,11 +959,12 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
                     crate::Decision::Reject { h_retry } => (false, h_retry, "h_retry"),
                 };
                 // Whatever a (custom) controller says: a non-finite state is never accepted
-                // (the error a fixed step gives), and its step size must be one.
+                // (the error a fixed step gives), and its step size must be one. (A step that
+                // underflowed to 0 goes on to the step-size underflow check.)
                 if accept && !finite {
                     return Err(SolveError::NonFinite { t: t.to_f64c() });
                 }
-                if !(h_next.is_finite() && h_next > T::zero()) {
+                if !(h_next.is_finite() && h_next >= T::zero()) {
                     let value = h_next.to_f64c();
                     return Err(SolveError::InvalidControllerStep { name, value, t: t.to_f64c() });
                 }

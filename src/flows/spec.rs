@@ -594,11 +594,12 @@ mod tests {
         hybrid.cnf.as_mut().unwrap().hidden = vec![4];
         hybrid.cnf.as_mut().unwrap().blocks = 1 << 62;
         assert_eq!(name(hybrid), "cnf blocks");
-        // Representable counts beyond any address space (2⁴⁷ bytes): the reservation of
-        // the parameter vector fails before any layer is built.
-        assert_eq!(name(spec(FlowKind::RealNvp, 2, 2, vec![1 << 44])), "flow parameters");
-        assert_eq!(name(spec(FlowKind::RealNvp, 2, 1 << 40, vec![8])), "flow parameters");
-        assert_eq!(name(spec(FlowKind::Glow, 1 << 24, 1, vec![4])), "flow parameters");
+        // Representable counts beyond any address space (above 2⁵⁷ bytes, the reach of
+        // five-level paging, so no kernel can grant them, whatever its overcommit setting):
+        // the reservation of the parameter vector fails before any layer is built.
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 2, vec![1 << 53])), "flow parameters");
+        assert_eq!(name(spec(FlowKind::RealNvp, 2, 1 << 50, vec![8])), "flow parameters");
+        assert_eq!(name(spec(FlowKind::Glow, 1 << 28, 1, vec![4])), "flow parameters");
         // f32 halves the bytes: the same count may be refused for f64 only.
         let s = spec(FlowKind::Planar, 1 << 59, 1, vec![]);
         assert!(matches!(s.n_params_for::<f64>(), Err(Error::InvalidConfig { .. })));

@@ -62,6 +62,14 @@ pub enum CsvError {
         /// Columns found.
         found: usize,
     },
+    /// The bytes are not UTF-8 text (nor a `.npy` array, where both are accepted).
+    #[error("{path}: neither a .npy array nor UTF-8 CSV text ({reason})")]
+    NotText {
+        /// The file, or the stream's name.
+        path: PathBuf,
+        /// Where the UTF-8 decoding failed.
+        reason: String,
+    },
     /// The file holds no data rows.
     #[error("{path}: no data rows")]
     Empty {

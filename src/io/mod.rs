@@ -55,13 +55,8 @@ pub fn parse_points(
     if bytes.starts_with(NPY_MAGIC) {
         return npy_points(source, npy::decode_named(source, bytes)?, cols);
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| CsvError::Io {
-        path: source.into(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("neither a .npy array nor UTF-8 CSV text ({e})"),
-        ),
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| CsvError::NotText { path: source.into(), reason: e.to_string() })?;
     Ok(csv::parse_csv(source, text, cols)?)
 }
 
