@@ -228,15 +228,7 @@ impl<T: Real, F: VectorField<T>> CnfTrainer<T, F> {
         cfg: CnfTrainConfig<T>,
     ) -> Result<Self, Error> {
         cfg.validate()?;
-        if let DataSource::Dataset { data: d, .. } = &data {
-            if d.is_empty() {
-                return Err(Error::InvalidConfig {
-                    name: "data",
-                    value: 0.0,
-                    expected: "a training set of ≥ 1 point",
-                });
-            }
-        }
+        data.check_not_empty()?;
         // An empty test set has no mean NLL: it counts as none (no test evaluations).
         let test = test.filter(|t| !t.is_empty());
         for (name, d) in

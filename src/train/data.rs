@@ -369,6 +369,18 @@ impl<T: Real> DataSource<T> {
         }
     }
 
+    /// The trainers' check: a training set of at least one point (a toy set always has).
+    pub(crate) fn check_not_empty(&self) -> Result<(), Error> {
+        match self {
+            DataSource::Dataset { data, .. } if data.is_empty() => Err(Error::InvalidConfig {
+                name: "data",
+                value: 0.0,
+                expected: "a training set of ≥ 1 point",
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes batch number `iteration` (0-based) of `batch` points into `out` (resized).
     /// Toy sets draw from `rng`; finite data sets do not touch it.
     ///
