@@ -47,7 +47,7 @@ use odeflow_solvers::{
     SolveOptions, Stats,
 };
 
-use crate::error::{batch_size, check_finite, check_len, Error};
+use crate::error::{batch_size, check_finite, check_len, try_zeros, Error};
 use crate::field::{Divergence, FieldError, Real, VectorField};
 use crate::pool::on_pool;
 use crate::spare_integrators::SpareIntegrators;
@@ -431,8 +431,8 @@ impl<T: Real, F: VectorField<T>> Cnf<T, F> {
     ) -> Result<(Vec<T>, Vec<T>, Stats), Error> {
         let d = self.dim();
         let z = normal_draws(n, d, rng)?;
-        let mut x = zeros(z.len(), n)?;
-        let mut logp = zeros(n, n)?;
+        let mut x = try_zeros(z.len(), "n")?;
+        let mut logp = try_zeros(n, "n")?;
         let stats =
             self.transform_into(self.total_time(), T::zero(), &z, &mut x, &mut logp, rng)?;
         for (lp, zb) in logp.iter_mut().zip(z.chunks_exact(d)) {
@@ -773,17 +773,9 @@ fn normal_draws<T: Real, R: Rng + ?Sized>(
     d: usize,
     rng: &mut R,
 ) -> Result<Vec<T>, Error> {
-    let mut z = zeros(n.checked_mul(d).ok_or_else(|| too_many_points(n))?, n)?;
+    let mut z = try_zeros(n.checked_mul(d).ok_or_else(|| too_many_points(n))?, "n")?;
     z.iter_mut().for_each(|v| *v = T::from_f64c(StandardNormal.sample(&mut *rng)));
     Ok(z)
-}
-
-/// `len` zeros for a batch of `n` points, or an error if they cannot be allocated.
-fn zeros<T: Real>(len: usize, n: usize) -> Result<Vec<T>, Error> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| too_many_points(n))?;
-    v.resize(len, T::zero());
-    Ok(v)
 }
 
 fn too_many_points(n: usize) -> Error {

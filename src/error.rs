@@ -224,3 +224,20 @@ pub(crate) fn check_len(buffer: &'static str, found: usize, expected: usize) -> 
         Err(Error::BufferLength { buffer, expected, found })
     }
 }
+
+/// A vector of `len` zeros, allocated fallibly: a length whose bytes exceed `isize::MAX`,
+/// or an allocation the system refuses, is an [`Error::InvalidConfig`] naming `what`
+/// instead of a capacity-overflow panic or an abort.
+pub(crate) fn try_zeros<T: num_traits::Float>(
+    len: usize,
+    what: &'static str,
+) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::InvalidConfig {
+        name: what,
+        value: len as f64,
+        expected: "a size whose buffer fits in memory",
+    })?;
+    v.resize(len, T::zero());
+    Ok(v)
+}

@@ -118,7 +118,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::error::{batch_size, check_finite, check_len};
+use crate::error::{batch_size, check_finite, check_len, try_zeros};
 use crate::{Error, Real};
 
 /// Scratch space of a flow call: one buffer that grows on first use (never shrinks) and
@@ -282,20 +282,6 @@ pub(crate) fn check_finite_params<T: Real>(theta: &[T], what: &'static str) -> R
         }
         None => Ok(()),
     }
-}
-
-/// A vector of `len` zeros, allocated fallibly: a length whose bytes exceed `isize::MAX`,
-/// or an allocation the system refuses, is an [`Error::InvalidConfig`] naming `what`
-/// instead of a capacity-overflow panic or an abort.
-pub(crate) fn try_zeros<T: Real>(len: usize, what: &'static str) -> Result<Vec<T>, Error> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::InvalidConfig {
-        name: what,
-        value: len as f64,
-        expected: "a size whose buffer fits in memory",
-    })?;
-    v.resize(len, T::zero());
-    Ok(v)
 }
 
 /// Validates a vjp call and returns the batch size B.
