@@ -22,8 +22,11 @@
 //!    step size chosen by the [`PiController`] (HNW I §II.4).
 //! 4. **The solve.** [`solve`] in one call, or an [`Integrator`] that owns every buffer and
 //!    integrates in place, forward or backward ([`Integrator::integrate`]), or at requested
-//!    output times through dense output ([`Integrator::integrate_at`]). An [`Observer`] sees
-//!    every accepted step through a [`StepView`] (end points, step size and the interpolant).
+//!    output times through dense output ([`Integrator::integrate_at`]), or watching events
+//!    ([`Integrator::integrate_events`]: the zero crossings of functions `g(t, y)`, located
+//!    on the dense output, recorded, and ending the solve where one is terminal; see
+//!    [`Events`]). An [`Observer`] sees every accepted step through a [`StepView`] (end
+//!    points, step size and the interpolant).
 //! 5. **The result.** [`Stats`] counts right-hand-side calls and accepted/rejected steps;
 //!    failures are a [`SolveError`] that carries the numbers (t, h, …), never a panic.
 //! 6. **Reference problems** with exact or reference solutions live in [`problems`].
@@ -61,6 +64,7 @@
 //! ```
 
 mod controller;
+mod event;
 mod integrator;
 mod observer;
 mod options;
@@ -70,6 +74,7 @@ mod system;
 pub mod tableau;
 
 pub use controller::{Decision, PiController, StepController};
+pub use event::{Crossing, EventHit, EventSolve, EventSpec, Events};
 pub use integrator::{solve, solve_into, Integrator};
 pub use observer::{FnObserver, NoObserver, Observer, StepView};
 pub use options::{Atol, InitialStepOrder, SolveError, SolveOptions, Stats};

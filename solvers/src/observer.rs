@@ -57,6 +57,9 @@ pub struct StepView<'a, T> {
     pub(crate) t_start: T,
     pub(crate) t_end: T,
     pub(crate) h: T,
+    /// The step size the interpolant's θ is measured in: `h`, except in a step cut short at
+    /// an event (where `t_end` is the event time and the rows are the whole step's).
+    pub(crate) h_dense: T,
     pub(crate) y_start: &'a [T],
     pub(crate) y_end: &'a [T],
     pub(crate) dense: DenseRows<'a, T>,
@@ -101,13 +104,22 @@ impl<'a, T: Real> StepView<'a, T> {
         if !t.is_finite() {
             return Err(SolveError::InvalidTime { t: t.to_f64c() });
         }
-        let theta = (t - self.t_start) / self.h;
+        if matches!(self.dense, DenseRows::None) {
+            return Err(SolveError::DenseOutputUnavailable);
+        }
+        self.interpolate_theta((t - self.t_start) / self.h_dense, out);
+        Ok(())
+    }
+
+    /// The interpolant at `t_start + θ·h_dense` (the dense rows must be present and `out` as
+    /// long as the state).
+    pub(crate) fn interpolate_theta(&self, theta: T, out: &mut [T]) {
+        let n = out.len();
         match self.dense {
             DenseRows::Hairer(rows) => hairer_eval(rows, n, theta, out),
             DenseRows::Poly(rows) => poly_eval(rows, n, theta, out),
-            DenseRows::None => return Err(SolveError::DenseOutputUnavailable),
+            DenseRows::None => unreachable!("checked by the callers"),
         }
-        Ok(())
     }
 }
 

@@ -364,6 +364,14 @@ pub enum SolveError {
         /// The state length asked for.
         dim: usize,
     },
+    /// An event function returned a non-finite value (see [`Events`](crate::Events)).
+    #[error("event function {index} is not finite at t = {}", Num(*t))]
+    NonFiniteEvent {
+        /// The event function's index.
+        index: usize,
+        /// The time it was evaluated at.
+        t: f64,
+    },
     /// [`crate::StepView::interpolate`] was called but the observer declined dense output.
     #[error("dense output was not computed (Observer::wants_dense returned false)")]
     DenseOutputUnavailable,

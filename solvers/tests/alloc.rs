@@ -8,7 +8,9 @@ use std::cell::Cell;
 use std::ops::ControlFlow;
 
 use odeflow_solvers::problems::{arenstorf, ExpDecay};
-use odeflow_solvers::{FnObserver, Integrator, NoObserver, SolveOptions, StepView};
+use odeflow_solvers::{
+    Crossing, EventSpec, Events, FnObserver, Integrator, NoObserver, SolveOptions, StepView,
+};
 
 struct Counting;
 
@@ -78,6 +80,24 @@ fn second_solve_allocates_nothing() {
         let (r, n) = allocations(|| integ.integrate_at(&mut ar, 0.0, &times, &mut y, &mut out));
         r.unwrap();
         assert_eq!(n, 0, "{m}: {n} allocations in integrate_at");
+        // Events: the first solve sizes the buffers and grows the record of crossings; a
+        // second one with as many crossings allocates nothing.
+        let specs = vec![EventSpec::record(Crossing::Either), EventSpec::record(Crossing::Rising)];
+        let mut events = Events::new(specs, |_t, y: &[f64], g: &mut [f64]| {
+            g[0] = y[1];
+            g[1] = y[0];
+        });
+        let mut y = y0;
+        integ.integrate_events(&mut ar, 0.0, period, &mut y, &mut events, &mut NoObserver).unwrap();
+        let crossings = events.hits().len();
+        assert!(crossings >= 3, "{m}: {crossings} crossings");
+        let mut y = y0;
+        let (r, n) = allocations(|| {
+            integ.integrate_events(&mut ar, 0.0, period, &mut y, &mut events, &mut NoObserver)
+        });
+        r.unwrap();
+        assert_eq!(events.hits().len(), crossings, "{m}");
+        assert_eq!(n, 0, "{m}: {n} allocations in integrate_events");
         // A larger state grows the workspace once; the next solve of that size is free.
         let mut yb = yb0.clone();
         integ.integrate(&mut batch, 0.0, 1.0, &mut yb, &mut NoObserver).unwrap();
