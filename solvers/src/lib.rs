@@ -26,7 +26,8 @@
 //!    ([`Integrator::integrate_events`]: the zero crossings of functions `g(t, y)`, located
 //!    on the dense output, recorded, and ending the solve where one is terminal; see
 //!    [`Events`]). An [`Observer`] sees every accepted step through a [`StepView`] (end
-//!    points, step size and the interpolant).
+//!    points, step size and the interpolant); the [`DenseSolution`] observer keeps every
+//!    step's interpolant, to evaluate `y(t)` anywhere in the span after the solve.
 //! 5. **The result.** [`Stats`] counts right-hand-side calls and accepted/rejected steps;
 //!    failures are a [`SolveError`] that carries the numbers (t, h, …), never a panic.
 //! 6. **Reference problems** with exact or reference solutions live in [`problems`].
@@ -70,6 +71,7 @@ mod observer;
 mod options;
 pub mod problems;
 mod real;
+mod solution;
 mod system;
 pub mod tableau;
 
@@ -79,5 +81,6 @@ pub use integrator::{solve, solve_into, Integrator};
 pub use observer::{FnObserver, NoObserver, Observer, StepView};
 pub use options::{Atol, InitialStepOrder, SolveError, SolveOptions, Stats};
 pub use real::Real;
+pub use solution::DenseSolution;
 pub use system::{FnSystem, OdeSystem};
 pub use tableau::{DenseOutput, ErrorEstimator, Method, ParseMethodError, Tableau};

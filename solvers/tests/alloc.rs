@@ -1,7 +1,8 @@
 //! Zero allocations inside `integrate` once the workspace is sized: a counting global
 //! allocator (per thread, so the test harness's own threads do not interfere) checks that a
 //! second solve on a reused `Integrator` allocates nothing, for every method, with and
-//! without dense output, forward and backward, and for `integrate_at`.
+//! without dense output, forward and backward, for `integrate_at`, `integrate_events` and a
+//! reused `DenseSolution`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -9,7 +10,8 @@ use std::ops::ControlFlow;
 
 use odeflow_solvers::problems::{arenstorf, ExpDecay};
 use odeflow_solvers::{
-    Crossing, EventSpec, Events, FnObserver, Integrator, NoObserver, SolveOptions, StepView,
+    Crossing, DenseSolution, EventSpec, Events, FnObserver, Integrator, NoObserver, SolveOptions,
+    StepView,
 };
 
 struct Counting;
@@ -98,6 +100,15 @@ fn second_solve_allocates_nothing() {
         r.unwrap();
         assert_eq!(events.hits().len(), crossings, "{m}");
         assert_eq!(n, 0, "{m}: {n} allocations in integrate_events");
+        // A DenseSolution cleared and filled again by a solve of as many steps.
+        let mut sol = DenseSolution::new();
+        let mut y = y0;
+        integ.integrate(&mut ar, 0.0, period, &mut y, &mut sol).unwrap();
+        sol.clear();
+        let mut y = y0;
+        let (r, n) = allocations(|| integ.integrate(&mut ar, 0.0, period, &mut y, &mut sol));
+        r.unwrap();
+        assert_eq!(n, 0, "{m}: {n} allocations recording a DenseSolution");
         // A larger state grows the workspace once; the next solve of that size is free.
         let mut yb = yb0.clone();
         integ.integrate(&mut batch, 0.0, 1.0, &mut yb, &mut NoObserver).unwrap();
