@@ -123,6 +123,22 @@ pub enum Error {
         /// Its value (as f64).
         value: f64,
     },
+    /// An event-terminated solve ([`ode_event_forward`](crate::adjoint::ode_event_forward))
+    /// met no crossing of its event function by `t_max`.
+    #[error("the event function did not cross zero before t_max = {t_max}")]
+    NoEvent {
+        /// The end of the search.
+        t_max: f64,
+    },
+    /// The event function's rate along the solution at the event time, `ġ = g_t + g_zᵀ f`,
+    /// is 0 or not finite: the crossing is tangential and the event time has no derivative.
+    #[error("the event at t = {t} is tangential (the event function's rate along the solution is {rate}): the event time is not differentiable")]
+    TangentialEvent {
+        /// The event time.
+        t: f64,
+        /// `ġ` there.
+        rate: f64,
+    },
     /// A data set name is not one of the built-in toy sets.
     #[error("unknown data set '{name}' (expected one of swissroll, 8gaussians, pinwheel, circles, moons, 2spirals, checkerboard, rings)")]
     UnknownDataset {

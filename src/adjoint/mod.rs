@@ -24,7 +24,10 @@
 //! blocks are passed in reverse, block `k` from the forward's `z(T_k)`, carrying `a_z` (and
 //! `a_ℓ`). A plain neural ODE (no ℓ) has `Φ = a_zᵀ f`; with observations at times `t_k` the
 //! adjoint jumps by `∂L/∂z(t_k)` as the backward solve passes `t_k`, and
-//! `∂L/∂t_k = (∂L/∂z(t_k))ᵀ f(t_k, z(t_k))`, `∂L/∂t_0 = −a_z(t_0)ᵀ f(t_0, z_0)`.
+//! `∂L/∂t_k = (∂L/∂z(t_k))ᵀ f(t_k, z(t_k))`, `∂L/∂t_0 = −a_z(t_0)ᵀ f(t_0, z_0)`. A solve
+//! that ends where an event function `g(t, z)` crosses zero ([`ode_event_grad`]) starts
+//! the adjoint from `a* = L_z − ((L_zᵀ f + L_t)/ġ) g_z`, which carries the event time's own
+//! dependence on θ, `z_0` and `t_0`.
 //! `f(T, z(T))` and `q(T, z(T))` (and `f(t_k, z(t_k))`) are the derivative the forward
 //! solve's last stage computed at that end point
 //! ([`Integrator::end_derivative`](crate::solvers::Integrator::end_derivative)), kept with
@@ -136,6 +139,7 @@
 //! ```
 
 mod engine;
+mod event;
 
 use rand::Rng;
 
@@ -146,6 +150,10 @@ use crate::error::{batch_size, check_finite, check_len, Error};
 use crate::field::{Real, VectorField};
 use crate::pool::on_pool;
 use engine::{backward_segment, end_rate, forward_segment, Fail, Seg, SegTape};
+pub use event::{
+    ode_event_forward, ode_event_grad, EventFunction, EventGradient, EventOdeSpec, EventTape,
+    HyperplaneEvent,
+};
 
 /// How the backward pass is computed (see the [module docs](self) for the trade-offs).
 /// In flow specs (serde) the names are lowercase: `backsolve`, `checkpointed`, `discrete`.
