@@ -1,10 +1,11 @@
 //! The error type of the `odeflow` crate.
 
-use odeflow_solvers::SolveError;
+use odeflow_solvers::{Method, SolveError};
 
 use crate::field::FieldError;
 use crate::io::{CsvError, ModelFileError, NpyError};
 use crate::plot::PlotError;
+use crate::workprecision::Setting;
 
 /// Everything that can go wrong in `odeflow`'s public API, with the numbers a caller acts
 /// on. Errors of the parts (fields, solver, files, figures) are wrapped, not flattened, so
@@ -59,6 +60,22 @@ pub enum Error {
         index: usize,
         /// The parameter's gradient (as f64).
         gradient: f64,
+    },
+    /// A solve of a work-precision diagram
+    /// ([`work_precision`](crate::workprecision::work_precision)) returned a NaN or infinite
+    /// value; `method` and `setting` name the run that produced it.
+    #[error(
+        "the {method} solve at {setting} returned a non-finite value {value} at index {index}"
+    )]
+    NonFiniteSolution {
+        /// The method of the failing run.
+        method: Method,
+        /// Its setting (rtol = atol, or the number of fixed steps).
+        setting: Setting,
+        /// The first offending index into the solution.
+        index: usize,
+        /// Its value.
+        value: f64,
     },
     /// A configuration value is out of range.
     #[error("invalid {name} = {value}: {expected}")]

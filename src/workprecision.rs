@@ -37,6 +37,16 @@ impl Setting {
     }
 }
 
+/// Spelt out for messages: `rtol = atol = 1e-6` or `100 fixed steps`.
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Tolerance(t) => write!(f, "rtol = atol = {t:e}"),
+            Setting::Steps(n) => write!(f, "{n} fixed steps"),
+        }
+    }
+}
+
 /// One point of a work-precision diagram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -56,8 +66,10 @@ pub struct Row {
 
 /// Runs `solve(method, setting)` for every method (adaptive ones with `tolerances`, fixed
 /// ones with `steps`), `repeats` times each (at least once), and compares its output with
-/// `reference` (same length). A non-finite value in `reference` or in a solution is an error
-/// (a NaN difference would otherwise drop out of the maximum and plot as exact).
+/// `reference` (same length). A non-finite value in `reference` is an
+/// [`Error::NonFiniteInput`], one in a solution an [`Error::NonFiniteSolution`] naming the
+/// method and setting that produced it (a NaN difference would otherwise drop out of the
+/// maximum and plot as exact).
 pub fn work_precision(
     methods: &[Method],
     tolerances: &[f64],
@@ -91,12 +103,8 @@ pub fn work_precision(
                     found: y.len(),
                 });
             }
-            if y.iter().any(|v| !v.is_finite()) {
-                return Err(Error::InvalidConfig {
-                    name: "solution",
-                    value: y.iter().copied().find(|v| !v.is_finite()).unwrap_or(f64::NAN),
-                    expected: "finite values: the solve returned NaN or ∞",
-                });
+            if let Some(index) = y.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFiniteSolution { method, setting, index, value: y[index] });
             }
             let diffs = y.iter().zip(reference).map(|(a, b)| (a - b).abs());
             let max_error = diffs.clone().fold(0.0, f64::max);
@@ -283,7 +291,8 @@ mod tests {
     use odeflow_solvers::{solve, FnSystem, SolveOptions};
 
     /// A NaN in a solution or in the reference is an error: it dropped out of the maximum
-    /// (`max_error` 0, a failed solve plotted as exact).
+    /// (`max_error` 0, a failed solve plotted as exact). A solution's error names the method
+    /// and setting of the run that produced it (the earlier runs were fine).
     #[test]
     fn non_finite_solutions_and_references_are_errors() {
         let run = |reference: &[f64], y: Vec<f64>| {
@@ -291,10 +300,58 @@ mod tests {
                 Ok((y.clone(), Stats::default()))
             })
         };
-        for y in [vec![f64::NAN, f64::NAN], vec![1.0, f64::NAN], vec![f64::INFINITY, 2.0]] {
+        for (y, at) in
+            [(vec![f64::NAN, f64::NAN], 0), (vec![1.0, f64::NAN], 1), (vec![f64::INFINITY, 2.0], 0)]
+        {
             let err = run(&[1.0, 2.0], y).unwrap_err();
-            assert!(matches!(err, Error::InvalidConfig { name: "solution", .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    Error::NonFiniteSolution {
+                        method: Method::Dopri5,
+                        setting: Setting::Tolerance(t),
+                        index,
+                        ..
+                    } if t.to_bits() == 1e-6f64.to_bits() && index == at
+                ),
+                "{err}"
+            );
         }
+        // Only the third run fails: RK4 with 40 steps, after DOPRI5 at two tolerances and
+        // RK4 with 10 steps.
+        let err = work_precision(
+            &[Method::Dopri5, Method::Rk4],
+            &[1e-3, 1e-6],
+            &[10, 40],
+            1,
+            &[1.0, 2.0],
+            |_, s| match s {
+                Setting::Steps(40) => Ok((vec![1.0, f64::INFINITY], Stats::default())),
+                _ => Ok((vec![1.0, 2.0], Stats::default())),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NonFiniteSolution {
+                    method: Method::Rk4,
+                    setting: Setting::Steps(40),
+                    index: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the rk4 solve at 40 fixed steps returned a non-finite value inf at index 1"
+        );
+        let err = run(&[1.0, 2.0], vec![1.0, f64::NAN]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the dopri5 solve at rtol = atol = 1e-6 returned a non-finite value NaN at index 1"
+        );
         let err = run(&[f64::NAN, 2.0], vec![1.0, 2.0]).unwrap_err();
         assert!(matches!(err, Error::NonFiniteInput { index: 0, .. }), "{err}");
         assert_eq!(
