@@ -1,7 +1,8 @@
 //! Figures with plotters: densities on a grid, point clouds, trajectories.
 //!
-//! Every function writes PNG or SVG by the file's extension, through a temporary file
-//! renamed into place (an existing figure is never left half-written). The path is resolved
+//! Every function writes PNG or SVG by the file's extension ([`animate_points`] GIF, to a
+//! path ending in `.gif`; another extension is a [`PlotError::UnsupportedFormat`] before
+//! anything is drawn), through a temporary file renamed into place (an existing figure is never left half-written). The path is resolved
 //! as [`crate::io::write_atomically`] resolves it: through a symbolic link (or a chain of
 //! them) the file at its end is replaced and the links stay links; a device or FIFO is
 //! written in place; a directory is an error naming it.
@@ -37,11 +38,14 @@ pub const MAX_CANVAS_SIDE: u32 = 16_384;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlotError {
-    /// The extension is neither `.png` nor `.svg`.
-    #[error("{path}: unsupported figure format (use .png or .svg)")]
+    /// The path's extension is not one the function writes: `.png` or `.svg` for a figure,
+    /// `.gif` for an animation (compared ignoring case).
+    #[error("{path}: unsupported figure format ({expected})")]
     UnsupportedFormat {
         /// The requested file.
         path: PathBuf,
+        /// What the function writes, e.g. `"use .png or .svg"`.
+        expected: &'static str,
     },
     /// The figure file, or its temporary file, could not be created, written or renamed
     /// into place (e.g. the folder is missing or not writable, the disk is full, or the path
@@ -308,6 +312,9 @@ fn write_figure(
     }
 }
 
+/// What [`render`] writes, for [`PlotError::UnsupportedFormat`].
+pub(crate) const FIGURE_FORMATS: &str = "use .png or .svg";
+
 /// A figure that can draw itself on any plotters backend.
 pub trait Figure {
     /// Checks the figure's inputs (ranges, grid shapes) before anything is drawn or written;
@@ -339,7 +346,12 @@ pub fn render(
     let svg = match ext.as_deref() {
         Some("png") => false,
         Some("svg") => true,
-        _ => return Err(PlotError::UnsupportedFormat { path: path.to_path_buf() }),
+        _ => {
+            return Err(PlotError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                expected: FIGURE_FORMATS,
+            })
+        }
     };
     check_canvas(size)?;
     figure.validate()?;
@@ -658,8 +670,10 @@ impl Figure for TrainingCurves<'_> {
 
 /// Writes an animated GIF of point clouds, one frame per entry (title, points), `delay_ms`
 /// between frames, atomically. Needs at least one frame and a valid `range` (as for
-/// [`ScatterPanels`]); points with a non-finite coordinate are left out. Symbolic links,
-/// devices and directories are treated as by [`render`].
+/// [`ScatterPanels`]); points with a non-finite coordinate are left out. The file is always
+/// a GIF, so `path` must end in `.gif` (any case): another extension is a
+/// [`PlotError::UnsupportedFormat`], refused before anything else is checked or written.
+/// Symbolic links, devices and directories are treated as by [`render`].
 pub fn animate_points(
     path: impl AsRef<Path>,
     size: (u32, u32),
@@ -668,6 +682,12 @@ pub fn animate_points(
     delay_ms: u32,
 ) -> Result<(), PlotError> {
     let path = path.as_ref();
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gif")) {
+        return Err(PlotError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            expected: "an animation is written as GIF: use .gif",
+        });
+    }
     check_canvas(size)?;
     check_range("axis range", range)?;
     if frames.is_empty() {
@@ -911,6 +931,42 @@ mod tests {
         ));
         // Nothing was written, not even a temporary file.
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
+    }
+
+    /// `animate_points` writes a GIF whatever it is asked for, so a path that does not end
+    /// in `.gif` (in any case) is refused, naming the path and the format, before anything
+    /// else is checked or written: an existing `keep.png` is left as it was.
+    #[test]
+    fn animations_are_refused_unless_the_path_ends_in_gif() {
+        let tmp = fresh_dir("animext");
+        let dir = tmp.path();
+        let keep = dir.join("keep.png");
+        std::fs::write(&keep, b"not touched").unwrap();
+        let pts = [0.0, 0.0, 0.5, -0.5];
+        let frames = vec![("a".to_string(), &pts[..])];
+        for name in ["keep.png", "a.svg", "a.jpg", "a", "agif", "a.gif.png", ".gif"] {
+            let path = dir.join(name);
+            for (frames, range) in [(&frames[..], (-1.0, 1.0)), (&[][..], (1.0, -1.0))] {
+                let err = animate_points(&path, (50, 50), frames, range, 10).unwrap_err();
+                assert!(
+                    matches!(&err, PlotError::UnsupportedFormat { path: p, .. } if *p == path),
+                    "{name}: {err:?}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "{}: unsupported figure format (an animation is written as GIF: use .gif)",
+                        path.display()
+                    )
+                );
+            }
+        }
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
+        assert_eq!(std::fs::read(&keep).unwrap(), b"not touched");
+        for name in ["b.gif", "c.GIF", "d.Gif"] {
+            animate_points(dir.join(name), (50, 50), &frames, (-1.0, 1.0), 10).unwrap();
+            assert_eq!(&std::fs::read(dir.join(name)).unwrap()[..3], b"GIF", "{name}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::field::VectorField;
 use crate::flows::FlowModel;
 use crate::plot::{
     animate_points, check_range, render, DensityPanels, Grid2, PlotError, ScatterPanels,
-    Trajectories,
+    Trajectories, FIGURE_FORMATS,
 };
 use crate::Error;
 
@@ -61,7 +61,7 @@ impl ModelFigures<'_> {
     pub fn validate(&self, dir: &Path) -> Result<(), Error> {
         if !matches!(self.format, "png" | "svg") {
             let path = dir.join(format!("density.{}", self.format));
-            return Err(PlotError::UnsupportedFormat { path }.into());
+            return Err(PlotError::UnsupportedFormat { path, expected: FIGURE_FORMATS }.into());
         }
         check_range("axis range", self.range)?;
         if !(2..=MAX_GRID).contains(&self.grid) {
