@@ -394,6 +394,59 @@ fn bad_input_is_an_error_not_a_panic() {
     ));
 }
 
+/// `Flow::init_params` called directly with a θ of the wrong length is an
+/// `Error::BufferLength` naming `"theta"`, for every layer kind (it panicked on an index or a
+/// slice out of range in the planar, radial, LU and dense affine, coupling, MAF/IAF and CNF
+/// layers, and silently wrote a θ of any length in the others), with θ and the generator left
+/// untouched. With the right length it writes what `FlowModel::new` writes.
+#[test]
+fn init_params_with_a_wrong_length_is_an_error_not_a_panic() {
+    use odeflow::cnf::{Cnf, CnfConfig};
+    use odeflow::field::LinearField;
+    use odeflow::flows::CnfFlow;
+    let cnf_layer = || -> Layers {
+        let field = LinearField::new(&[-0.3, 0.4, -0.2, 0.1], &[0.2, -0.1]).unwrap();
+        let cnf = Cnf::new(field, 0.7, CnfConfig::default()).unwrap();
+        vec![Box::new(CnfFlow::new(cnf).unwrap())]
+    };
+    let mut cases = catalogue(3);
+    cases.push(("cnf-block", cnf_layer()));
+    let mut checked = 0;
+    for (name, layers) in cases {
+        for layer in &layers {
+            let n = layer.n_params();
+            let mut wrong = if n > 0 { vec![0, n - 1] } else { vec![] };
+            wrong.extend([n + 1, n + 100]);
+            for len in wrong {
+                let mut theta = vec![7.0; len];
+                let mut rng = ChaCha8Rng::seed_from_u64(3);
+                let r = layer.init_params(&mut theta, &mut rng);
+                assert!(
+                    matches!(
+                        r,
+                        Err(Error::BufferLength { buffer: "theta", expected, found })
+                            if expected == n && found == len
+                    ),
+                    "{name} ({}), length {len} for {n}: {r:?}",
+                    layer.name()
+                );
+                assert!(theta.iter().all(|v| v.to_bits() == 7f64.to_bits()), "{name}");
+                let fresh = ChaCha8Rng::seed_from_u64(3).random::<u64>();
+                assert_eq!(rng.random::<u64>(), fresh, "{name}: the generator was drawn from");
+                checked += 1;
+            }
+        }
+        // The right length: the first layer gets what the model's seeded generator gives it.
+        let mut theta = vec![7.0; layers[0].n_params()];
+        layers[0].init_params(&mut theta, &mut ChaCha8Rng::seed_from_u64(11)).unwrap();
+        let again = if name == "cnf-block" { cnf_layer() } else { layers };
+        let m = FlowModel::new(again, 11).unwrap();
+        let first = &m.params()[..m.offsets()[1]];
+        assert!(theta.iter().zip(first).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+    }
+    assert!(checked > 60, "{checked}");
+}
+
 #[test]
 fn sample_log_prob_agrees_with_density() {
     let d = 3;
@@ -1016,7 +1069,9 @@ impl Flow<f64> for ZeroDim {
     fn n_params(&self) -> usize {
         0
     }
-    fn init_params(&self, _: &mut [f64], _: &mut dyn rand::RngCore) {}
+    fn init_params(&self, _: &mut [f64], _: &mut dyn rand::RngCore) -> Result<(), Error> {
+        Ok(())
+    }
     fn forward(
         &self,
         _: &[f64],

@@ -228,8 +228,10 @@ impl<T: Real> Flow<T> for Maf {
     fn n_params(&self) -> usize {
         self.net.n_params()
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         self.net.init(theta, rng, true);
+        Ok(())
     }
     fn forward(
         &self,
@@ -443,8 +445,10 @@ macro_rules! density_one_pass_flow {
             fn n_params(&self) -> usize {
                 self.ar_n_params()
             }
-            fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+            fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+                crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
                 self.ar_init(theta, rng);
+                Ok(())
             }
             fn forward(
                 &self,
@@ -557,8 +561,10 @@ impl<T: Real, A: Autoregressive> Flow<T> for Iaf<A> {
     fn n_params(&self) -> usize {
         self.core.ar_n_params()
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         self.core.ar_init(theta, rng);
+        Ok(())
     }
     fn forward(
         &self,

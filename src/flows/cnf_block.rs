@@ -278,7 +278,8 @@ where
         self.n_params_()
     }
     /// The template's field parameters and (if learned) `ln T_k`; `rng` is not used.
-    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         let n_field = self.n_field();
         for (k, blk) in self.cnf.blocks().iter().enumerate() {
             theta[self.offsets[k]..self.offsets[k + 1]].copy_from_slice(blk.field.params());
@@ -286,6 +287,7 @@ where
                 theta[n_field + k] = blk.t_end.ln();
             }
         }
+        Ok(())
     }
     fn forward(
         &self,

@@ -194,8 +194,10 @@ impl<T: Real> Flow<T> for Coupling {
     fn n_params(&self) -> usize {
         self.net.n_params()
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         self.net.init(theta, rng, true);
+        Ok(())
     }
     fn forward(
         &self,

@@ -365,7 +365,10 @@ impl<T: Real> Flow<T> for InverseCdf {
     fn n_params(&self) -> usize {
         0
     }
-    fn init_params(&self, _theta: &mut [T], _rng: &mut dyn RngCore) {}
+    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
+        Ok(())
+    }
     fn forward(
         &self,
         theta: &[T],

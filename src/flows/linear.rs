@@ -38,8 +38,10 @@ impl<T: Real> Flow<T> for ElementwiseAffine {
     fn n_params(&self) -> usize {
         2 * self.dim
     }
-    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         theta.iter_mut().for_each(|v| *v = T::zero());
+        Ok(())
     }
     fn forward(
         &self,
@@ -187,7 +189,10 @@ impl<T: Real> Flow<T> for Permutation {
     fn n_params(&self) -> usize {
         0
     }
-    fn init_params(&self, _theta: &mut [T], _rng: &mut dyn RngCore) {}
+    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
+        Ok(())
+    }
     fn forward(
         &self,
         theta: &[T],
@@ -344,11 +349,13 @@ impl<T: Real> Flow<T> for LuAffine {
     fn n_params(&self) -> usize {
         self.dim * self.dim + if self.bias { self.dim } else { 0 }
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         theta.iter_mut().for_each(|v| *v = T::zero());
         for v in &mut theta[..self.s_off()] {
             *v = c(0.01 * (2.0 * rng.random::<f64>() - 1.0));
         }
+        Ok(())
     }
     fn forward(
         &self,
@@ -648,7 +655,8 @@ impl<T: Real> Flow<T> for DenseAffine {
     fn n_params(&self) -> usize {
         self.dim * self.dim + self.dim
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         let d = self.dim;
         theta.iter_mut().for_each(|v| *v = T::zero());
         for i in 0..d {
@@ -657,6 +665,7 @@ impl<T: Real> Flow<T> for DenseAffine {
                 theta[i * d + j] = c(e + 0.01 * (2.0 * rng.random::<f64>() - 1.0));
             }
         }
+        Ok(())
     }
     fn forward(
         &self,

@@ -197,7 +197,9 @@ pub trait Flow<T: Real>: Send + Sync {
 
     /// Writes the initial parameters into `theta` (seeded draws from `rng`). Layers with a
     /// conditioner network zero its output layer, so they start as the identity map.
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore);
+    /// `theta.len()` must be [`Flow::n_params`] ([`Error::BufferLength`] naming `"theta"`
+    /// otherwise, with `theta` and `rng` untouched).
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error>;
 
     /// Generative direction: `x = f(z)`, `logdet_b = log|det ∂x/∂z|(z_b)`.
     fn forward(
@@ -393,7 +395,7 @@ impl<T: Real> FlowModel<T> {
         params.resize(n, T::zero());
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (k, l) in layers.iter().enumerate() {
-            l.init_params(&mut params[offsets[k]..offsets[k + 1]], &mut rng);
+            l.init_params(&mut params[offsets[k]..offsets[k + 1]], &mut rng)?;
         }
         Ok(FlowModel { layers, offsets, params, dim })
     }

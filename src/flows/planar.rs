@@ -78,11 +78,13 @@ impl<T: Real> Flow<T> for Planar {
     fn n_params(&self) -> usize {
         2 * self.dim + 1
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         for v in theta.iter_mut() {
             *v = c(0.1 * (2.0 * rng.random::<f64>() - 1.0));
         }
         theta[2 * self.dim] = T::zero();
+        Ok(())
     }
     fn forward(
         &self,
@@ -297,12 +299,14 @@ impl<T: Real> Flow<T> for Radial {
     fn n_params(&self) -> usize {
         self.dim + 2
     }
-    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         for v in theta.iter_mut() {
             *v = c(0.1 * (2.0 * rng.random::<f64>() - 1.0));
         }
         theta[self.dim] = T::zero();
         theta[self.dim + 1] = T::zero();
+        Ok(())
     }
     fn forward(
         &self,

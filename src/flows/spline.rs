@@ -399,8 +399,10 @@ impl<T: Real> Flow<T> for RqSpline {
     fn n_params(&self) -> usize {
         self.dim * self.shape.n_params()
     }
-    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) {
+    fn init_params(&self, theta: &mut [T], _rng: &mut dyn RngCore) -> Result<(), Error> {
+        crate::error::check_len("theta", theta.len(), Flow::<T>::n_params(self))?;
         theta.iter_mut().for_each(|v| *v = T::zero());
+        Ok(())
     }
     fn forward(
         &self,
