@@ -2,7 +2,8 @@
 //!
 //! Every function writes PNG or SVG by the file's extension ([`animate_points`] GIF, to a
 //! path ending in `.gif`; another extension is a [`PlotError::UnsupportedFormat`] before
-//! anything is drawn), through a temporary file renamed into place (an existing figure is never left half-written). The path is resolved
+//! anything is drawn), through a temporary file renamed into place (an existing figure is
+//! never left half-written). The path is resolved
 //! as [`crate::io::write_atomically`] resolves it: through a symbolic link (or a chain of
 //! them) the file at its end is replaced and the links stay links; a device or FIFO is
 //! written in place; a directory is an error naming it.
