@@ -131,7 +131,8 @@ pub enum Error {
     /// A gradient came out NaN or infinite (reported instead of returned).
     #[error("non-finite gradient {what}[{index}] = {value} (segment {segment})")]
     NonFiniteGradient {
-        /// Which gradient: `"theta"`, `"x"` (initial state), `"t_end"`, `"t_obs"`, `"t0"`.
+        /// Which gradient: `"theta"`, `"x"` (initial state), `"t_end"`, `"t_obs"`, `"t0"`, or
+        /// `"event"` (an event function's `(∂g/∂z, ∂g/∂t)` at the event).
         what: &'static str,
         /// The CNF block (for `theta`, `t_end`) or observation index; 0 otherwise.
         segment: usize,

@@ -167,6 +167,26 @@ impl EventFunction<f64> for Flat {
     }
 }
 
+/// `z − 1`, with a NaN value after t = 0.5 or a NaN time derivative.
+#[derive(Debug)]
+struct Nan {
+    in_value: bool,
+}
+
+impl EventFunction<f64> for Nan {
+    fn value(&self, t: f64, z: &[f64]) -> f64 {
+        if self.in_value && t > 0.5 {
+            f64::NAN
+        } else {
+            z[0] - 1.0
+        }
+    }
+    fn gradient(&self, _t: f64, _z: &[f64], grad_z: &mut [f64]) -> f64 {
+        grad_z[0] = 1.0;
+        f64::NAN
+    }
+}
+
 /// No crossing by t_max, a tangential crossing, bad loss derivatives and a NaN event value
 /// are errors that say so.
 #[test]
@@ -185,7 +205,7 @@ fn event_gradient_errors() {
 
     let sp = spec(0.0, 10.0, Crossing::Falling, 1e-8);
     let tape = ode_event_forward(&field, &sp, &[2.0], &Flat, &adj).unwrap();
-    let err = tape.backward(&Flat, &[1.0], 0.0).unwrap_err();
+    let err = tape.backward(&[1.0], 0.0).unwrap_err();
     assert!(
         matches!(err, Error::TangentialEvent { rate, .. } if rate.to_bits() == 0f64.to_bits()),
         "{err}"
@@ -193,17 +213,105 @@ fn event_gradient_errors() {
     assert!(err.to_string().contains("not differentiable"), "{err}");
 
     let tape = ode_event_forward(&field, &sp, &[2.0], &level, &adj).unwrap();
-    let err = tape.backward(&level, &[1.0, 2.0], 0.0).unwrap_err();
+    let err = tape.backward(&[1.0, 2.0], 0.0).unwrap_err();
     assert!(matches!(err, Error::BufferLength { .. }), "{err}");
-    let err = tape.backward(&level, &[1.0], f64::NAN).unwrap_err();
+    let err = tape.backward(&[1.0], f64::NAN).unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { name: "dl_dt", .. }), "{err}");
-    let err = tape.backward(&level, &[f64::INFINITY], 0.0).unwrap_err();
+    let err = tape.backward(&[f64::INFINITY], 0.0).unwrap_err();
     assert!(matches!(err, Error::NonFiniteInput { .. }), "{err}");
 
+    // A hyperplane of the wrong length (a batch of two points, a normal for one), or not
+    // finite, is refused before any solve.
+    let err = ode_event_forward(&field, &sp, &[2.0, 3.0], &level, &adj).unwrap_err();
+    assert!(matches!(err, Error::BufferLength { buffer: "w", expected: 2, found: 1 }), "{err}");
     let nan = HyperplaneEvent { w: vec![f64::NAN], c: 1.0 };
     let err = ode_event_forward(&field, &sp, &[2.0], &nan, &adj).unwrap_err();
+    assert!(matches!(err, Error::NonFiniteInput { .. }), "{err}");
+
+    // An event function whose own value is NaN is the solver's error; one whose gradient is
+    // NaN is reported as such.
+    let err = ode_event_forward(&field, &sp, &[2.0], &Nan { in_value: true }, &adj).unwrap_err();
     let is_event = |e: &Error| {
         matches!(e, Error::Solve { source: SolveError::NonFiniteEvent { index: 0, .. }, .. })
     };
     assert!(is_event(&err), "{err}");
+    let nan_grad = Nan { in_value: false };
+    let tape = ode_event_forward(&field, &sp, &[2.0], &nan_grad, &adj).unwrap();
+    let err = tape.backward(&[1.0], 0.0).unwrap_err();
+    assert!(matches!(err, Error::NonFiniteGradient { what: "event", index: 1, .. }), "{err}");
+}
+
+/// A moving level, `g = z − 1 − 0.3 t` (so `∂g/∂t ≠ 0`), met by `dz/dt = a z + b` forward
+/// and backward in time, with `L = t*² + z*`: θ, z0 and t0 against central differences of
+/// the whole event-terminated solve at rtol 1e-11, every strategy (relative 1e-6; observed
+/// worst 1.9e-7, about the central differences' own error at δ = 1e-4).
+#[test]
+fn a_time_dependent_event_function() {
+    struct Moving;
+    impl EventFunction<f64> for Moving {
+        fn value(&self, t: f64, z: &[f64]) -> f64 {
+            z[0] - 1.0 - 0.3 * t
+        }
+        fn gradient(&self, _t: f64, _z: &[f64], grad_z: &mut [f64]) -> f64 {
+            grad_z[0] = 1.0;
+            -0.3
+        }
+    }
+    for (t0, t_max, z0, crossing) in
+        [(0.2, 10.0, 2.0, Crossing::Falling), (0.2, -10.0, 0.5, Crossing::Rising)]
+    {
+        let value = |a: f64, b: f64, z0: f64, t0: f64| -> f64 {
+            let field = LinearField::new(&[a], &[b]).unwrap();
+            let sp = spec(t0, t_max, crossing, 1e-11);
+            let adj = AdjointConfig::default();
+            let tape = ode_event_forward(&field, &sp, &[z0], &Moving, &adj).unwrap();
+            tape.t_event().powi(2) + tape.state()[0]
+        };
+        let (a, b, h) = (-0.5, 0.1, 1e-4);
+        let central = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+        let fd = [
+            central(&|e| value(a + e, b, z0, t0)),
+            central(&|e| value(a, b + e, z0, t0)),
+            central(&|e| value(a, b, z0 + e, t0)),
+            central(&|e| value(a, b, z0, t0 + e)),
+        ];
+        let field = LinearField::new(&[a], &[b]).unwrap();
+        for strategy in STRATEGIES {
+            let adj = AdjointConfig::with_strategy(strategy);
+            let loss = |t: f64, z: &[f64], dz: &mut [f64]| {
+                dz[0] = 1.0;
+                (t * t + z[0], 2.0 * t)
+            };
+            let sp = spec(t0, t_max, crossing, 1e-11);
+            let (_, _, g) = ode_event_grad(&field, &sp, &[z0], &Moving, &adj, loss).unwrap();
+            let got = [g.theta[0], g.theta[1], g.y0[0], g.t0];
+            for (k, (&x, &y)) in got.iter().zip(&fd).enumerate() {
+                assert!(rel(x, y) < 1e-6, "{strategy:?} from z0 = {z0}, {k}: {x} vs fd {y}");
+            }
+        }
+    }
+}
+
+/// Continuing past an event: a restart from the search's located state does not meet the
+/// crossing again, and the solve then runs on to the next one (z = 2 e^{−t/2} reaches 1, then
+/// 0.5 at twice the time).
+#[test]
+fn a_restart_from_the_located_state_goes_on_to_the_next_event() {
+    let field = LinearField::new(&[-0.5], &[0.0]).unwrap();
+    let adj = AdjointConfig::default();
+    let first = HyperplaneEvent { w: vec![1.0], c: 1.0 };
+    let tape =
+        ode_event_forward(&field, &spec(0.0, 10.0, Crossing::Falling, 1e-8), &[2.0], &first, &adj)
+            .unwrap();
+    let t1 = tape.t_event();
+    assert!(tape.located_state()[0] <= 1.0, "{}", tape.located_state()[0]);
+    // Restarting with the same level: no immediate refire, so no crossing at all by t = 10.
+    let sp = spec(t1, 10.0, Crossing::Falling, 1e-8);
+    let again = ode_event_forward(&field, &sp, tape.located_state(), &first, &adj);
+    assert!(matches!(again, Err(Error::NoEvent { .. })), "{again:?}");
+    // The next level is met where the closed form says.
+    let second = HyperplaneEvent { w: vec![1.0], c: 0.5 };
+    let next = ode_event_forward(&field, &sp, tape.located_state(), &second, &adj).unwrap();
+    let ln2 = 2f64.ln();
+    assert!((t1 - 2.0 * ln2).abs() < 1e-7 && (next.t_event() - 4.0 * ln2).abs() < 1e-7);
 }

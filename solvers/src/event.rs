@@ -92,15 +92,20 @@ pub struct EventSolve<T> {
 ///   rises.
 /// - A value of exactly 0 at the step's start is no crossing: an event function that is 0 at
 ///   `t0` does not fire there, and one that touches 0 at a step's end and turns back fires
-///   once, at the touch. A solve restarted from a located event's state (on the zero or just
-///   past it, below) does not meet that crossing again.
+///   once, at the touch. (So a function that leaves an exact 0 and crosses back within the
+///   same step is not seen there.)
+/// - A solve restarted from a located event's state (on the zero or just past it, below)
+///   does not meet that crossing again. After a reflection, though (a bounce: the velocity
+///   reversed at the event), the state is just past the zero and heads back: a
+///   [`Crossing::Either`] event fires again at once. Watch the direction the state arrives
+///   from ([`Crossing::Falling`] for a ball meeting the ground).
 /// - Two crossings of the same function inside one step cancel and go unseen, as in SciPy's
 ///   `solve_ivp` and diffrax: bound the step ([`SolveOptions::h_max`](crate::SolveOptions))
 ///   where events may come in pairs closer than a step.
 ///
 /// The crossing time is the zero of `θ ↦ g_i(t_a + θh, u(θ))`, `u` the step's interpolant
 /// ([`DenseOutput`](crate::DenseOutput)), found by the Illinois variant of regula falsi on
-/// the bracket `[0, 1]`, with a bisection step whenever two iterations have not halved it,
+/// the bracket `[0, 1]`, with a bisection step whenever three iterations have not halved it,
 /// until the bracket is 4 ε wide in θ (or its ends are the same time). The time reported is
 /// the bracket's end on the far side of the crossing, so `g_i` at the reported time and state
 /// has its new sign or is 0: the located event has happened. Its accuracy is the
@@ -179,8 +184,11 @@ impl<T: Real, G: FnMut(T, &[T], &mut [T])> Events<T, G> {
 
     /// The state at hit `k` (the dense output at its time), or `None` past the last hit.
     pub fn state(&self, k: usize) -> Option<&[T]> {
+        if k >= self.hits.len() {
+            return None;
+        }
         let d = self.dim;
-        self.states.get(k * d..(k + 1) * d).filter(|_| k < self.hits.len())
+        self.states.get(k * d..(k + 1) * d)
     }
 
     /// Clears the last solve's hits and sizes the buffers for states of length `dim`, keeping
@@ -300,7 +308,7 @@ fn state_at<T: Real>(step: &StepView<'_, T>, theta: T, out: &mut [T]) {
 }
 
 /// Most root-finding iterations per crossing: bisection alone narrows `[0, 1]` to 4 ε in 51,
-/// and the safeguard bisects at least every third iteration.
+/// and the safeguard halves the bracket at least every third iteration.
 const MAX_ITERATIONS: usize = 160;
 
 /// The zero of `g_i` on the step's interpolant between θ = 0 (value `ga`) and θ = 1 (value

@@ -729,8 +729,10 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     /// with `y` the state at its time (the step's interpolant there). `obs` sees every
     /// accepted step, the last one cut at a terminal event's time. Dense output is computed on
     /// every step (free for Dormand–Prince 5(4) and Tsitouras 5(4); three more evaluations
-    /// per step for DOP853). See [`Events`] for what counts as a crossing and how it is
-    /// located.
+    /// per step for DOP853, one, `f(t1, y1)`, for Bogacki–Shampine's and the fixed-step
+    /// methods' Hermite interpolant where they do not already make it). See [`Events`] for
+    /// what counts as a crossing and how it is located. A failed solve leaves `y` as it was,
+    /// and the hits found before the failure in [`Events::hits`].
     ///
     /// # Errors
     ///
@@ -755,12 +757,12 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
         let result = self.integrate(sys, t0, t1, y, &mut watch);
         let t_reached = watch.t_reached;
         let stats = result?;
-        let solve = events.finish(y, t1, t_reached, stats)?;
-        if solve.stopped.is_some() {
-            // The state is the event's, not the step end's.
+        let solve = events.finish(y, t1, t_reached, stats);
+        if !matches!(solve, Ok(EventSolve { stopped: None, .. })) {
+            // The state is the event's (or, on error, the start's), not the last step end's.
             self.end_f = None;
         }
-        Ok(solve)
+        solve
     }
 
     #[allow(clippy::too_many_arguments)]

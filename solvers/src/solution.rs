@@ -23,6 +23,7 @@ use crate::{Observer, Real, SolveError, StepView};
 ///   5(4) and Tsitouras 5(4): 5, DOP853: 8, Bogacki–Shampine and the fixed-step methods'
 ///   Hermite cubic: 4), and grows its buffers as a vector does; after
 ///   [`DenseSolution::clear`] a solve of no more steps allocates nothing.
+/// - A solve that fails leaves the steps it took before failing in the record.
 ///
 /// ```
 /// use odeflow_solvers::{problems::Harmonic, DenseSolution, Integrator, Method, SolveOptions};
@@ -52,6 +53,8 @@ pub struct DenseSolution<T> {
     /// The record's end time and state.
     t_end: Option<T>,
     y_end: Vec<T>,
+    /// The last step came without dense output (an observer around this one declined it).
+    unavailable: bool,
 }
 
 impl<T: Real> DenseSolution<T> {
@@ -66,6 +69,7 @@ impl<T: Real> DenseSolution<T> {
             rows: Vec::new(),
             t_end: None,
             y_end: Vec::new(),
+            unavailable: false,
         }
     }
 
@@ -76,6 +80,7 @@ impl<T: Real> DenseSolution<T> {
         self.rows.clear();
         self.y_end.clear();
         self.t_end = None;
+        self.unavailable = false;
     }
 
     /// The span `(t_start, t_end)` recorded (in the direction of integration), or `None`.
@@ -104,8 +109,12 @@ impl<T: Real> DenseSolution<T> {
     ///
     /// [`SolveError::InvalidTime`] if `t` is not finite or lies outside the recorded span
     /// (or nothing is recorded), [`SolveError::DimensionMismatch`] if `out` is not as long as
-    /// the state.
+    /// the state, [`SolveError::DenseOutputUnavailable`] if the solve ran with dense output
+    /// declined (by an observer wrapping this one).
     pub fn eval(&self, t: T, out: &mut [T]) -> Result<(), SolveError> {
+        if self.unavailable {
+            return Err(SolveError::DenseOutputUnavailable);
+        }
         let Some((t0, t1)) = self.span().filter(|_| t.is_finite()) else {
             return Err(SolveError::InvalidTime { t: t.to_f64c() });
         };
@@ -161,19 +170,26 @@ impl<T: Real> Observer<T> for DenseSolution<T> {
         let (rows, poly) = match step.dense {
             DenseRows::Hairer(r) => (r, false),
             DenseRows::Poly(r) => (r, true),
-            // Observers that want dense output always get it.
-            DenseRows::None => return ControlFlow::Break(()),
+            // Only where a wrapping observer declined dense output: nothing can be kept, and
+            // evaluations say so (the solve goes on).
+            DenseRows::None => {
+                self.clear();
+                self.unavailable = true;
+                return ControlFlow::Continue(());
+            }
         };
         let n = step.y_start.len();
         let per_step = rows.len().checked_div(n).unwrap_or(0);
+        // (By the interpolant's step: a step cut at an event can have length 0.)
         let same_direction =
-            self.hs.last().is_some_and(|&h| (h > T::zero()) == (step.h > T::zero()));
+            self.hs.last().is_some_and(|&h| (h > T::zero()) == (step.h_dense > T::zero()));
         let continues = self.t_end == Some(step.t_start)
             && same_direction
             && self.dim == n
             && self.poly == poly
             && self.rows_per_step == per_step;
         if !continues {
+            // (After a step without dense output the record is empty: t_end is None.)
             self.clear();
             self.dim = n;
             self.poly = poly;

@@ -257,6 +257,10 @@ fn a_non_finite_event_value_is_an_error() {
         other => panic!("{other:?}"),
     }
     assert_eq!(bits(&y), bits(&[1.0, 0.0]));
+    // The end derivative of the (abandoned) last step is not the state's.
+    assert!(integ.end_derivative().is_none());
+    // The hits found before the failure are kept; asking past them is None.
+    assert!(bad.hits().is_empty() && bad.state(usize::MAX / 2).is_none());
 }
 
 /// Arenstorf's orbit (the solver's hardest reference problem) returns to its start after

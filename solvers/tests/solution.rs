@@ -202,3 +202,60 @@ fn a_new_solve_starts_a_new_record_and_bad_queries_are_errors() {
     sol.clear();
     assert_eq!((sol.span(), sol.n_steps()), (None, 0));
 }
+
+/// An event located so close to a solve's start that its time rounds to it cuts the step to
+/// length 0; the record keeps its earlier steps (the direction is the interpolant's step's).
+#[test]
+fn a_zero_length_step_cut_at_an_event_keeps_the_record() {
+    let mut ball = FnSystem::new(2, |_t: f64, y: &[f64], dy: &mut [f64]| {
+        dy[0] = y[1];
+        dy[1] = -9.81;
+    });
+    let mut sol = DenseSolution::new();
+    let mut integ = Integrator::new(Method::Dopri5, SolveOptions::tol(1e-8, 1e-8)).unwrap();
+    let mut y = [5.0, 0.0];
+    integ.integrate(&mut ball, 0.0, 0.5, &mut y, &mut sol).unwrap();
+    let steps = sol.n_steps();
+    let mut ground =
+        Events::new(vec![EventSpec::terminal(Crossing::Falling)], |_t, y: &[f64], g| g[0] = y[0]);
+    let mut y = [1e-300, -1.0];
+    let out = integ.integrate_events(&mut ball, 0.5, 2.0, &mut y, &mut ground, &mut sol).unwrap();
+    assert_eq!(out.t.to_bits(), 0.5f64.to_bits(), "the event rounds to the start");
+    assert_eq!(sol.span(), Some((0.0, 0.5)));
+    assert_eq!(sol.n_steps(), steps + 1);
+    let mut at = [0.0; 2];
+    sol.eval(0.25, &mut at).unwrap();
+    assert!((at[0] - (5.0 - 9.81 * 0.25 * 0.25 / 2.0)).abs() < 1e-12);
+    // At 0.5 itself: the state after the restart (the record is right-continuous).
+    sol.eval(0.5, &mut at).unwrap();
+    assert_eq!(bits(&at), bits(&y));
+}
+
+/// Wrapped in an observer that declines dense output, a DenseSolution keeps nothing and says
+/// so; it does not end the solve.
+#[test]
+fn without_dense_output_evaluations_are_an_error_and_the_solve_goes_on() {
+    struct Declining<'a>(&'a mut DenseSolution<f64>, usize);
+    impl Observer<f64> for Declining<'_> {
+        fn wants_dense(&self) -> bool {
+            false
+        }
+        fn on_step(&mut self, step: &StepView<'_, f64>) -> ControlFlow<()> {
+            self.1 += 1;
+            self.0.on_step(step)
+        }
+    }
+    let mut sol = DenseSolution::new();
+    let mut integ = Integrator::new(Method::Dop853, SolveOptions::tol(1e-8, 1e-8)).unwrap();
+    let mut y = [1.0, 0.0];
+    let mut obs = Declining(&mut sol, 0);
+    let stats = integ.integrate(&mut Harmonic { omega: 1.0 }, 0.0, 5.0, &mut y, &mut obs).unwrap();
+    assert_eq!(obs.1, stats.n_accepted);
+    let mut at = [0.0; 2];
+    assert!(matches!(sol.eval(1.0, &mut at), Err(SolveError::DenseOutputUnavailable)));
+    // A later solve with dense output records again.
+    let mut y = [1.0, 0.0];
+    integ.integrate(&mut Harmonic { omega: 1.0 }, 0.0, 5.0, &mut y, &mut sol).unwrap();
+    sol.eval(1.0, &mut at).unwrap();
+    assert!((at[0] - 1f64.cos()).abs() < 1e-6);
+}

@@ -28,6 +28,16 @@ use crate::pool::on_pool;
 /// A scalar event function `g(t, z)` of a neural ODE's whole state (`B × d`), with its
 /// gradient. The solve ends where `g` crosses zero.
 pub trait EventFunction<T> {
+    /// Checks that the function applies to states of length `n` (called before a solve);
+    /// default: any length.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] saying why not.
+    fn check(&self, n: usize) -> Result<(), Error> {
+        let _ = n;
+        Ok(())
+    }
     /// `g(t, z)`.
     fn value(&self, t: T, z: &[T]) -> T;
     /// Writes `∂g/∂z` into `grad_z` (as long as `z`) and returns `∂g/∂t`.
@@ -45,6 +55,18 @@ pub struct HyperplaneEvent<T> {
 }
 
 impl<T: Real> EventFunction<T> for HyperplaneEvent<T> {
+    /// `w` must be as long as the state, and `w` and `c` finite.
+    fn check(&self, n: usize) -> Result<(), Error> {
+        check_len("w", self.w.len(), n)?;
+        if let Some(index) = self.w.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteInput { index, point: 0 });
+        }
+        if !self.c.is_finite() {
+            let (name, value, expected) = ("c", self.c.to_f64c(), "finite");
+            return Err(Error::InvalidConfig { name, value, expected });
+        }
+        Ok(())
+    }
     fn value(&self, _t: T, z: &[T]) -> T {
         self.w.iter().zip(z).fold(-self.c, |s, (&w, &z)| s + w * z)
     }
@@ -87,11 +109,14 @@ pub struct EventGradient<T> {
     pub stats: GradStats,
 }
 
-/// The forward pass of an event-terminated solve, kept for the backward one. Made by
-/// [`ode_event_forward`].
+/// The forward pass of an event-terminated solve, kept for the backward one (with the event
+/// function it was made with). Made by [`ode_event_forward`].
 #[derive(Debug)]
-pub struct EventTape<'a, T, F> {
+pub struct EventTape<'a, T, F, E> {
     t_event: T,
+    event: &'a E,
+    /// The located state of the event search (on the zero or just past it).
+    located: Vec<T>,
     tape: OdeTape<'a, T, F>,
     search: odeflow_solvers::Stats,
 }
@@ -103,16 +128,16 @@ pub struct EventTape<'a, T, F> {
 ///
 /// # Errors
 ///
-/// [`Error::NoEvent`] if `g` does not cross by `t_max`; the errors of
-/// [`ode_forward`](super::ode_forward), and a non-finite event value as
-/// [`Error::Solve`].
+/// [`Error::NoEvent`] if `g` does not cross by `t_max`; what
+/// [`EventFunction::check`] finds; the errors of [`ode_forward`](super::ode_forward), and a
+/// non-finite event value as [`Error::Solve`].
 pub fn ode_event_forward<'a, T, F, E>(
     field: &'a F,
     spec: &EventOdeSpec<T>,
     y0: &[T],
-    event: &E,
+    event: &'a E,
     adj: &AdjointConfig<T>,
-) -> Result<EventTape<'a, T, F>, Error>
+) -> Result<EventTape<'a, T, F, E>, Error>
 where
     T: Real,
     F: VectorField<T>,
@@ -124,6 +149,7 @@ where
         let d = field.dim();
         let b = batch_size(y0.len(), d)?;
         check_finite(y0, d)?;
+        event.check(y0.len())?;
         for (name, t) in [("t0", spec.t0), ("t_max", spec.t_max)] {
             if !t.is_finite() {
                 let expected = "finite";
@@ -170,19 +196,28 @@ where
             options: spec.options.clone(),
         };
         let tape = ode_forward_here(field, &ode, y0, adj)?;
-        Ok(EventTape { t_event: hit.t, tape, search: found.stats })
+        Ok(EventTape { t_event: hit.t, event, located: state, tape, search: found.stats })
     })
 }
 
-impl<T: Real, F: VectorField<T>> EventTape<'_, T, F> {
+impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F, E> {
     /// The event time `t*`.
     pub fn t_event(&self) -> T {
         self.t_event
     }
 
-    /// The state at the event time (`B × d`), from the solve to `t*`.
+    /// The state at the event time (`B × d`) from the solve to `t*`, the one the loss and its
+    /// gradient see. It is within the solver's tolerance of the zero, on either side: to
+    /// continue past the event, restart from [`EventTape::located_state`].
     pub fn state(&self) -> &[T] {
         self.tape.states()
+    }
+
+    /// The state the event search located (`B × d`): on the zero or just past it, so a solve
+    /// restarted from `(t*, located_state)` does not meet this crossing again (see
+    /// [`odeflow_solvers::Events`]).
+    pub fn located_state(&self) -> &[T] {
+        &self.located
     }
 
     /// The forward statistics: the event search and the solve to `t*` together.
@@ -198,16 +233,11 @@ impl<T: Real, F: VectorField<T>> EventTape<'_, T, F> {
     ///
     /// # Errors
     ///
-    /// [`Error::TangentialEvent`] if `g`'s rate along the solution at `t*` is 0 or not
-    /// finite; [`Error::BufferLength`] / [`Error::NonFiniteInput`] for a bad `dl_dz`,
-    /// [`Error::InvalidConfig`] for a non-finite `dl_dt`; the
-    /// errors of [`OdeTape::backward`].
-    pub fn backward<E: EventFunction<T> + Sync>(
-        &self,
-        event: &E,
-        dl_dz: &[T],
-        dl_dt: T,
-    ) -> Result<EventGradient<T>, Error> {
+    /// [`Error::TangentialEvent`] if `g`'s rate along the solution at `t*` is 0;
+    /// [`Error::NonFiniteGradient`] (`"event"`) if the event function's gradient is not
+    /// finite there; [`Error::BufferLength`] / [`Error::NonFiniteInput`] for a bad `dl_dz`,
+    /// [`Error::InvalidConfig`] for a non-finite `dl_dt`; the errors of [`OdeTape::backward`].
+    pub fn backward(&self, dl_dz: &[T], dl_dt: T) -> Result<EventGradient<T>, Error> {
         on_pool(|| {
             let field = self.tape.field;
             let d = field.dim();
@@ -225,7 +255,13 @@ impl<T: Real, F: VectorField<T>> EventTape<'_, T, F> {
             field.eval(t, z, &mut f, &mut ws)?;
             field.recycle(ws);
             let mut g_z = vec![T::zero(); n];
-            let g_t = event.gradient(t, z, &mut g_z);
+            let g_t = self.event.gradient(t, z, &mut g_z);
+            // ∂g/∂z then ∂g/∂t, as one vector for the report.
+            let bad = g_z.iter().chain([&g_t]).position(|v| !v.is_finite());
+            if let Some(index) = bad {
+                let value = if index < n { g_z[index] } else { g_t }.to_f64c();
+                return Err(Error::NonFiniteGradient { what: "event", segment: 0, index, value });
+            }
             let dot = |a: &[T], b: &[T]| a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y);
             let rate = g_t + dot(&g_z, &f);
             if !(rate.is_finite() && rate != T::zero()) {
@@ -289,6 +325,6 @@ where
     if !l.is_finite() {
         return Err(Error::NonFiniteLoss { value: l.to_f64c() });
     }
-    let grad = tape.backward(event, &dl, dl_dt)?;
+    let grad = tape.backward(&dl, dl_dt)?;
     Ok((l, tape.t_event, grad))
 }
