@@ -38,16 +38,7 @@ fn options(method: Method) -> SolveOptions<f64> {
 #[test]
 fn a_dropped_ball_lands_at_the_exact_time() {
     let exact = (2.0 * 5.0 / GRAVITY).sqrt();
-    for method in [
-        Method::Euler,
-        Method::Midpoint,
-        Method::Heun,
-        Method::Rk4,
-        Method::Bosh3,
-        Method::Dopri5,
-        Method::Tsit5,
-        Method::Dop853,
-    ] {
+    for method in Method::ALL {
         let mut ground =
             Events::new(vec![EventSpec::terminal(Crossing::Falling)], |_t, y, g| g[0] = y[0]);
         let mut integ = Integrator::new(method, options(method)).unwrap();
