@@ -104,8 +104,8 @@ pub struct EventGradient<T> {
     /// The terminal cotangent `a* = L_z − ((L_zᵀ f + L_t)/ġ) g_z` the adjoint started from.
     pub cotangent: Vec<T>,
     /// Work statistics: `forward` counts both forward solves (the event search and the solve
-    /// to the event time); `extra_evals` those of [`OdeTape::backward`] and one more, at the
-    /// event (for `ġ`).
+    /// to the event time); `extra_evals` those of [`OdeTape::backward`], and one more at the
+    /// event (for `ġ`) where the forward solve's last stage did not leave `f(t*, z*)`.
     pub stats: GradStats,
 }
 
@@ -250,10 +250,19 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
                 return Err(Error::InvalidConfig { name, value, expected });
             }
             let t = self.t_event;
+            // f(t*, z*): the forward solve's last stage made it (FSAL), else one evaluation.
+            let known = self.tape.segs.last().and_then(|s| s.f_end.as_deref());
             let mut f = vec![T::zero(); n];
-            let mut ws = field.workspace(n / d.max(1));
-            field.eval(t, z, &mut f, &mut ws)?;
-            field.recycle(ws);
+            let mut evaluated = 0;
+            match known.filter(|k| k.len() == n) {
+                Some(k) => f.copy_from_slice(k),
+                None => {
+                    let mut ws = field.workspace(n / d.max(1));
+                    field.eval(t, z, &mut f, &mut ws)?;
+                    field.recycle(ws);
+                    evaluated = 1;
+                }
+            }
             let mut g_z = vec![T::zero(); n];
             let g_t = self.event.gradient(t, z, &mut g_z);
             // ∂g/∂z then ∂g/∂t, as one vector for the report.
@@ -272,7 +281,7 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
             let grad = self.tape.backward_here(&cotangent)?;
             let mut stats = grad.stats;
             stats.forward += self.search;
-            stats.extra_evals += 1;
+            stats.extra_evals += evaluated;
             Ok(EventGradient { theta: grad.theta, y0: grad.y0, t0: grad.t0, cotangent, stats })
         })
     }
