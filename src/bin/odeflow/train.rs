@@ -9,7 +9,7 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 use odeflow::io::{read_training_point, write_atomically, TrainingPoint};
 use odeflow::plot::ModelFigures;
-use odeflow::train::{DataSource, Dataset, Progress, RunSummary, Toy};
+use odeflow::train::{DataSource, Dataset, LrSchedule, Progress, RunSummary, Toy};
 use odeflow::Error;
 
 use crate::figures::{plot_range, write_training_curves};
@@ -37,6 +37,12 @@ pub(crate) fn train(a: TrainArgs, given: &[String]) -> CliResult {
         a
     };
     let choices = ModelChoices::parse(&a)?;
+    if !a.resume {
+        // A cosine schedule keeps the length it started with (in run.json).
+        if let LrSchedule::Cosine { total, .. } = choices.schedule {
+            a.lr_schedule_length = Some(total);
+        }
+    }
     let (source, test) = load_data(&mut a, &folder.settings_file)?;
     let dim = source.dim();
     check_memory("--batch", a.batch, solve_bytes(dim))?;

@@ -132,6 +132,14 @@ pub(crate) struct TrainArgs {
     /// Adam (coupled) weight decay.
     #[arg(long, default_value_t = 1e-5)]
     pub(crate) weight_decay: f64,
+    /// Learning-rate schedule (PyTorch's, stepped once per iteration): constant; cosine
+    /// (annealed to 0 over the run's --iterations) or cosine:MIN_LR; step:EVERY:GAMMA (times
+    /// GAMMA every EVERY iterations); warmup:STEPS (linear warm-up, then constant). A resumed
+    /// run keeps its schedule, a cosine's length included: extended with --iterations, it
+    /// goes on at the final rate.
+    #[arg(long, default_value = "constant")]
+    #[serde(default = "default_lr_schedule")]
+    pub(crate) lr_schedule: String,
     /// Seed of the initial weights, the batches and the noise.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -171,6 +179,16 @@ pub(crate) struct TrainArgs {
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) data_crc32: Option<u32>,
+    /// Not an option: the length of a cosine --lr-schedule, the run's --iterations when it
+    /// started (kept when a resumed run extends them).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lr_schedule_length: Option<u64>,
+}
+
+/// The default of `--lr-schedule`, also for a run.json saved before schedules.
+fn default_lr_schedule() -> String {
+    "constant".into()
 }
 
 /// The default of `--layers`, also for a run.json saved before flows had layers.

@@ -13,7 +13,7 @@ use odeflow::solvers::Method;
 use odeflow::trace::TraceEstimator;
 use odeflow::train::{
     AdamConfig, CnfTrainConfig, CnfTrainer, DataSource, Dataset, FlowTrainConfig, FlowTrainer,
-    Progress, RunSummary, TrainState,
+    LrSchedule, Progress, RunSummary, TrainState,
 };
 use odeflow::Error;
 
@@ -111,6 +111,8 @@ pub(crate) struct ModelChoices {
     adjoint_method: Option<Method>,
     /// The gradient strategy.
     strategy: Strategy,
+    /// The learning-rate schedule.
+    pub(crate) schedule: LrSchedule,
 }
 
 impl ModelChoices {
@@ -150,8 +152,44 @@ impl ModelChoices {
                 .into())
             }
         };
-        Ok(ModelChoices { activation, time, trace, method, adjoint_method, strategy })
+        let schedule = lr_schedule(a)?;
+        Ok(ModelChoices { activation, time, trace, method, adjoint_method, strategy, schedule })
     }
+}
+
+/// `--lr-schedule` (see its help), checked against `--lr`; a cosine is as long as the run's
+/// first `--iterations` (kept in run.json).
+fn lr_schedule(a: &TrainArgs) -> Result<LrSchedule, Box<dyn std::error::Error>> {
+    let spec = a.lr_schedule.as_str();
+    let fail = |why: String| -> Box<dyn std::error::Error> {
+        format!(
+            "--lr-schedule {spec}: {why} (constant, cosine, cosine:MIN_LR, step:EVERY:GAMMA, \
+             warmup:STEPS)"
+        )
+        .into()
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let number = |text: &str| text.parse::<f64>().map_err(|e| fail(format!("{text:?}: {e}")));
+    let count = |text: &str| text.parse::<u64>().map_err(|e| fail(format!("{text:?}: {e}")));
+    let schedule = match parts.as_slice() {
+        ["constant"] => LrSchedule::Constant,
+        ["cosine", rest @ ..] if rest.len() <= 1 => LrSchedule::Cosine {
+            total: a.lr_schedule_length.unwrap_or(a.iterations),
+            min_lr: rest.first().map_or(Ok(0.0), |m| number(m))?,
+        },
+        ["step", every, gamma] => LrSchedule::Step { every: count(every)?, gamma: number(gamma)? },
+        ["warmup", steps] => LrSchedule::Warmup { warmup: count(steps)? },
+        _ => return Err(fail("not a schedule".into())),
+    };
+    let adam = AdamConfig { lr: a.lr, schedule, ..Default::default() };
+    adam.validate().map_err(|e| fail(e.to_string()))?;
+    Ok(schedule)
+}
+
+/// The optimizer's settings: `--lr`, `--weight-decay`, `--lr-schedule`.
+fn adam_config(a: &TrainArgs, choices: &ModelChoices) -> AdamConfig {
+    let (lr, weight_decay, schedule) = (a.lr, a.weight_decay, choices.schedule);
+    AdamConfig { lr, weight_decay, schedule, ..Default::default() }
 }
 
 /// `parsed`, or the error that `value` is no known `what`.
@@ -194,7 +232,7 @@ fn flow_trainer(
     let cfg = FlowTrainConfig {
         iterations: a.iterations,
         batch_size: a.batch,
-        adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
+        adam: adam_config(a, choices),
         test_every: a.test_every,
         seed: a.seed,
         checkpoint: checkpoint_file(a, folder),
@@ -314,7 +352,7 @@ fn cnf_trainer(
     let cfg = CnfTrainConfig {
         iterations: a.iterations,
         batch_size: a.batch,
-        adam: AdamConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() },
+        adam: adam_config(a, choices),
         train_t: a.train_t,
         kinetic: a.kinetic,
         jacobian: a.jacobian,
