@@ -1445,4 +1445,7 @@ fn train_with_a_learning_rate_schedule() {
         assert!(err.contains(&format!("--lr-schedule {bad}")), "{bad}: {err}");
         assert!(!target.exists(), "{bad}: wrote {}", target.display());
     }
+    // A bad --lr is reported as such, not as the schedule's fault.
+    let err = fails(&["train", "--lr", "0", "--out", dir.join("refused").to_str().unwrap()]);
+    assert!(err.contains("lr = 0") && !err.contains("--lr-schedule"), "{err}");
 }
