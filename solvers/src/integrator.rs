@@ -734,6 +734,11 @@ impl<T: Real, C: StepController<T>> Integrator<T, C> {
     /// what counts as a crossing and how it is located. A failed solve leaves `y` as it was,
     /// and the hits found before the failure in [`Events::hits`].
     ///
+    /// Cost, measured on Lorenz's system over t ∈ [0, 100] against the plain solve
+    /// (`cargo bench -p odeflow-solvers --bench events`, one run): dense output alone +3%
+    /// (Dormand–Prince 5(4) at 1e-8) and +22% (DOP853 at 1e-10); two recorded events with
+    /// 273 crossings +11% and +33%.
+    ///
     /// # Errors
     ///
     /// Those of [`Integrator::integrate`], and [`SolveError::NonFiniteEvent`] if an event

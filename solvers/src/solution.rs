@@ -24,6 +24,9 @@ use crate::{Observer, Real, SolveError, StepView};
 ///   Hermite cubic: 4), and grows its buffers as a vector does; after
 ///   [`DenseSolution::clear`] a solve of no more steps allocates nothing.
 /// - A solve that fails leaves the steps it took before failing in the record.
+/// - Recording costs, on Lorenz's system over t ∈ [0, 100] against the plain solve
+///   (`cargo bench -p odeflow-solvers --bench events`, one run), +9% with Dormand–Prince 5(4)
+///   at 1e-8 and +28% with DOP853 at 1e-10 (whose three dense-output stages are most of it).
 ///
 /// ```
 /// use odeflow_solvers::{problems::Harmonic, DenseSolution, Integrator, Method, SolveOptions};
