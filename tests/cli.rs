@@ -1432,11 +1432,28 @@ fn train_with_a_learning_rate_schedule() {
     let log = std::fs::read_to_string(out.join("train_log.csv")).unwrap();
     assert_eq!(log.lines().count(), 1 + 6, "{log}");
 
-    let flow = s(&dir.join("flow"));
-    let mut args = vec!["train", "--flow", "realnvp", "--layers", "2", "--hidden", "8"];
-    args.extend(["--iterations", "2", "--quiet", "--no-plot", "--lr-schedule", "step:1:0.5"]);
-    args.extend(["--out", flow.as_str()]);
-    ok(&args);
+    // The same for a flow run: its trainer takes the schedule too.
+    let flow = dir.join("flow");
+    let flow_run = |iterations: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--flow", "realnvp", "--layers", "2", "--hidden", "8"];
+        args.extend(["--iterations", iterations, "--quiet", "--no-plot"]);
+        args.extend(["--out", flow.to_str().unwrap()]);
+        args.extend(extra);
+        ok(&args);
+    };
+    flow_run("3", &["--lr-schedule", "cosine"]);
+    let at3 = load_flow_params(&flow.join("model.safetensors"));
+    flow_run("6", &["--resume"]);
+    let after = load_flow_params(&flow.join("model.safetensors"));
+    assert!(after == at3, "a flow run's iterations 4–6 moved its parameters");
+    // A hand-edited run.json with a cosine but no length is refused on resume.
+    let settings = flow.join("run.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("lr_schedule_length");
+    std::fs::write(&settings, json.to_string()).unwrap();
+    let err = fails(&["train", "--resume", "--iterations", "8", "--out", flow.to_str().unwrap()]);
+    assert!(err.contains("--lr-schedule cosine") && err.contains("length"), "{err}");
 
     for bad in ["linear", "cosine:x", "cosine:1", "step:0:0.5", "step:2:1.5", "warmup:0", "step:2"]
     {
@@ -1445,7 +1462,12 @@ fn train_with_a_learning_rate_schedule() {
         assert!(err.contains(&format!("--lr-schedule {bad}")), "{bad}: {err}");
         assert!(!target.exists(), "{bad}: wrote {}", target.display());
     }
-    // A bad --lr is reported as such, not as the schedule's fault.
-    let err = fails(&["train", "--lr", "0", "--out", dir.join("refused").to_str().unwrap()]);
+    // A bad --lr, or --iterations 0 under a cosine, is reported as such, not as the
+    // schedule's fault.
+    let refused = dir.join("refused");
+    let err = fails(&["train", "--lr", "0", "--out", refused.to_str().unwrap()]);
     assert!(err.contains("lr = 0") && !err.contains("--lr-schedule"), "{err}");
+    let args = ["train", "--lr-schedule", "cosine", "--iterations", "0", "--out"];
+    let err = fails(&[&args[..], &[refused.to_str().unwrap()]].concat());
+    assert!(err.contains("iterations = 0") && !err.contains("--lr-schedule"), "{err}");
 }

@@ -231,12 +231,13 @@ fn events_that_never_cross_leave_the_solve_unchanged() {
     }
 }
 
-/// An event function that returns NaN is an error naming it and the time; `y` is unchanged.
+/// An event function that returns NaN is an error naming it and the time; `y` is unchanged,
+/// and the crossing found before the failure (g₀ = t − 0.5) is kept.
 #[test]
 fn a_non_finite_event_value_is_an_error() {
     let specs = vec![EventSpec::record(Crossing::Either), EventSpec::terminal(Crossing::Either)];
     let mut bad = Events::new(specs, |t: f64, _y: &[f64], g: &mut [f64]| {
-        g[0] = 1.0;
+        g[0] = t - 0.5;
         g[1] = if t > 1.0 { f64::NAN } else { 1.0 };
     });
     let mut integ = Integrator::new(Method::Dopri5, SolveOptions::tol(1e-8, 1e-8)).unwrap();
@@ -250,8 +251,12 @@ fn a_non_finite_event_value_is_an_error() {
     assert_eq!(bits(&y), bits(&[1.0, 0.0]));
     // The end derivative of the (abandoned) last step is not the state's.
     assert!(integ.end_derivative().is_none());
-    // The hits found before the failure are kept; asking past them is None.
-    assert!(bad.hits().is_empty() && bad.state(usize::MAX / 2).is_none());
+    // The hit found before the failure is kept; asking past it is None (for an index whose
+    // state offset would overflow too: checked before multiplying, which a debug build's
+    // overflow check would catch).
+    assert_eq!(bad.hits().len(), 1, "{:?}", bad.hits());
+    assert!((bad.hits()[0].t - 0.5).abs() < 1e-12 && bad.state(0).is_some());
+    assert!(bad.state(1).is_none() && bad.state(usize::MAX / 2).is_none());
 }
 
 /// Arenstorf's orbit (the solver's hardest reference problem) returns to its start after

@@ -58,8 +58,9 @@ impl<T: Real> EventFunction<T> for HyperplaneEvent<T> {
     /// `w` must be as long as the state, and `w` and `c` finite.
     fn check(&self, n: usize) -> Result<(), Error> {
         check_len("w", self.w.len(), n)?;
-        if let Some(index) = self.w.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteInput { index, point: 0 });
+        if let Some(v) = self.w.iter().find(|v| !v.is_finite()) {
+            let (name, value, expected) = ("w", v.to_f64c(), "finite (every entry)");
+            return Err(Error::InvalidConfig { name, value, expected });
         }
         if !self.c.is_finite() {
             let (name, value, expected) = ("c", self.c.to_f64c(), "finite");
@@ -233,7 +234,8 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
     ///
     /// # Errors
     ///
-    /// [`Error::TangentialEvent`] if `g`'s rate along the solution at `t*` is 0;
+    /// [`Error::TangentialEvent`] if `g`'s rate along the solution at `t*` is 0 or not
+    /// finite;
     /// [`Error::NonFiniteGradient`] (`"event"`) if the event function's gradient is not
     /// finite there; [`Error::BufferLength`] / [`Error::NonFiniteInput`] for a bad `dl_dz`,
     /// [`Error::InvalidConfig`] for a non-finite `dl_dt`; the errors of [`OdeTape::backward`].

@@ -132,11 +132,12 @@ pub(crate) struct TrainArgs {
     /// Adam (coupled) weight decay.
     #[arg(long, default_value_t = 1e-5)]
     pub(crate) weight_decay: f64,
-    /// Learning-rate schedule (PyTorch's, stepped once per iteration): constant; cosine
-    /// (annealed to 0 over the run's --iterations) or cosine:MIN_LR; step:EVERY:GAMMA (times
+    /// Learning-rate schedule (PyTorch's, stepped once per iteration): constant; cosine or
+    /// cosine:MIN_LR (CosineAnnealingLR over the run's --iterations: from --lr down toward
+    /// MIN_LR, default 0, which the step after the last one reaches); step:EVERY:GAMMA (times
     /// GAMMA every EVERY iterations); warmup:STEPS (linear warm-up, then constant). A resumed
     /// run keeps its schedule, a cosine's length included: extended with --iterations, it
-    /// goes on at the final rate.
+    /// goes on at MIN_LR.
     #[arg(long, default_value = "constant")]
     #[serde(default = "default_lr_schedule")]
     pub(crate) lr_schedule: String,

@@ -173,16 +173,23 @@ fn lr_schedule(a: &TrainArgs) -> Result<LrSchedule, Box<dyn std::error::Error>> 
     let count = |text: &str| text.parse::<u64>().map_err(|e| fail(format!("{text:?}: {e}")));
     let schedule = match parts.as_slice() {
         ["constant"] => LrSchedule::Constant,
-        ["cosine", rest @ ..] if rest.len() <= 1 => LrSchedule::Cosine {
-            total: a.lr_schedule_length.unwrap_or(a.iterations),
-            min_lr: rest.first().map_or(Ok(0.0), |m| number(m))?,
-        },
+        ["cosine", rest @ ..] if rest.len() <= 1 => {
+            let total = match a.lr_schedule_length {
+                Some(total) => total,
+                // A resumed run's length comes from its run.json (written with it).
+                None if a.resume => return Err(fail("run.json does not say its length".into())),
+                None => a.iterations,
+            };
+            LrSchedule::Cosine { total, min_lr: rest.first().map_or(Ok(0.0), |m| number(m))? }
+        }
         ["step", every, gamma] => LrSchedule::Step { every: count(every)?, gamma: number(gamma)? },
         ["warmup", steps] => LrSchedule::Warmup { warmup: count(steps)? },
         _ => return Err(fail("not a schedule".into())),
     };
-    // (A bad --lr is the trainer's to report, under its own name.)
-    if a.lr.is_finite() && a.lr > 0.0 {
+    // (A bad --lr, or --iterations 0 under a cosine, is the trainer's to report, under its
+    // own name.)
+    let zero_length = matches!(schedule, LrSchedule::Cosine { total: 0, .. });
+    if a.lr.is_finite() && a.lr > 0.0 && !zero_length {
         let adam = AdamConfig { lr: a.lr, schedule, ..Default::default() };
         adam.validate().map_err(|e| fail(e.to_string()))?;
     }
