@@ -5,7 +5,8 @@
 use std::ops::{ControlFlow, Range};
 
 use odeflow_solvers::{
-    DenseOutput, Integrator, Method, Observer, OdeSystem, SolveError, Stats, StepView,
+    DenseOutput, EventHit, Events, Integrator, Method, Observer, OdeSystem, SolveError, Stats,
+    StepView,
 };
 
 use super::{AdjointConfig, Strategy};
@@ -187,6 +188,18 @@ impl<T: Real> SegTape<T> {
     }
 }
 
+/// Where a forward segment ends: at a time, or at the first terminal crossing of events
+/// (before a time), the segment then ending at the crossing's time and state.
+pub(crate) enum SegEnd<'e, T, G> {
+    /// At `t_b`.
+    At(T),
+    /// Where `events` stop the solve, by `t_max` at the latest.
+    Event { t_max: T, events: &'e mut Events<T, G> },
+}
+
+/// The event type of a segment that ends at a time (any would do; none is called).
+type NoEvent<T> = fn(T, &[T], &mut [T]);
+
 /// Integrates `state` (`[z | ℓ]` or `z`) over `[t_a, t_b]`, keeping what `adj.strategy`
 /// needs (ℓ out of the error norm with `adj.forward_seminorm`).
 pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
@@ -197,6 +210,22 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
     integ: &mut Integrator<T>,
     adj: &AdjointConfig<T>,
 ) -> Result<(Stats, SegTape<T>), Fail> {
+    let (stats, tape, _) =
+        forward_segment_to(seg, t_a, SegEnd::<T, NoEvent<T>>::At(t_b), state, integ, adj)?;
+    Ok((stats, tape))
+}
+
+/// [`forward_segment`] to `end`: a time, or a terminal event (the crossing is returned; the
+/// tape ends at its time, its last recorded step cut there). Not for the discrete strategy
+/// with an event: it differentiates whole steps.
+pub(crate) fn forward_segment_to<T: Real, F: VectorField<T>, G: FnMut(T, &[T], &mut [T])>(
+    seg: Seg<'_, T, F>,
+    t_a: T,
+    end: SegEnd<'_, T, G>,
+    state: &mut [T],
+    integ: &mut Integrator<T>,
+    adj: &AdjointConfig<T>,
+) -> Result<(Stats, SegTape<T>, Option<EventHit<T>>), Fail> {
     let strategy = adj.strategy;
     let n = seg.n();
     let nodes = match strategy {
@@ -206,6 +235,11 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
     let mut rec = StepRecord::new(nodes, n);
     let mut stats = Stats::default();
     let mut f_end = None;
+    let mut t_b = match &end {
+        SegEnd::At(t_b) => *t_b,
+        SegEnd::Event { t_max, .. } => *t_max,
+    };
+    let mut hit = None;
     if t_a.partial_cmp(&t_b) != Some(std::cmp::Ordering::Equal) {
         let mut ws = seg.field.workspace(seg.b);
         let mut sys = CnfDynamics {
@@ -219,7 +253,8 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
         };
         let result = match strategy {
             Strategy::Backsolve => {
-                integ.integrate(&mut sys, t_a, t_b, state, &mut odeflow_solvers::NoObserver)
+                let obs = &mut odeflow_solvers::NoObserver;
+                run_to_end(integ, &mut sys, t_a, end, state, obs)
             }
             Strategy::Checkpointed | Strategy::Discrete => {
                 let mut obs = Recorder {
@@ -227,10 +262,10 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
                     dense: strategy == Strategy::Checkpointed,
                     scratch: vec![T::zero(); state.len()],
                 };
-                integ.integrate(&mut sys, t_a, t_b, state, &mut obs)
+                run_to_end(integ, &mut sys, t_a, end, state, &mut obs)
             }
         };
-        stats = match result {
+        (stats, t_b, hit) = match result {
             Ok(s) => s,
             Err(e) => return Err(sys.error.take().map_or(Fail::Solve(e), Fail::Field)),
         };
@@ -241,7 +276,26 @@ pub(crate) fn forward_segment<T: Real, F: VectorField<T>>(
         seg.field.recycle(ws);
     }
     let method = integ.method();
-    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method, f_end }))
+    Ok((stats, SegTape { t_a, t_b, z_end: state[..n].to_vec(), rec, method, f_end }, hit))
+}
+
+/// Runs a segment's solve to `end`: its statistics, the time it ended at and the terminal
+/// crossing that ended it, if one did.
+fn run_to_end<T: Real, S: OdeSystem<T>, G: FnMut(T, &[T], &mut [T]), O: Observer<T>>(
+    integ: &mut Integrator<T>,
+    sys: &mut S,
+    t_a: T,
+    end: SegEnd<'_, T, G>,
+    state: &mut [T],
+    obs: &mut O,
+) -> Result<(Stats, T, Option<EventHit<T>>), SolveError> {
+    match end {
+        SegEnd::At(t_b) => Ok((integ.integrate(sys, t_a, t_b, state, obs)?, t_b, None)),
+        SegEnd::Event { t_max, events } => {
+            let out = integ.integrate_events(sys, t_a, t_max, state, events, obs)?;
+            Ok((out.stats, out.t, out.stopped))
+        }
+    }
 }
 
 /// `a_zᵀ f(t, z) − Σ_b a_ℓ,b q_b(t, z)` (the rate of change of the loss as the segment's end

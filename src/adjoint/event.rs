@@ -17,12 +17,12 @@
 //! dependence included). A crossing with `ġ = 0` (tangential) has no derivative and is an
 //! error.
 
-use odeflow_solvers::{Crossing, EventSpec, Events, Integrator, Method, NoObserver, SolveOptions};
+use odeflow_solvers::{Crossing, EventSpec, Events, Integrator, Method, SolveOptions};
 
-use super::{ode_forward_here, AdjointConfig, GradStats, OdeSpec, OdeTape};
-use crate::cnf::CnfDynamics;
+use super::engine::{forward_segment_to, Seg, SegEnd};
+use super::{fail, ode_forward_here, AdjointConfig, GradStats, OdeSpec, OdeTape, Strategy};
 use crate::error::{batch_size, check_finite, check_len, Error};
-use crate::field::{Divergence, Real, VectorField};
+use crate::field::{Real, VectorField};
 use crate::pool::on_pool;
 
 /// A scalar event function `g(t, z)` of a neural ODE's whole state (`B × d`), with its
@@ -104,9 +104,10 @@ pub struct EventGradient<T> {
     pub t0: T,
     /// The terminal cotangent `a* = L_z − ((L_zᵀ f + L_t)/ġ) g_z` the adjoint started from.
     pub cotangent: Vec<T>,
-    /// Work statistics: `forward` counts both forward solves (the event search and the solve
-    /// to the event time); `extra_evals` those of [`OdeTape::backward`], and one more at the
-    /// event (for `ġ`) where the forward solve's last stage did not leave `f(t*, z*)`.
+    /// Work statistics: `forward` counts the forward solve (both, the event search and the
+    /// solve to `t*`, for the discrete strategy) and, for backsolve and checkpointed, the
+    /// evaluation of `f(t*, z*)` they keep; `extra_evals` those of [`OdeTape::backward`], and
+    /// for the discrete strategy one more, `f(t*, z*)` for `ġ`.
     pub stats: GradStats,
 }
 
@@ -123,9 +124,11 @@ pub struct EventTape<'a, T, F, E> {
 }
 
 /// Solves `dz/dt = f(t, z)` from `y0` at `spec.t0` until `event` crosses zero (located on the
-/// dense output, [`odeflow_solvers::Events`]), then solves again from `t0` to that time
-/// keeping what `adj.strategy` needs (so the adjoint's tape ends exactly at the event; the
-/// forward work is about twice a plain solve's).
+/// dense output, [`odeflow_solvers::Events`]), keeping what `adj.strategy` needs as it goes:
+/// the adjoint's tape ends at the event, its last step cut there (backsolve keeps the state
+/// at `t*`, checkpointed the interpolant of each step). The discrete strategy differentiates
+/// the solver's whole steps, so its search keeps nothing and a second solve, from `t0` to
+/// `t*`, makes its tape (twice the forward work).
 ///
 /// # Errors
 ///
@@ -159,35 +162,23 @@ where
         }
         let solve = |source| Error::Solve { block: 0, source };
         let mut integ = Integrator::new(spec.method, spec.options.clone()).map_err(solve)?;
-        let mut ws = field.workspace(b);
-        let mut sys = CnfDynamics {
-            field,
-            div: Divergence::Exact,
-            ws: &mut ws,
-            n_z: y0.len(),
-            track_logp: false,
-            logp_in_norm: false,
-            error: None,
-        };
+        integ.reserve(y0.len()).map_err(solve)?;
         let mut events = Events::new(
             vec![EventSpec { crossing: spec.crossing, terminal: true }],
             |t, z: &[T], g: &mut [T]| g[0] = event.value(t, z),
         );
+        // The discrete strategy differentiates whole steps: its search keeps nothing, and a
+        // second solve to t* makes its tape. The others keep their tape as they search.
+        let discrete = adj.strategy == Strategy::Discrete;
+        let search_adj =
+            if discrete { AdjointConfig::with_strategy(Strategy::Backsolve) } else { adj.clone() };
         let mut state = y0.to_vec();
-        let found = integ.integrate_events(
-            &mut sys,
-            spec.t0,
-            spec.t_max,
-            &mut state,
-            &mut events,
-            &mut NoObserver,
-        );
-        if let Some(e) = sys.error.take() {
-            return Err(Error::Field(e));
-        }
-        let found = found.map_err(solve)?;
-        field.recycle(ws);
-        let Some(hit) = found.stopped else {
+        let end = SegEnd::Event { t_max: spec.t_max, events: &mut events };
+        let seg = Seg { field, div: None, b };
+        let (mut stats, mut seg_tape, hit) =
+            forward_segment_to(seg, spec.t0, end, &mut state, &mut integ, &search_adj)
+                .map_err(|e| fail(e, 0, false))?;
+        let Some(hit) = hit else {
             return Err(Error::NoEvent { t_max: spec.t_max.to_f64c() });
         };
         let ode = OdeSpec {
@@ -196,8 +187,30 @@ where
             method: spec.method,
             options: spec.options.clone(),
         };
-        let tape = ode_forward_here(field, &ode, y0, adj)?;
-        Ok(EventTape { t_event: hit.t, event, located: state, tape, search: found.stats })
+        if discrete {
+            let tape = ode_forward_here(field, &ode, y0, adj)?;
+            return Ok(EventTape { t_event: hit.t, event, located: state, tape, search: stats });
+        }
+        // f(t*, z*), which no solver stage computed at the cut state: the backward pass
+        // reads it twice (ġ, and the observation's time gradient).
+        let mut f = vec![T::zero(); state.len()];
+        let mut ws = field.workspace(b);
+        field.eval(hit.t, &state, &mut f, &mut ws)?;
+        field.recycle(ws);
+        stats.n_rhs += 1;
+        seg_tape.f_end = Some(f);
+        let tape = OdeTape {
+            field,
+            spec: ode,
+            adj: adj.clone(),
+            b,
+            y0: y0.to_vec(),
+            states: state.clone(),
+            segs: vec![seg_tape],
+            forward: stats,
+        };
+        let search = odeflow_solvers::Stats::default();
+        Ok(EventTape { t_event: hit.t, event, located: state, tape, search })
     })
 }
 
@@ -207,9 +220,10 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
         self.t_event
     }
 
-    /// The state at the event time (`B × d`) from the solve to `t*`, the one the loss and its
-    /// gradient see. It is within the solver's tolerance of the zero, on either side: to
-    /// continue past the event, restart from [`EventTape::located_state`].
+    /// The state at the event time (`B × d`), the one the loss and its gradient see: the
+    /// located state, except with the discrete strategy, whose second solve to `t*` ends
+    /// within the solver's tolerance of the zero on either side (to continue past the event,
+    /// restart from [`EventTape::located_state`]).
     pub fn state(&self) -> &[T] {
         self.tape.states()
     }
@@ -221,7 +235,8 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
         &self.located
     }
 
-    /// The forward statistics: the event search and the solve to `t*` together.
+    /// The forward statistics (the event search and, for the discrete strategy, the solve to
+    /// `t*`, together).
     pub fn forward_stats(&self) -> odeflow_solvers::Stats {
         let mut s = self.search;
         s += self.tape.forward_stats();
@@ -252,7 +267,7 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
                 return Err(Error::InvalidConfig { name, value, expected });
             }
             let t = self.t_event;
-            // f(t*, z*): the forward solve's last stage made it (FSAL), else one evaluation.
+            // f(t*, z*): kept by the forward (backsolve, checkpointed), else one evaluation.
             let known = self.tape.segs.last().and_then(|s| s.f_end.as_deref());
             let mut f = vec![T::zero(); n];
             let mut evaluated = 0;
