@@ -272,7 +272,7 @@ impl<T: Real, G: FnMut(T, &[T], &mut [T])> Events<T, G> {
             hits.push(EventHit { index, t: time_at(step, theta), rising, terminal });
             let at = states.len();
             states.resize(at + *dim, T::zero());
-            state_at(step, theta, &mut states[at..]);
+            state_at(step, theta, &mut states[at..])?;
             if terminal {
                 stop = Some(theta);
             }
@@ -297,14 +297,15 @@ fn time_at<T: Real>(step: &StepView<'_, T>, theta: T) -> T {
 }
 
 /// The interpolant at θ, exactly the step's end points at θ = 0 and 1.
-fn state_at<T: Real>(step: &StepView<'_, T>, theta: T, out: &mut [T]) {
+fn state_at<T: Real>(step: &StepView<'_, T>, theta: T, out: &mut [T]) -> Result<(), SolveError> {
     if theta == T::one() {
         out.copy_from_slice(step.y_end);
     } else if theta == T::zero() {
         out.copy_from_slice(step.y_start);
     } else {
-        step.interpolate_theta(theta, out);
+        step.interpolate_theta(theta, out)?;
     }
+    Ok(())
 }
 
 /// Most root-finding iterations per crossing: bisection alone narrows `[0, 1]` to 4 ε in 51,
@@ -347,7 +348,7 @@ fn locate<T: Real, G: FnMut(T, &[T], &mut [T])>(
                 break; // a and b are adjacent numbers
             }
         }
-        state_at(step, c, y);
+        state_at(step, c, y)?;
         Events::<T, G>::eval(g, time_at(step, c), y, gv)?;
         let fc = gv[i];
         if fc == T::zero() {

@@ -104,22 +104,19 @@ impl<'a, T: Real> StepView<'a, T> {
         if !t.is_finite() {
             return Err(SolveError::InvalidTime { t: t.to_f64c() });
         }
-        if matches!(self.dense, DenseRows::None) {
-            return Err(SolveError::DenseOutputUnavailable);
-        }
-        self.interpolate_theta((t - self.t_start) / self.h_dense, out);
-        Ok(())
+        self.interpolate_theta((t - self.t_start) / self.h_dense, out)
     }
 
-    /// The interpolant at `t_start + θ·h_dense` (the dense rows must be present and `out` as
-    /// long as the state).
-    pub(crate) fn interpolate_theta(&self, theta: T, out: &mut [T]) {
+    /// The interpolant at `t_start + θ·h_dense` (`out` as long as the state), or
+    /// [`SolveError::DenseOutputUnavailable`].
+    pub(crate) fn interpolate_theta(&self, theta: T, out: &mut [T]) -> Result<(), SolveError> {
         let n = out.len();
         match self.dense {
             DenseRows::Hairer(rows) => hairer_eval(rows, n, theta, out),
             DenseRows::Poly(rows) => poly_eval(rows, n, theta, out),
-            DenseRows::None => unreachable!("checked by the callers"),
+            DenseRows::None => return Err(SolveError::DenseOutputUnavailable),
         }
+        Ok(())
     }
 }
 

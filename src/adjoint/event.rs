@@ -117,8 +117,9 @@ pub struct EventGradient<T> {
 pub struct EventTape<'a, T, F, E> {
     t_event: T,
     event: &'a E,
-    /// The located state of the event search (on the zero or just past it).
-    located: Vec<T>,
+    /// The located state of the event search (on the zero or just past it) where it is not
+    /// the tape's end state (the discrete strategy's second solve).
+    located: Option<Vec<T>>,
     tape: OdeTape<'a, T, F>,
     search: odeflow_solvers::Stats,
 }
@@ -189,7 +190,8 @@ where
         };
         if discrete {
             let tape = ode_forward_here(field, &ode, y0, adj)?;
-            return Ok(EventTape { t_event: hit.t, event, located: state, tape, search: stats });
+            let located = Some(state);
+            return Ok(EventTape { t_event: hit.t, event, located, tape, search: stats });
         }
         // f(t*, z*), which no solver stage computed at the cut state: the backward pass
         // reads it twice (ġ, and the observation's time gradient).
@@ -205,12 +207,12 @@ where
             adj: adj.clone(),
             b,
             y0: y0.to_vec(),
-            states: state.clone(),
+            states: state,
             segs: vec![seg_tape],
             forward: stats,
         };
         let search = odeflow_solvers::Stats::default();
-        Ok(EventTape { t_event: hit.t, event, located: state, tape, search })
+        Ok(EventTape { t_event: hit.t, event, located: None, tape, search })
     })
 }
 
@@ -232,7 +234,7 @@ impl<T: Real, F: VectorField<T>, E: EventFunction<T> + Sync> EventTape<'_, T, F,
     /// restarted from `(t*, located_state)` does not meet this crossing again (see
     /// [`odeflow_solvers::Events`]).
     pub fn located_state(&self) -> &[T] {
-        &self.located
+        self.located.as_deref().unwrap_or(self.tape.states())
     }
 
     /// The forward statistics (the event search and, for the discrete strategy, the solve to
